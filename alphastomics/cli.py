@@ -1,0 +1,79 @@
+"""Command-line entry point: ``alphastomics <command> ...``.
+
+Each command lives in its own module exposing ``add_arguments(parser)`` and ``main(args) -> int``;
+modules are imported only when their command runs, so ``alphastomics --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from alphastomics import __version__
+from alphastomics.errors import AlphaSTomicsError
+
+# command -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "preprocess": ("alphastomics.preprocess", "h5ad files of one platform -> Parquet shards + manifest.json"),
+    "gene-list": ("alphastomics.preprocess", "write the fixed gene list (file, intersection or union of panels)"),
+    "manifest": ("alphastomics.io.manifest", "merge per-file manifests into one dataset manifest.json"),
+    "train": ("alphastomics.train", "train the diffusion model on the shards of a dataset"),
+    "sample": ("alphastomics.sample", "sample one slice in a mode -> h5ad with true and generated values"),
+    "evaluate": ("alphastomics.evaluate", "score one sample file -> tidy metric table"),
+    "gather": ("alphastomics.evaluate", "concatenate per-sample metric tables into one dataset table"),
+    "report": ("alphastomics.report", "render the self-contained HTML benchmark report of a dataset"),
+    "params": ("alphastomics.params", "print total and active parameter counts of model variants"),
+}
+
+# Modules that host several commands expose add_<command>_arguments / <command>_main.
+_SHARED_MODULE_ENTRY = {"gene-list": "gene_list", "gather": "gather"}
+
+
+def _entry_points(command: str):
+    module = importlib.import_module(COMMANDS[command][0])
+    prefix = _SHARED_MODULE_ENTRY.get(command)
+    if prefix:
+        return getattr(module, f"add_{prefix}_arguments"), getattr(module, f"{prefix}_main")
+    return module.add_arguments, module.main
+
+
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="alphastomics",
+        description="Generative modelling of spatial transcriptomics: expression and coordinates of every cell of a slice.",
+    )
+    parser.add_argument("--version", action="version", version=f"alphastomics {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    requested = next((a for a in argv if a in COMMANDS), None)
+    for name, (_, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == requested:  # only import the module of the command actually used
+            add_arguments, _ = _entry_points(name)
+            add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not args.command:
+        parser.print_help()
+        return 2
+    _, run = _entry_points(args.command)
+    try:
+        return int(run(args) or 0)
+    except AlphaSTomicsError as err:
+        print(f"alphastomics {args.command}: error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

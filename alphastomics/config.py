@@ -1,0 +1,273 @@
+"""Typed configuration of model, diffusion, losses, training, sampling and evaluation.
+
+One YAML file (``config/config.yaml``) holds everything; this module reads the sections the package
+needs into dataclasses, rejects unknown keys and bad values with a message naming the key, and
+applies command-line overrides. The pipeline part (``datasets:``) is validated by the JSON schema
+``alphastomics/config.schema.yaml`` (the same file Snakemake validates against).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from alphastomics import MODES
+from alphastomics.errors import ConfigError
+
+SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
+
+STRATEGIES = ("auto", "ddp", "fsdp", "deepspeed_stage_1", "deepspeed_stage_2", "deepspeed_stage_3")
+
+
+@dataclass
+class ModelConfig:
+    hidden_dim: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    time_embedding: str = "sinusoidal"  # sinusoidal | learned
+    use_gated_attention: bool = False
+    gate_type: str = "headwise"  # headwise | elementwise
+    use_moe: bool = False
+    num_experts: int = 4
+    moe_top_k: int = 2
+    moe_aux_loss_weight: float = 0.01
+    ffn_multiplier: int = 4
+    dropout: float = 0.0
+
+    def validate(self) -> None:
+        _check_choice("model.time_embedding", self.time_embedding, ("sinusoidal", "learned"))
+        _check_choice("model.gate_type", self.gate_type, ("headwise", "elementwise"))
+        if self.hidden_dim % self.num_heads:
+            raise ConfigError(f"model.hidden_dim ({self.hidden_dim}) must be divisible by model.num_heads ({self.num_heads})")
+        if self.use_moe and not 1 <= self.moe_top_k <= self.num_experts:
+            raise ConfigError(f"model.moe_top_k ({self.moe_top_k}) must be between 1 and model.num_experts ({self.num_experts})")
+
+
+@dataclass
+class DiffusionConfig:
+    diffusion_steps: int = 500
+    # Per-modality schedule exponents (as in MiDi): alpha_bar_m(t) = alpha_bar(t) ** nu_m.
+    nu_expression: float = 1.0
+    nu_position: float = 1.0
+
+    def validate(self) -> None:
+        if self.diffusion_steps < 2:
+            raise ConfigError("diffusion.diffusion_steps must be at least 2")
+        for name in ("nu_expression", "nu_position"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"diffusion.{name} must be positive")
+
+
+@dataclass
+class LossConfig:
+    lambda_expression: float = 1.0
+    lambda_position: float = 1.0
+    exact_distance_max_cells: int = 4096
+    distance_knn: int = 16
+    distance_random_pairs_per_cell: int = 64
+
+    def validate(self) -> None:
+        pass
+
+
+@dataclass
+class MaskingConfig:
+    enable: bool = False
+    expression_mask_ratio: float = 0.15
+    position_mask_ratio: float = 0.15
+    lambda_masked_reconstruction: float = 0.5
+
+    def validate(self) -> None:
+        for name in ("expression_mask_ratio", "position_mask_ratio"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"masking.{name} must be in [0, 1)")
+
+
+@dataclass
+class TrainingConfig:
+    training_mode: str = "joint"
+    data_mode: str = "slice"  # slice | cell
+    cells_per_example: int = 1024  # cell mode: size of each spatial patch
+    batch_size: int = 1
+    epochs: int = 200
+    max_steps: int = -1
+    examples_per_epoch: int = 0  # 0: one pass over the training slices
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    strategy: str = "auto"
+    accelerator: str = "auto"
+    devices: int = 1
+    num_nodes: int = 1
+    precision: str = "32-true"
+    seed: int = 0
+    val_every_n_epochs: int = 10
+    num_workers: int = 0
+    wandb: bool = False
+    exp_name: str = "alphastomics"
+
+    def validate(self) -> None:
+        _check_choice("training.training_mode", self.training_mode, MODES)
+        _check_choice("training.data_mode", self.data_mode, ("slice", "cell"))
+        _check_choice("training.strategy", self.strategy, STRATEGIES)
+        if self.batch_size < 1:
+            raise ConfigError("training.batch_size must be at least 1")
+        if self.lr <= 0:
+            raise ConfigError("training.lr must be positive")
+
+
+@dataclass
+class SamplingConfig:
+    modes: list[str] = field(default_factory=lambda: list(MODES))
+    steps: int = 0  # 0: all diffusion steps
+    seed: int = 0
+
+    def validate(self) -> None:
+        for mode in self.modes:
+            _check_choice("sampling.modes", mode, MODES)
+
+
+@dataclass
+class EvaluationConfig:
+    knn_k: list[int] = field(default_factory=lambda: [5, 10, 20])
+    morans_k: int = 10
+    contact_quantiles: list[float] = field(default_factory=lambda: [0.01, 0.1])
+    max_cells_exact: int = 20000
+    sample_size: int = 5000
+    leiden_resolution: float = 1.0
+    seed: int = 0
+
+    def validate(self) -> None:
+        pass
+
+
+@dataclass
+class Config:
+    """Everything the package needs except the dataset list (which the workflow owns)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    masking: MaskingConfig = field(default_factory=MaskingConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+
+    def validate(self) -> "Config":
+        for f in fields(self):
+            getattr(self, f.name).validate()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+PIPELINE_KEYS = {"datasets", "results_dir"}
+
+
+def _check_choice(key: str, value: Any, choices: tuple[str, ...] | list[str]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key}: '{value}' is not one of {', '.join(map(str, choices))}")
+
+
+def _coerce(key: str, value: Any, default: Any) -> Any:
+    """Coerce YAML scalars to the default's type (YAML reads 1e-3 as a string)."""
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if isinstance(default, (int, float)) and not isinstance(default, bool):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+        if isinstance(default, int):
+            if number != int(number):
+                raise ConfigError(f"{key}: expected an integer, got {value!r}")
+            return int(number)
+        return number
+    if isinstance(default, list):
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return value
+    if isinstance(default, str) and not isinstance(value, str):
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    return value
+
+
+def _section_from_dict(cls, name: str, data: dict[str, Any] | None):
+    data = data or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{name}: expected a mapping, got {data!r}")
+    instance = cls()
+    known = {f.name for f in fields(cls)}
+    for key, value in data.items():
+        if key not in known:
+            raise ConfigError(f"unknown config key '{name}.{key}' (known: {', '.join(sorted(known))})")
+        setattr(instance, key, _coerce(f"{name}.{key}", value, getattr(instance, key)))
+    return instance
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    sections = {f.name: f.type for f in fields(Config)}
+    for key in data:
+        if key not in sections and key not in PIPELINE_KEYS:
+            raise ConfigError(f"unknown config key '{key}' (known: {', '.join(sorted(set(sections) | PIPELINE_KEYS))})")
+    kwargs = {}
+    for f in fields(Config):
+        cls = type(f.default_factory())
+        kwargs[f.name] = _section_from_dict(cls, f.name, data.get(f.name))
+    return Config(**kwargs).validate()
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Read a config file (or defaults when ``path`` is None) into a validated :class:`Config`."""
+    if path is None:
+        return Config().validate()
+    try:
+        return config_from_dict(read_yaml(path))
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+
+
+def apply_overrides(config: Config, overrides: dict[str, Any]) -> Config:
+    """Apply ``{"section.key": value}`` overrides (None values are skipped) and re-validate."""
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        section_name, key = dotted.split(".", 1)
+        section = getattr(config, section_name)
+        if key not in {f.name for f in fields(section)}:
+            raise ConfigError(f"unknown config key '{dotted}'")
+        setattr(section, key, _coerce(dotted, value, getattr(section, key)))
+    return config.validate()
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+def config_digest(config: Config) -> str:
+    return json.dumps(config.to_dict(), sort_keys=True)
+
+
+def replace_section(config: Config, **sections: Any) -> Config:
+    return dataclasses.replace(config, **sections)
