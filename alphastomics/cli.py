@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("alphastomics.evaluate", "score one sample file -> tidy metric table"),
     "gather": ("alphastomics.evaluate", "concatenate per-sample metric tables into one dataset table"),
     "report": ("alphastomics.report", "render the self-contained HTML benchmark report of a dataset"),
+    "export": ("alphastomics.checkpoint", "convert a training checkpoint (Lightning file or DeepSpeed directory) to the model file sampling loads"),
     "params": ("alphastomics.params", "print total and active parameter counts of model variants"),
 }
 

@@ -1,0 +1,52 @@
+"""Per-cell input embeddings: diffusion time and expression."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class TimeEmbedding(nn.Module):
+    """Embeds an integer diffusion step t in [0, T] (0 = clean / given) into ``dim`` features.
+
+    ``sinusoidal``: fixed Fourier features of t/T followed by an MLP (works for any T);
+    ``learned``: one learned vector per step.
+    """
+
+    def __init__(self, dim: int, diffusion_steps: int, kind: str = "sinusoidal"):
+        super().__init__()
+        self.kind = kind
+        self.diffusion_steps = diffusion_steps
+        if kind == "learned":
+            self.table = nn.Embedding(diffusion_steps + 1, dim)
+        else:
+            half = dim // 2
+            self.register_buffer(
+                "frequencies", torch.exp(-math.log(10000.0) * torch.arange(half) / max(half - 1, 1)), persistent=False
+            )
+        self.mlp = nn.Sequential(nn.Linear(dim if kind == "learned" else 2 * (dim // 2), dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:  # (B,) long -> (B, dim)
+        if self.kind == "learned":
+            features = self.table(t)
+        else:
+            # Scale to [0, 1000] so the frequency range matches the usual DDPM setting whatever T is.
+            angles = (t.float() * (1000.0 / self.diffusion_steps))[:, None] * self.frequencies[None, :]
+            features = torch.cat([angles.sin(), angles.cos()], dim=-1)
+        return self.mlp(features)
+
+
+class ExpressionEmbedding(nn.Module):
+    """Embeds a cell's (standardised) expression vector; unmeasured genes are zeroed and flagged
+    through the slice's measured-gene mask, so the model can tell 'absent' from 'zero'."""
+
+    def __init__(self, num_genes: int, dim: int):
+        super().__init__()
+        self.values = nn.Sequential(nn.Linear(num_genes, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.measured = nn.Linear(num_genes, dim, bias=False)
+
+    def forward(self, expression: torch.Tensor, gene_mask: torch.Tensor) -> torch.Tensor:
+        # expression (B, N, G); gene_mask (B, G) float
+        return self.values(expression * gene_mask[:, None, :]) + self.measured(gene_mask)[:, None, :]

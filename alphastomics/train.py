@@ -1,0 +1,380 @@
+"""Training: the LightningModule (noising, losses) and Trainer construction (strategies,
+checkpoints, logging), plus the ``alphastomics train`` command."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from alphastomics import __version__
+from alphastomics.config import Config, apply_overrides, config_from_dict, load_config, read_yaml, save_config
+from alphastomics.data.slices import ExpressionScaler, PatchDataset, SizeBucketBatchSampler, SliceDataset, collate
+from alphastomics.diffusion.losses import distance_loss, expression_mse
+from alphastomics.diffusion.sampler import SliceBatch
+from alphastomics.diffusion.schedule import NoiseSchedule, add_noise, expression_noise, position_noise
+from alphastomics.errors import AlphaSTomicsError, ConfigError
+from alphastomics.io.manifest import load_manifest
+from alphastomics.io.shards import load_slice
+from alphastomics.model.network import AlphaSTomicsNet, masked_centre
+
+log = logging.getLogger(__name__)
+
+# Regimes of an example: which modalities are noised (generated) and which are given.
+BOTH, EXPRESSION_ONLY, POSITION_ONLY = 0, 1, 2
+MODE_REGIMES = {"joint": (BOTH, EXPRESSION_ONLY, POSITION_ONLY), "pos_to_expr": (EXPRESSION_ONLY,), "expr_to_pos": (POSITION_ONLY,)}
+
+
+class TrainingDiverged(AlphaSTomicsError):
+    pass
+
+
+class DiffusionModule(L.LightningModule):
+    def __init__(self, config: dict, genes: list[str], scaler: dict):
+        super().__init__()
+        self.save_hyperparameters()
+        self.config: Config = config_from_dict(config)
+        c = self.config
+        self.network = AlphaSTomicsNet(c.model, len(genes), c.diffusion.diffusion_steps)
+        self.schedule = NoiseSchedule(c.diffusion.diffusion_steps, c.diffusion.nu_expression, c.diffusion.nu_position)
+        # Learned values that replace masked features (masked diffusion), in model space.
+        self.expression_mask_value = torch.nn.Parameter(torch.zeros(len(genes)))
+        self.position_mask_value = torch.nn.Parameter(torch.zeros(3))
+
+    # -- noising -------------------------------------------------------------------------------
+    def _draw(self, batch: SliceBatch, generator: torch.Generator | None, regimes: torch.Tensor | None = None):
+        B = batch.expression.shape[0]
+        device = batch.expression.device
+        allowed = torch.tensor(MODE_REGIMES[self.config.training.training_mode])
+        if regimes is None:
+            regimes = allowed[torch.randint(len(allowed), (B,), generator=generator)]
+        regimes = regimes.to(device)
+        generate_expression = (regimes == BOTH) | (regimes == EXPRESSION_ONLY)
+        generate_position = (regimes == BOTH) | (regimes == POSITION_ONLY)
+        t = torch.randint(1, self.schedule.steps + 1, (B,), generator=generator).to(device)
+        t_expression = torch.where(generate_expression, t, torch.zeros_like(t))
+        t_position = torch.where(generate_position, t, torch.zeros_like(t))
+
+        x0_expression = batch.expression
+        x0_position = masked_centre(batch.positions, batch.node_mask)
+        eps_e = expression_noise(x0_expression.shape, batch.node_mask, generator).to(device)
+        eps_p = position_noise(x0_position.shape, batch.node_mask, batch.dim_mask, generator).to(device)
+        expression_t = add_noise(x0_expression, eps_e, self.schedule.alpha_bar("expression")[t_expression])
+        position_t = add_noise(x0_position, eps_p, self.schedule.alpha_bar("position")[t_position])
+        return expression_t, position_t, t_expression, t_position, generate_expression.float(), generate_position.float()
+
+    def _feature_masks(self, batch: SliceBatch, generator):
+        """Per cell, a random subset of genes and of coordinate axes (masked diffusion)."""
+        m = self.config.masking
+        shape_e, shape_p = batch.expression.shape, batch.positions.shape
+        mask_e = (torch.rand(shape_e, generator=generator) < m.expression_mask_ratio).to(batch.expression.device)
+        mask_p = (torch.rand(shape_p, generator=generator) < m.position_mask_ratio).to(batch.expression.device)
+        mask_e &= batch.node_mask[..., None] & batch.gene_mask[:, None, :].bool()
+        mask_p &= batch.node_mask[..., None] & batch.dim_mask[:, None, :].bool()
+        return mask_e, mask_p
+
+    def compute_losses(self, batch: SliceBatch, generator: torch.Generator | None = None, regimes=None, masking: bool = False):
+        c = self.config
+        expression_t, position_t, t_e, t_p, w_e, w_p = self._draw(batch, generator, regimes)
+        mask_e = mask_p = None
+        if masking:
+            mask_e, mask_p = self._feature_masks(batch, generator)
+            expression_t = torch.where(mask_e, self.expression_mask_value.to(expression_t.dtype)[None, None, :], expression_t)
+            position_t = torch.where(mask_p, self.position_mask_value.to(position_t.dtype)[None, None, :], position_t)
+        pred = self.network(expression_t, position_t, t_e, t_p, batch.node_mask, batch.gene_mask)
+        x0_position = masked_centre(batch.positions, batch.node_mask)
+        losses = {
+            "expression": expression_mse(pred.expression, batch.expression, batch.node_mask, batch.gene_mask, w_e),
+            "position": distance_loss(
+                pred.positions * batch.dim_mask[:, None, :],
+                x0_position,
+                batch.node_mask,
+                w_p,
+                c.loss.exact_distance_max_cells,
+                c.loss.distance_knn,
+                c.loss.distance_random_pairs_per_cell,
+                generator,
+            ),
+            "moe_aux": pred.aux_loss,
+        }
+        total = c.loss.lambda_expression * losses["expression"] + c.loss.lambda_position * losses["position"]
+        if c.model.use_moe:
+            total = total + c.model.moe_aux_loss_weight * losses["moe_aux"]
+        if masking:
+            losses["masked_reconstruction"] = masked_reconstruction_loss(pred, batch, x0_position, mask_e, mask_p)
+            total = total + c.masking.lambda_masked_reconstruction * losses["masked_reconstruction"]
+        losses["loss"] = total
+        return losses
+
+    # -- Lightning hooks -----------------------------------------------------------------------
+    def training_step(self, batch: SliceBatch, batch_idx: int):
+        losses = self.compute_losses(batch, masking=self.config.masking.enable)
+        if not torch.isfinite(losses["loss"]):
+            parts = ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items())
+            raise TrainingDiverged(f"training loss is not finite at step {self.global_step} (epoch {self.current_epoch}): {parts}")
+        B = batch.expression.shape[0]
+        for name, value in losses.items():
+            self.log(f"train/{name}", value, prog_bar=name == "loss", on_step=True, on_epoch=True, batch_size=B)
+        return losses["loss"]
+
+    def validation_step(self, batch: SliceBatch, batch_idx: int):
+        # Fixed noise and every regime of the training mode, so validation losses are comparable.
+        generator = torch.Generator().manual_seed(1000 + batch_idx)
+        B = batch.expression.shape[0]
+        for regime in MODE_REGIMES[self.config.training.training_mode]:
+            losses = self.compute_losses(batch, generator, regimes=torch.full((B,), regime))
+            for name, value in losses.items():
+                self.log(f"val/{name}", value, prog_bar=name == "loss", on_epoch=True, batch_size=B, sync_dist=True)
+
+    def configure_optimizers(self):
+        t = self.config.training
+        return torch.optim.AdamW(self.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+
+    def transfer_batch_to_device(self, batch, device, dataloader_idx):
+        return SliceBatch(*(x.to(device) for x in (batch.expression, batch.positions, batch.node_mask, batch.gene_mask, batch.dim_mask)))
+
+
+def masked_reconstruction_loss(pred, batch: SliceBatch, x0_position, mask_e, mask_p) -> torch.Tensor:
+    """MSE over masked entries only: masked genes of expression and masked axes of coordinates."""
+    e = ((pred.expression.float() - batch.expression.float()) ** 2 * mask_e).sum()
+    p = ((pred.positions.float() - x0_position.float()) ** 2 * mask_p).sum()
+    return (e + p) / (mask_e.sum() + mask_p.sum()).clamp(min=1)
+
+
+# -- data ----------------------------------------------------------------------------------------
+def split_slices(manifest: dict, test: list[str], validation: list[str]) -> tuple[list[str], list[str]]:
+    known = list(manifest["slices"])
+    for sid in list(test) + list(validation):
+        if sid not in known:
+            raise ConfigError(f"slice '{sid}' named in test/validation slices is not in the manifest (slices: {', '.join(known)})")
+    train = [s for s in known if s not in set(test) | set(validation)]
+    if not train:
+        raise ConfigError("no slice left for training after removing test and validation slices")
+    return train, list(validation)
+
+
+def build_dataloaders(config: Config, data_dir: Path, train_ids: list[str], val_ids: list[str], manifest: dict):
+    t = config.training
+    train_slices = [load_slice(data_dir, s, manifest) for s in train_ids]
+    scaler = ExpressionScaler.fit(train_slices)
+    if t.data_mode == "cell":
+        train_set = PatchDataset(train_slices, scaler, t.cells_per_example, t.examples_per_epoch, t.seed)
+    else:
+        train_set = SliceDataset(train_slices, scaler, t.examples_per_epoch)
+    train_loader = DataLoader(
+        train_set,
+        batch_sampler=SizeBucketBatchSampler(train_set, t.batch_size, shuffle=True, seed=t.seed),
+        collate_fn=collate,
+        num_workers=t.num_workers,
+    )
+    val_loader = None
+    if val_ids:
+        val_set = SliceDataset([load_slice(data_dir, s, manifest) for s in val_ids], scaler)
+        val_loader = DataLoader(
+            val_set, batch_sampler=SizeBucketBatchSampler(val_set, t.batch_size, shuffle=False), collate_fn=collate
+        )
+    return train_loader, val_loader, scaler
+
+
+# -- trainer -------------------------------------------------------------------------------------
+def build_strategy(config: Config):
+    t = config.training
+    if t.strategy.startswith("deepspeed_stage_"):
+        from lightning.pytorch.strategies import DeepSpeedStrategy
+
+        return DeepSpeedStrategy(stage=int(t.strategy[-1]))
+    if t.strategy == "ddp":
+        from lightning.pytorch.strategies import DDPStrategy
+
+        backend = "nccl" if torch.cuda.is_available() and t.accelerator in ("auto", "gpu", "cuda") else "gloo"
+        return DDPStrategy(process_group_backend=backend)
+    if t.strategy == "fsdp":
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        return FSDPStrategy()
+    return "auto"
+
+
+def build_trainer(config: Config, out_dir: Path, has_validation: bool, extra_callbacks=()) -> L.Trainer:
+    from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    t = config.training
+    monitor = "val/loss" if has_validation else "train/loss_epoch"
+    checkpoint = ModelCheckpoint(
+        dirpath=out_dir / "checkpoints", filename="best", monitor=monitor, mode="min", save_top_k=1, save_last=True
+    )
+    loggers = [CSVLogger(out_dir, name="logs", version=""), TensorBoardLogger(out_dir, name="logs", version="tensorboard")]
+    if t.wandb:
+        from lightning.pytorch.loggers import WandbLogger
+
+        loggers.append(WandbLogger(project="alphastomics", name=t.exp_name, save_dir=str(out_dir), offline=os.environ.get("WANDB_MODE") != "online"))
+    return L.Trainer(
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=build_strategy(config),
+        precision=t.precision,
+        max_epochs=t.epochs,
+        max_steps=t.max_steps,
+        gradient_clip_val=t.grad_clip or None,
+        check_val_every_n_epoch=t.val_every_n_epochs,
+        num_sanity_val_steps=0,
+        log_every_n_steps=1,
+        use_distributed_sampler=False,  # SizeBucketBatchSampler splits batches across ranks itself
+        callbacks=[checkpoint, TQDMProgressBar(refresh_rate=10), *extra_callbacks],
+        logger=loggers,
+        default_root_dir=out_dir,
+        enable_model_summary=False,
+    )
+
+
+def code_fingerprint() -> str:
+    """Hash of the model, diffusion and data code: a checkpoint made by other code is not resumed."""
+    root = Path(__file__).parent
+    digest = hashlib.sha256(__version__.encode())
+    for sub in ("model", "diffusion", "data"):
+        for path in sorted((root / sub).glob("*.py")):
+            digest.update(path.read_bytes())
+    digest.update(Path(__file__).read_bytes())
+    return digest.hexdigest()
+
+
+def resume_key(config: Config, genes: list[str], train_ids: list[str]) -> str:
+    payload = json.dumps({"config": config.to_dict(), "genes": genes, "train": train_ids, "code": code_fingerprint()}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def train(config: Config, data_dir: str | Path, out_dir: str | Path, test_ids=(), val_ids=(), resume: bool = False, export_to: str | Path | None = None) -> dict:
+    """Train on every slice of ``data_dir`` except the test and validation slices; returns a summary."""
+    started = time.time()
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(config.training.seed, workers=True, verbose=False)
+    manifest = load_manifest(data_dir)
+    train_ids, val_ids = split_slices(manifest, list(test_ids), list(val_ids))
+    train_loader, val_loader, scaler = build_dataloaders(config, data_dir, train_ids, val_ids, manifest)
+    genes = list(manifest["genes"])
+    log.info("training on %d slices (%s), validating on %s", len(train_ids), ", ".join(train_ids), ", ".join(val_ids) or "none")
+
+    module = DiffusionModule(config.to_dict(), genes, scaler.to_dict())
+    save_config(config, out_dir / "config.yaml")
+    key = resume_key(config, genes, train_ids)
+    key_file = out_dir / "checkpoints" / "resume_key.txt"
+    last = out_dir / "checkpoints" / "last.ckpt"
+    ckpt_path = None
+    if resume and last.exists():
+        if key_file.exists() and key_file.read_text().strip() == key:
+            ckpt_path = str(last)
+            log.info("resuming from %s", last)
+        else:
+            log.warning("not resuming from %s: it was made with another config, gene list, slices or model code", last)
+    trainer = build_trainer(config, out_dir, val_loader is not None)
+    if trainer.is_global_zero:
+        key_file.parent.mkdir(parents=True, exist_ok=True)
+        key_file.write_text(key + "\n")
+    trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt_path)
+
+    best = trainer.checkpoint_callback.best_model_path or trainer.checkpoint_callback.last_model_path
+    summary = {
+        "package_version": __version__,
+        "best_checkpoint": os.path.relpath(best, out_dir) if best else None,
+        "last_checkpoint": os.path.relpath(last, out_dir),
+        "best_score": float(trainer.checkpoint_callback.best_model_score) if trainer.checkpoint_callback.best_model_score is not None else None,
+        "monitor": trainer.checkpoint_callback.monitor,
+        "global_step": trainer.global_step,
+        "epochs": trainer.current_epoch,
+        "resumed_from": ckpt_path,
+        "train_slices": train_ids,
+        "validation_slices": val_ids,
+        "strategy": config.training.strategy,
+        "devices": config.training.devices,
+        "num_nodes": config.training.num_nodes,
+        "world_size": trainer.world_size,
+        "runtime_s": round(time.time() - started, 1),
+    }
+    if trainer.is_global_zero:
+        if export_to:
+            from alphastomics.checkpoint import export_model
+
+            export_model(best, export_to)
+            summary["exported"] = str(export_to)
+        tmp = out_dir / ".training.json.tmp"
+        tmp.write_text(json.dumps(summary, indent=2))
+        os.replace(tmp, out_dir / "training.json")
+    return summary
+
+
+# -- command line ---------------------------------------------------------------------------------
+OVERRIDES = {
+    # flag: (config key, type)
+    "--training-mode": ("training.training_mode", str),
+    "--data-mode": ("training.data_mode", str),
+    "--use-gated-attention": ("model.use_gated_attention", "bool"),
+    "--gate-type": ("model.gate_type", str),
+    "--use-moe": ("model.use_moe", "bool"),
+    "--num-experts": ("model.num_experts", int),
+    "--moe-top-k": ("model.moe_top_k", int),
+    "--enable-masking": ("masking.enable", "bool"),
+    "--expression-mask-ratio": ("masking.expression_mask_ratio", float),
+    "--position-mask-ratio": ("masking.position_mask_ratio", float),
+    "--batch-size": ("training.batch_size", int),
+    "--epochs": ("training.epochs", int),
+    "--max-steps": ("training.max_steps", int),
+    "--lr": ("training.lr", float),
+    "--exp-name": ("training.exp_name", str),
+    "--strategy": ("training.strategy", str),
+    "--devices": ("training.devices", int),
+    "--num-nodes": ("training.num_nodes", int),
+    "--precision": ("training.precision", str),
+    "--accelerator": ("training.accelerator", str),
+}
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="dataset directory holding manifest.json and shards/ (results/<dataset>)")
+    p.add_argument("--out", required=True, help="output directory (checkpoints, logs, config.yaml, training.json)")
+    p.add_argument("--config", help="YAML config (model, diffusion, loss, masking, training sections; datasets: optional)")
+    p.add_argument("--dataset", help="dataset name in the config's datasets: section, for its test and validation slices")
+    p.add_argument("--test-slices", nargs="*", default=None, help="slices held out from training (overrides the config)")
+    p.add_argument("--val-slices", nargs="*", default=None, help="validation slices (overrides the config)")
+    p.add_argument("--resume", action="store_true", help="continue from checkpoints/last.ckpt when it matches config and code")
+    p.add_argument("--export", default=None, help="also write the single-file model for sampling here (default OUT/model.ckpt)")
+    p.add_argument("--no-export", action="store_true", help="do not export (the pipeline exports in its own rule)")
+    for flag, (key, kind) in OVERRIDES.items():
+        p.add_argument(flag, type=_bool if kind == "bool" else kind, default=None, metavar="BOOL" if kind == "bool" else None, help=f"overrides {key}")
+
+
+def main(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    overrides = {key: getattr(args, flag.lstrip("-").replace("-", "_")) for flag, (key, _) in OVERRIDES.items()}
+    config = apply_overrides(config, overrides)
+    test, val = [], []
+    if args.dataset:
+        datasets = read_yaml(args.config).get("datasets", {}) if args.config else {}
+        if args.dataset not in datasets:
+            raise ConfigError(f"dataset '{args.dataset}' is not in the config's datasets: ({', '.join(datasets) or 'none'})")
+        test = datasets[args.dataset].get("test_slices", [])
+        val = datasets[args.dataset].get("validation_slices", [])
+    test = args.test_slices if args.test_slices is not None else test
+    val = args.val_slices if args.val_slices is not None else val
+    export_to = None if args.no_export else (args.export or str(Path(args.out) / "model.ckpt"))
+    summary = train(config, args.data, args.out, test, val, resume=args.resume, export_to=export_to)
+    log.info("training finished: %s", json.dumps(summary))
+    return 0

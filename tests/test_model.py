@@ -1,0 +1,151 @@
+"""The network: O(n) equivariance, gating, mixture of experts, parameter counts."""
+
+import dataclasses
+
+import pytest
+import torch
+from scipy.spatial.transform import Rotation
+
+from alphastomics.config import ModelConfig
+from alphastomics.model.attention import EquivariantLinearAttention
+from alphastomics.model.moe import MixtureOfExperts
+from alphastomics.model.network import AlphaSTomicsNet, count_parameters
+
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    """Equivariance is checked to 1e-4; float64 keeps rounding far below that."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
+def _inputs(B=2, N=50, G=12, seed=0, n_dims=3):
+    g = torch.Generator().manual_seed(seed)
+    expression = torch.randn(B, N, G, generator=g)
+    positions = torch.randn(B, N, 3, generator=g) * 3
+    if n_dims == 2:
+        positions[..., 2] = 0
+    node_mask = torch.ones(B, N, dtype=torch.bool)
+    node_mask[1, 40:] = False  # padding in the second example
+    gene_mask = torch.ones(B, G)
+    gene_mask[0, :3] = 0
+    t = torch.tensor([5, 80])
+    return expression, positions, t, node_mask, gene_mask
+
+
+VARIANTS = {
+    "dense": {},
+    "gated_headwise": {"use_gated_attention": True, "gate_type": "headwise"},
+    "gated_elementwise": {"use_gated_attention": True, "gate_type": "elementwise"},
+    "moe": {"use_moe": True, "num_experts": 4, "moe_top_k": 2},
+}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("reflect", [False, True])
+def test_rotation_translation_equivariance(variant, reflect):
+    torch.manual_seed(0)
+    config = ModelConfig(hidden_dim=32, num_layers=3, num_heads=4, **VARIANTS[variant])
+    net = AlphaSTomicsNet(config, num_genes=12, diffusion_steps=100).eval()
+    # Non-zero position weights so the coordinate path is actually exercised.
+    for block in net.blocks:
+        torch.nn.init.normal_(block.attention.position_weight.weight, std=0.5)
+    expression, positions, t, node_mask, gene_mask = _inputs()
+    rotation = torch.from_numpy(Rotation.random(random_state=1).as_matrix())
+    if reflect:
+        rotation = rotation @ torch.diag(torch.tensor([1.0, 1.0, -1.0]))
+    shift = torch.tensor([10.0, -4.0, 2.5])
+    with torch.no_grad():
+        out = net(expression, positions, t, t, node_mask, gene_mask)
+        moved = net(expression, positions @ rotation.T + shift, t, t, node_mask, gene_mask)
+    m = node_mask[..., None]
+    assert torch.allclose(moved.expression * m, out.expression * m, atol=1e-4)
+    # Predictions are centred, so translation drops out and only the rotation remains.
+    assert torch.allclose(moved.positions * m, (out.positions @ rotation.T) * m, atol=1e-4)
+    # The coordinate path changes positions: the test would catch an identity network.
+    assert (out.positions - positions).abs().max() > 1e-3
+
+
+def test_2d_slices_stay_in_plane():
+    torch.manual_seed(0)
+    net = AlphaSTomicsNet(ModelConfig(hidden_dim=32, num_layers=2, num_heads=4), 12, 100).eval()
+    for block in net.blocks:
+        torch.nn.init.normal_(block.attention.position_weight.weight, std=0.5)
+    expression, positions, t, node_mask, gene_mask = _inputs(n_dims=2)
+    with torch.no_grad():
+        out = net(expression, positions, t, t, node_mask, gene_mask)
+    assert out.positions[..., 2].abs().max() < 1e-12
+
+
+def test_padding_does_not_change_real_cells():
+    torch.manual_seed(0)
+    net = AlphaSTomicsNet(ModelConfig(hidden_dim=32, num_layers=2, num_heads=4), 12, 100).eval()
+    expression, positions, t, node_mask, gene_mask = _inputs()
+    with torch.no_grad():
+        full = net(expression[1:, :40], positions[1:, :40], t[1:], t[1:], node_mask[1:, :40], gene_mask[1:])
+        padded = net(expression[1:], positions[1:], t[1:], t[1:], node_mask[1:], gene_mask[1:])
+    assert torch.allclose(full.expression, padded.expression[:, :40], atol=1e-8)
+    assert torch.allclose(full.positions, padded.positions[:, :40], atol=1e-8)
+
+
+def test_linear_attention_matches_explicit_weights():
+    """The O(N) computation equals the explicit N x N row-normalised attention."""
+    torch.manual_seed(0)
+    attn = EquivariantLinearAttention(16, num_heads=2)
+    torch.nn.init.normal_(attn.position_weight.weight, std=0.5)
+    h = torch.randn(1, 30, 16)
+    x = torch.randn(1, 30, 3)
+    mask = torch.ones(1, 30, dtype=torch.bool)
+    _, dx = attn(h, x, mask)
+    q, k, _ = attn.qkv(h).reshape(1, 30, 3, 2, 8).unbind(2)
+    q, k = torch.nn.functional.elu(q) + 1, torch.nn.functional.elu(k) + 1
+    weights = torch.einsum("nhd,mhd->hnm", q[0], k[0])
+    weights = weights / weights.sum(-1, keepdim=True)
+    centroid = torch.einsum("hnm,mc->nhc", weights, x[0])
+    w = torch.tanh(attn.position_weight(h[0])) / 2
+    expected = (w[..., None] * (x[0][:, None, :] - centroid)).sum(1)
+    assert torch.allclose(dx[0], expected, atol=1e-10)
+
+
+def test_gates_change_the_output():
+    torch.manual_seed(0)
+    base = ModelConfig(hidden_dim=32, num_layers=1, num_heads=4)
+    gated = dataclasses.replace(base, use_gated_attention=True, gate_type="headwise")
+    a = AlphaSTomicsNet(base, 12, 100)
+    b = AlphaSTomicsNet(gated, 12, 100)
+    assert b.blocks[0].attention.gate.out_features == 4  # one gate per head
+    elementwise = AlphaSTomicsNet(dataclasses.replace(gated, gate_type="elementwise"), 12, 100)
+    assert elementwise.blocks[0].attention.gate.out_features == 32  # one gate per element
+    assert count_parameters(b)[0] - count_parameters(a)[0] == 32 * 4 + 4
+
+
+def test_moe_routes_top_k_and_balances():
+    torch.manual_seed(0)
+    moe = MixtureOfExperts(dim=16, hidden=32, num_experts=4, top_k=2)
+    h = torch.randn(2, 64, 16)
+    mask = torch.ones(2, 64, dtype=torch.bool)
+    out, aux = moe(h, mask)
+    assert out.shape == h.shape
+    # Output equals the explicit top-2 mixture for one token.
+    probs = torch.softmax(moe.router(h[0, 0]), -1)
+    p, e = probs.topk(2)
+    p = p / p.sum()
+    expected = sum(p[i] * moe.experts[int(e[i])](h[0, 0])[0] for i in range(2))
+    assert torch.allclose(out[0, 0], expected, atol=1e-8)
+    assert aux >= 1.0 - 1e-6  # E * sum f_e P_e >= 1 with equality only for uniform routing
+    # Padded tokens get no output.
+    mask[1, 10:] = False
+    out, _ = moe(h, mask)
+    assert out[1, 10:].abs().max() == 0
+
+
+def test_moe_parameter_counts():
+    config = ModelConfig(hidden_dim=32, num_layers=2, num_heads=4, use_moe=True, num_experts=8, moe_top_k=2)
+    net = AlphaSTomicsNet(config, 20, 100)
+    total, active = count_parameters(net)
+    per_expert = sum(p.numel() for p in net.blocks[0].ffn.experts[0].parameters())
+    assert total == sum(p.numel() for p in net.parameters())
+    assert total - active == 2 * per_expert * (8 - 2)
