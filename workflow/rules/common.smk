@@ -1,0 +1,140 @@
+# Helpers shared by the rules: config validation, input functions, wildcard constraints and
+# fingerprints of the package code each stage runs.
+import hashlib
+import json
+from pathlib import Path
+
+import yaml
+from snakemake.utils import validate
+
+validate(config, schema="../schemas/config.schema.yaml")
+
+REPO = Path(workflow.basedir).parent
+PACKAGE = REPO / "alphastomics"
+DATASETS = list(config["datasets"])
+MODES = config.get("sampling", {}).get("modes", ["expr_to_pos", "pos_to_expr", "joint"])
+ENV = "../../envs/alphastomics.yaml"
+
+
+def _check_config_values():
+    """Typed checks beyond the schema (same code as `alphastomics train`), and input files that
+    must exist, each error naming the key or file."""
+    from alphastomics.config import config_from_dict
+    from alphastomics.errors import ConfigError
+
+    try:
+        config_from_dict(config)
+    except ConfigError as err:
+        raise WorkflowError(f"config: {err}")
+    for dataset, spec in config["datasets"].items():
+        for platform, p in spec["platforms"].items():
+            for path in p["files"]:
+                if not (REPO / path).is_file():
+                    raise WorkflowError(
+                        f"config: datasets.{dataset}.platforms.{platform}.files: input file not found: {path}"
+                    )
+        gene_list = spec["gene_list"]
+        if gene_list not in ("intersection", "union") and not (REPO / gene_list).is_file():
+            raise WorkflowError(f"config: datasets.{dataset}.gene_list: file not found: {gene_list}")
+        overlap = set(spec["test_slices"]) & set(spec.get("validation_slices", []))
+        if overlap:
+            raise WorkflowError(f"config: datasets.{dataset}: slices both test and validation: {sorted(overlap)}")
+
+
+_check_config_values()
+
+
+wildcard_constraints:
+    dataset="|".join(DATASETS),
+    platform="[A-Za-z0-9_-]+",
+    file_id="[^/]+",
+    slice="[^/.]+",
+    mode="|".join(["expr_to_pos", "pos_to_expr", "joint"]),
+    stage="train|evaluate",
+
+
+def file_id(path):
+    return Path(path).name.removesuffix(".h5ad")
+
+
+def platform_files(dataset, platform):
+    return {file_id(f): f for f in config["datasets"][dataset]["platforms"][platform]["files"]}
+
+
+def all_files(dataset):
+    return [f for p in config["datasets"][dataset]["platforms"].values() for f in p["files"]]
+
+
+def per_file_manifests(wildcards):
+    return [
+        f"results/{wildcards.dataset}/shards/{platform}/{fid}.manifest.json"
+        for platform in config["datasets"][wildcards.dataset]["platforms"]
+        for fid in platform_files(wildcards.dataset, platform)
+    ]
+
+
+def preprocess_options(wildcards):
+    p = config["datasets"][wildcards.dataset]["platforms"][wildcards.platform]
+    flags = {
+        "--position-key": p.get("position_key", "spatial"),
+        "--slice-key": p.get("slice_key"),
+        "--cell-type-key": p.get("cell_type_key"),
+        "--layer": p.get("layer"),
+        "--normalization": p.get("normalization", "auto"),
+        "--z-key": p.get("z_key"),
+        "--z-value": p.get("z_value"),
+        "--on-invalid": p.get("on_invalid"),
+        "--max-cells-per-shard": p.get("max_cells_per_shard"),
+    }
+    return " ".join(f"{flag} {value}" for flag, value in flags.items() if value is not None)
+
+
+def test_slices(dataset):
+    return config["datasets"][dataset]["test_slices"]
+
+
+def validation_slices(dataset):
+    return config["datasets"][dataset].get("validation_slices", [])
+
+
+def sample_files(dataset):
+    return expand("results/{dataset}/samples/{slice}.{mode}.h5ad", dataset=dataset, slice=test_slices(dataset), mode=MODES)
+
+
+def metric_files(dataset):
+    return expand("results/{dataset}/metrics/{slice}.{mode}.tsv", dataset=dataset, slice=test_slices(dataset), mode=MODES)
+
+
+# Settings each stage reads from config; a change elsewhere in config does not re-run the stage.
+STAGE_SECTIONS = {
+    "train": ["model", "diffusion", "loss", "masking", "training"],
+    "evaluate": ["evaluation"],
+}
+
+
+def stage_settings(stage):
+    return json.dumps({s: config.get(s, {}) for s in STAGE_SECTIONS[stage]}, sort_keys=True)
+
+
+# Snakemake does not see edits to an imported package: each rule carries, as a parameter, a
+# hash of the package code it runs, so editing that code re-runs the rule and what follows.
+STAGE_CODE = {
+    "preprocess": ["preprocess.py", "io", "errors.py"],
+    "train": ["train.py", "config.py", "model", "diffusion", "data", "io/shards.py", "io/manifest.py"],
+    "export": ["checkpoint.py"],
+    "sample": ["sample.py", "diffusion/sampler.py", "data", "checkpoint.py"],
+    "evaluate": ["evaluate.py", "metrics"],
+    "report": ["report"],
+}
+
+
+def code_fingerprint(stage):
+    digest = hashlib.sha256()
+    for entry in STAGE_CODE[stage]:
+        path = PACKAGE / entry
+        files = sorted(path.rglob("*")) if path.is_dir() else [path]
+        for f in files:
+            if f.is_file() and "__pycache__" not in f.parts:
+                digest.update(str(f.relative_to(PACKAGE)).encode())
+                digest.update(f.read_bytes())
+    return digest.hexdigest()[:16]

@@ -1,0 +1,56 @@
+rule stage_settings:
+    output:
+        "results/{dataset}/settings/{stage}.yaml",
+    params:
+        settings=lambda w: stage_settings(w.stage),
+    log:
+        "logs/{dataset}/settings_{stage}.log",
+    conda:
+        ENV
+    script:
+        "../scripts/write_settings.py"
+
+
+rule train:
+    input:
+        manifest="results/{dataset}/manifest.json",
+        settings="results/{dataset}/settings/train.yaml",
+    output:
+        "results/{dataset}/model/training.json",
+    params:
+        test=lambda w: " ".join(test_slices(w.dataset)),
+        validation=lambda w: " ".join(validation_slices(w.dataset)),
+        # On SLURM the profile sets mpi="srun" and tasks_per_node = GPUs per node, so srun starts
+        # one process per GPU and Lightning reads world size and ranks from SLURM.
+        launcher=lambda w, resources: resources.get("mpi", ""),
+        devices=lambda w, resources: resources.get("tasks_per_node", config.get("training", {}).get("devices", 1)),
+        nodes=lambda w, resources: resources.get("nodes", config.get("training", {}).get("num_nodes", 1)),
+        code=code_fingerprint("train"),
+    log:
+        "logs/{dataset}/train.log",
+    conda:
+        ENV
+    shell:
+        # --resume: a retried (failed or pre-empted) job continues from its last checkpoint when
+        # that checkpoint was made with the same settings and code.
+        "{params.launcher} alphastomics train --data results/{wildcards.dataset} --config {input.settings}"
+        " --test-slices {params.test} --val-slices {params.validation}"
+        " --devices {params.devices} --num-nodes {params.nodes}"
+        " --out results/{wildcards.dataset}/model --resume --no-export > {log} 2>&1"
+
+
+# DeepSpeed writes a checkpoint directory; this rule turns any training checkpoint into the one
+# file that sampling loads.
+rule export_model:
+    input:
+        "results/{dataset}/model/training.json",
+    output:
+        "results/{dataset}/model/model.ckpt",
+    params:
+        code=code_fingerprint("export"),
+    log:
+        "logs/{dataset}/export_model.log",
+    conda:
+        ENV
+    shell:
+        "alphastomics export --checkpoint {input} --out {output} > {log} 2>&1"
