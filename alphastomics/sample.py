@@ -36,8 +36,7 @@ def sample_slice(checkpoint: str | Path, data_dir: str | Path, slice_id: str, mo
     if list(manifest["genes"]) != genes:
         raise InputError(f"{data_dir}: gene list differs from the one {checkpoint} was trained on ({len(manifest['genes'])} vs {len(genes)} genes)")
     data = load_slice(data_dir, slice_id, manifest)
-    batch = collate([make_example(data, scaler)])
-    batch = type(batch)(*(x.to(device) for x in (batch.expression, batch.positions, batch.node_mask, batch.gene_mask, batch.dim_mask)))
+    batch = collate([make_example(data, scaler)]).to(device)
     generator = torch.Generator(device="cpu").manual_seed(seed)
     steps = steps or config.sampling.steps or None
     expression, positions = sample(

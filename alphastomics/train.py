@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import time
+from collections import Counter
 from pathlib import Path
 
 import lightning as L
@@ -48,6 +49,8 @@ class DiffusionModule(L.LightningModule):
         # Learned values that replace masked features (masked diffusion), in model space.
         self.expression_mask_value = torch.nn.Parameter(torch.zeros(len(genes)))
         self.position_mask_value = torch.nn.Parameter(torch.zeros(3))
+        self.slices_seen: Counter[str] = Counter()  # training examples per slice on this rank
+        self.start_step: int | None = None
 
     # -- noising -------------------------------------------------------------------------------
     def _draw(self, batch: SliceBatch, generator: torch.Generator | None, regimes: torch.Tensor | None = None):
@@ -115,7 +118,11 @@ class DiffusionModule(L.LightningModule):
         return losses
 
     # -- Lightning hooks -----------------------------------------------------------------------
+    def on_train_start(self):
+        self.start_step = self.global_step  # > 0 when resumed from a checkpoint
+
     def training_step(self, batch: SliceBatch, batch_idx: int):
+        self.slices_seen.update(batch.slice_ids)
         losses = self.compute_losses(batch, masking=self.config.masking.enable)
         if not torch.isfinite(losses["loss"]):
             parts = ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items())
@@ -139,7 +146,7 @@ class DiffusionModule(L.LightningModule):
         return torch.optim.AdamW(self.parameters(), lr=t.lr, weight_decay=t.weight_decay)
 
     def transfer_batch_to_device(self, batch, device, dataloader_idx):
-        return SliceBatch(*(x.to(device) for x in (batch.expression, batch.positions, batch.node_mask, batch.gene_mask, batch.dim_mask)))
+        return batch.to(device)
 
 
 def masked_reconstruction_loss(pred, batch: SliceBatch, x0_position, mask_e, mask_p) -> torch.Tensor:
@@ -195,7 +202,8 @@ def build_strategy(config: Config):
         from lightning.pytorch.strategies import DDPStrategy
 
         backend = "nccl" if torch.cuda.is_available() and t.accelerator in ("auto", "gpu", "cuda") else "gloo"
-        return DDPStrategy(process_group_backend=backend)
+        # Unrouted experts and the mask values (when masking is off) get no gradient in a step.
+        return DDPStrategy(process_group_backend=backend, find_unused_parameters=True)
     if t.strategy == "fsdp":
         from lightning.pytorch.strategies import FSDPStrategy
 
@@ -212,6 +220,8 @@ def build_trainer(config: Config, out_dir: Path, has_validation: bool, extra_cal
     checkpoint = ModelCheckpoint(
         dirpath=out_dir / "checkpoints", filename="best", monitor=monitor, mode="min", save_top_k=1, save_last=True
     )
+    # last.ckpt after every epoch, so a killed or pre-empted job loses at most one epoch.
+    last_every_epoch = ModelCheckpoint(dirpath=out_dir / "checkpoints", save_top_k=0, save_last=True, every_n_epochs=1)
     loggers = [CSVLogger(out_dir, name="logs", version=""), TensorBoardLogger(out_dir, name="logs", version="tensorboard")]
     if t.wandb:
         from lightning.pytorch.loggers import WandbLogger
@@ -230,7 +240,7 @@ def build_trainer(config: Config, out_dir: Path, has_validation: bool, extra_cal
         num_sanity_val_steps=0,
         log_every_n_steps=1,
         use_distributed_sampler=False,  # SizeBucketBatchSampler splits batches across ranks itself
-        callbacks=[checkpoint, TQDMProgressBar(refresh_rate=10), *extra_callbacks],
+        callbacks=[checkpoint, last_every_epoch, TQDMProgressBar(refresh_rate=10), *extra_callbacks],
         logger=loggers,
         default_root_dir=out_dir,
         enable_model_summary=False,
@@ -283,13 +293,16 @@ def train(config: Config, data_dir: str | Path, out_dir: str | Path, test_ids=()
         key_file.write_text(key + "\n")
     trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt_path)
 
-    best = trainer.checkpoint_callback.best_model_path or trainer.checkpoint_callback.last_model_path
+    (out_dir / "logs").mkdir(parents=True, exist_ok=True)
+    (out_dir / "logs" / f"slices_seen_rank{trainer.global_rank}.json").write_text(json.dumps(dict(module.slices_seen)))
+    best = trainer.checkpoint_callback.best_model_path or str(last)
     summary = {
         "package_version": __version__,
         "best_checkpoint": os.path.relpath(best, out_dir) if best else None,
         "last_checkpoint": os.path.relpath(last, out_dir),
         "best_score": float(trainer.checkpoint_callback.best_model_score) if trainer.checkpoint_callback.best_model_score is not None else None,
         "monitor": trainer.checkpoint_callback.monitor,
+        "start_step": module.start_step,
         "global_step": trainer.global_step,
         "epochs": trainer.current_epoch,
         "resumed_from": ckpt_path,

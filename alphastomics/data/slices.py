@@ -112,7 +112,7 @@ def collate(examples: list[Example]) -> SliceBatch:
         node_mask[b, : e.n_cells] = True
     gene_mask = torch.from_numpy(np.stack([e.gene_mask for e in examples])).float()
     dim_mask = torch.tensor([[1.0, 1.0, 1.0 if e.n_dims == 3 else 0.0] for e in examples])
-    return SliceBatch(expression, positions, node_mask, gene_mask, dim_mask)
+    return SliceBatch(expression, positions, node_mask, gene_mask, dim_mask, tuple(e.slice_id for e in examples))
 
 
 class SliceDataset(Dataset):

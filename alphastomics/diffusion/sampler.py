@@ -10,7 +10,7 @@ values and are shown to the network at step 0.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
@@ -28,6 +28,11 @@ class SliceBatch:
     node_mask: torch.Tensor  # (B, N) bool
     gene_mask: torch.Tensor  # (B, G) float, 1 where measured
     dim_mask: torch.Tensor  # (B, 3) float, 1 for the axes the slice uses
+    slice_ids: tuple[str, ...] = field(default=())
+
+    def to(self, device) -> "SliceBatch":
+        tensors = (self.expression, self.positions, self.node_mask, self.gene_mask, self.dim_mask)
+        return SliceBatch(*(t.to(device) for t in tensors), slice_ids=self.slice_ids)
 
 
 def timestep_grid(total_steps: int, steps: int | None) -> list[int]:

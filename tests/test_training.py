@@ -1,0 +1,254 @@
+"""Training on real preprocessed slices: losses, masked diffusion, data modes, checkpoints and
+resume, NaN detection, DDP on CPU, DeepSpeed configuration, export and sampling."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from alphastomics.config import Config, apply_overrides, load_config
+from alphastomics.data.slices import ExpressionScaler, PatchDataset, collate
+from alphastomics.diffusion.sampler import SliceBatch
+from alphastomics.errors import AlphaSTomicsError
+from alphastomics.io.shards import load_slice
+from alphastomics.model.network import Prediction
+from alphastomics.train import DiffusionModule, build_strategy, masked_reconstruction_loss, train
+
+SMALL = {
+    "model": {"hidden_dim": 32, "num_layers": 2, "num_heads": 4},
+    "diffusion": {"diffusion_steps": 20},
+    "training": {"epochs": 2, "examples_per_epoch": 2, "val_every_n_epochs": 1, "accelerator": "cpu"},
+}
+
+
+def small_config(tmp_path: Path, **training) -> Path:
+    settings = json.loads(json.dumps(SMALL))
+    settings["training"].update(training)
+    path = tmp_path / "settings.yaml"
+    path.write_text(yaml.safe_dump(settings))
+    return path
+
+
+def _cli(*args, timeout=600, **kwargs):
+    return subprocess.run([sys.executable, "-m", "alphastomics.cli", *args], capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def test_train_export_and_sample_every_mode(starmap_dir, tmp_path):
+    config = load_config(small_config(tmp_path))
+    out = tmp_path / "model"
+    summary = train(config, starmap_dir, out, test_ids=["20180424_BZ14_control"], export_to=out / "model.ckpt")
+    assert summary["train_slices"] == ["20180417_BZ5_control", "20180419_BZ9_control"]
+    assert summary["global_step"] == 4
+    assert (out / "config.yaml").exists() and (out / "logs/metrics.csv").exists()
+    assert any((out / "logs/tensorboard").iterdir())
+    for mode in ("expr_to_pos", "pos_to_expr", "joint"):
+        target = tmp_path / f"{mode}.h5ad"
+        result = _cli("sample", "--checkpoint", str(out / "model.ckpt"), "--data", str(starmap_dir),
+                      "--slice", "20180424_BZ14_control", "--mode", mode, "--out", str(target))
+        assert result.returncode == 0, result.stderr
+        adata = ad.read_h5ad(target)
+        assert adata.n_obs == 1088 and adata.obsm["spatial_pred"].shape == (1088, 2)
+        assert np.isfinite(adata.layers["expr_pred"]).all() and np.isfinite(adata.obsm["spatial_pred"]).all()
+        generated_position = mode != "pos_to_expr"
+        assert np.allclose(adata.obsm["spatial_pred"], adata.obsm["spatial"]) != generated_position
+        assert np.allclose(adata.layers["expr_pred"], adata.X) == (mode == "expr_to_pos")
+
+
+def test_sample_refuses_unknown_slice_and_bad_checkpoint(starmap_dir, tmp_path):
+    bogus = tmp_path / "model.ckpt"
+    bogus.write_text("not a checkpoint")
+    result = _cli("sample", "--checkpoint", str(bogus), "--data", str(starmap_dir), "--slice", "x", "--mode", "joint",
+                  "--out", str(tmp_path / "o.h5ad"))
+    assert result.returncode != 0 and "model.ckpt" in result.stderr
+    assert not (tmp_path / "o.h5ad").exists()
+
+
+def _module_and_batch(data_dir, slices, **changes):
+    config = apply_overrides(Config(), {"model.hidden_dim": 32, "model.num_layers": 2, **changes})
+    loaded = [load_slice(data_dir, s) for s in slices]
+    scaler = ExpressionScaler.fit(loaded)
+    from alphastomics.data.slices import make_example
+
+    batch = collate([make_example(s, scaler) for s in loaded])
+    return DiffusionModule(config.to_dict(), loaded[0].genes, scaler.to_dict()), batch
+
+
+def test_batches_pad_slices_of_different_size_and_losses_are_finite(bdtnp_dir):
+    module, batch = _module_and_batch(bdtnp_dir, ["slab0", "slab1"])
+    assert batch.node_mask.sum(1).tolist() == [760, 759]
+    assert batch.dim_mask.tolist() == [[1, 1, 1], [1, 1, 1]]
+    losses = module.compute_losses(batch, torch.Generator().manual_seed(0))
+    assert all(torch.isfinite(v) for v in losses.values())
+    losses["loss"].backward()
+    assert module.network.blocks[0].attention.qkv.weight.grad.abs().sum() > 0
+
+
+def test_training_modes_noise_the_right_modality(starmap_dir):
+    module, batch = _module_and_batch(starmap_dir, ["20180417_BZ5_control"], **{"training.training_mode": "expr_to_pos"})
+    _, _, t_e, t_p, w_e, w_p = module._draw(batch, torch.Generator().manual_seed(0))
+    assert t_e.tolist() == [0] and t_p.item() > 0 and w_e.tolist() == [0.0] and w_p.tolist() == [1.0]
+    module, batch = _module_and_batch(starmap_dir, ["20180417_BZ5_control"], **{"training.training_mode": "pos_to_expr"})
+    _, _, t_e, t_p, w_e, w_p = module._draw(batch, torch.Generator().manual_seed(0))
+    assert t_p.tolist() == [0] and t_e.item() > 0 and w_p.tolist() == [0.0]
+    # joint: all three regimes occur
+    module, batch = _module_and_batch(starmap_dir, ["20180417_BZ5_control"])
+    seen = set()
+    g = torch.Generator().manual_seed(0)
+    for _ in range(30):
+        _, _, t_e, t_p, _, _ = module._draw(batch, g)
+        seen.add((t_e.item() > 0, t_p.item() > 0))
+    assert seen == {(True, True), (True, False), (False, True)}
+
+
+def test_masked_reconstruction_counts_masked_entries_only():
+    B, N, G = 1, 4, 3
+    target = SliceBatch(torch.zeros(B, N, G), torch.zeros(B, N, 3), torch.ones(B, N, dtype=torch.bool), torch.ones(B, G), torch.ones(B, 3))
+    pred_e = torch.full((B, N, G), 100.0)  # large error everywhere...
+    pred_e[0, 0, 1] = 2.0  # ...except the masked entries, which have error 2 and 3
+    pred_e[0, 2, 0] = 3.0
+    pred_p = torch.full((B, N, 3), 50.0)
+    pred_p[0, 1, 2] = 1.0
+    mask_e = torch.zeros(B, N, G, dtype=torch.bool)
+    mask_e[0, 0, 1] = mask_e[0, 2, 0] = True
+    mask_p = torch.zeros(B, N, 3, dtype=torch.bool)
+    mask_p[0, 1, 2] = True
+    loss = masked_reconstruction_loss(Prediction(pred_e, pred_p, torch.zeros(())), target, target.positions, mask_e, mask_p)
+    assert float(loss) == pytest.approx((4 + 9 + 1) / 3)
+
+
+def test_feature_masks_replace_inputs_with_learned_values(starmap_dir):
+    module, batch = _module_and_batch(starmap_dir, ["20180417_BZ5_control"], **{"masking.enable": True,
+                                      "masking.expression_mask_ratio": 0.3, "masking.position_mask_ratio": 0.3})
+    mask_e, mask_p = module._feature_masks(batch, torch.Generator().manual_seed(0))
+    assert 0.25 < mask_e.float().mean() < 0.35
+    assert not mask_p[..., 2].any()  # 2D slice: the unused z axis is never masked
+    with torch.no_grad():
+        module.expression_mask_value.fill_(7.5)
+    seen = {}
+
+    def record_input(module_, inputs, output):
+        seen.setdefault("x", inputs[0])
+
+    module.network.expression_in.register_forward_hook(record_input)
+    losses = module.compute_losses(batch, torch.Generator().manual_seed(0), masking=True)
+    assert "masked_reconstruction" in losses and torch.isfinite(losses["masked_reconstruction"])
+    x = seen["x"]
+    masked_fraction = (x == 7.5).float().mean()
+    assert 0.25 < masked_fraction < 0.35
+
+
+def test_cell_mode_patches_are_spatially_contiguous(starmap_dir):
+    s = load_slice(starmap_dir, "20180417_BZ5_control")
+    patches = PatchDataset([s], ExpressionScaler.fit([s]), cells_per_example=100, length=5, seed=0)
+    example = patches[3]
+    assert example.n_cells == 100
+    # Rebuild which cells were taken: a contiguous patch has a small radius compared to the slice.
+    assert np.sqrt((example.positions ** 2).sum(1).mean()) == pytest.approx(1.0, rel=1e-4)  # normalised frame
+    # The patch is exactly the 100 nearest cells of one cell of the slice: find that cell by
+    # matching the patch's standardised expression rows back to the slice.
+    scaler = patches.scaler
+    full = scaler.transform(s.expression) * s.gene_mask
+    rows = [int(np.argmin(np.abs(full - row).sum(1))) for row in example.expression]
+    patch_cells = set(rows)
+    assert len(patch_cells) == 100
+    centres = [c for c in patch_cells if set(patches.trees[0].query(s.coords[c, :2], k=100)[1]) == patch_cells]
+    assert centres, "the patch is not the k-nearest-neighbour set of any of its cells"
+    # and it is local: its extent is a small part of the slice's
+    extent = np.ptp(s.coords[rows, :2], axis=0).max()
+    assert extent < 0.5 * np.ptp(s.coords[:, :2], axis=0).max()
+
+
+def test_nan_loss_stops_training_naming_the_step(starmap_dir, tmp_path):
+    import lightning as L
+
+    class PoisonWeights(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.global_step == 3:
+                with torch.no_grad():
+                    pl_module.network.expression_out[0].weight.fill_(float("nan"))
+
+    from alphastomics import train as train_module
+
+    config = load_config(small_config(tmp_path, epochs=5))
+    original = train_module.build_trainer
+    train_module.build_trainer = lambda *a, **k: original(*a, extra_callbacks=[PoisonWeights()], **k)
+    try:
+        with pytest.raises(AlphaSTomicsError, match="not finite at step 3"):
+            train(config, starmap_dir, tmp_path / "model", test_ids=["20180424_BZ14_control"])
+    finally:
+        train_module.build_trainer = original
+
+
+def test_killed_training_resumes_from_last_checkpoint(starmap_dir, tmp_path):
+    settings = small_config(tmp_path, epochs=12, examples_per_epoch=2)
+    out = tmp_path / "model"
+    args = ["train", "--data", str(starmap_dir), "--config", str(settings), "--test-slices", "20180424_BZ14_control",
+            "--out", str(out), "--resume", "--no-export"]
+    process = subprocess.Popen([sys.executable, "-m", "alphastomics.cli", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = out / "checkpoints/last.ckpt"
+    deadline = time.time() + 300
+    step_at_kill = 0
+    while time.time() < deadline and process.poll() is None:
+        if last.exists():
+            try:
+                step_at_kill = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
+            except Exception:  # being written
+                step_at_kill = 0
+            if step_at_kill >= 4:
+                break
+        time.sleep(0.5)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert 4 <= step_at_kill < 24, "training finished before it could be killed"
+    assert not (out / "training.json").exists()
+    step_at_kill = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
+
+    result = _cli(*args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "training.json").read_text())
+    assert summary["resumed_from"].endswith("last.ckpt")
+    assert summary["start_step"] == step_at_kill  # continued, not restarted from 0
+    assert summary["global_step"] == 24
+
+
+def test_resume_ignores_checkpoint_of_other_settings(starmap_dir, tmp_path):
+    out = tmp_path / "model"
+    config = load_config(small_config(tmp_path))
+    train(config, starmap_dir, out, test_ids=["20180424_BZ14_control"])
+    changed = apply_overrides(config, {"model.num_layers": 3})
+    summary = train(changed, starmap_dir, out, test_ids=["20180424_BZ14_control"], resume=True)
+    assert summary["resumed_from"] is None and summary["start_step"] == 0
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_on_cpu_see_different_slices(starmap_dir, tmp_path):
+    settings = small_config(tmp_path, epochs=2, examples_per_epoch=2)
+    out = tmp_path / "model"
+    env = dict(os.environ, MASTER_PORT=str(29500 + os.getpid() % 1000))
+    result = _cli("train", "--data", str(starmap_dir), "--config", str(settings), "--test-slices", "20180424_BZ14_control",
+                  "--out", str(out), "--strategy", "ddp", "--devices", "2", "--accelerator", "cpu", "--no-export", env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "training.json").read_text())
+    assert summary["world_size"] == 2
+    seen = [json.loads((out / f"logs/slices_seen_rank{r}.json").read_text()) for r in (0, 1)]
+    assert all(seen) and set(seen[0]).isdisjoint(seen[1])
+
+
+def test_deepspeed_strategy_built_from_config():
+    pytest.importorskip("deepspeed")
+    from lightning.pytorch.strategies import DeepSpeedStrategy
+
+    for stage in (1, 2, 3):
+        config = apply_overrides(Config(), {"training.strategy": f"deepspeed_stage_{stage}", "training.precision": "bf16-mixed"})
+        strategy = build_strategy(config)
+        assert isinstance(strategy, DeepSpeedStrategy)
+        assert strategy.config["zero_optimization"]["stage"] == stage
