@@ -65,6 +65,15 @@ def all_files(dataset):
     return [f for p in config["datasets"][dataset]["platforms"].values() for f in p["files"]]
 
 
+def gene_list_file(dataset):
+    mode = config["datasets"][dataset]["gene_list"]
+    return [] if mode in ("intersection", "union") else [mode]
+
+
+def gene_list_panels(dataset):
+    return [] if gene_list_file(dataset) else all_files(dataset)
+
+
 def per_file_manifests(wildcards):
     return [
         f"results/{wildcards.dataset}/shards/{platform}/{fid}.manifest.json"

@@ -1,6 +1,9 @@
 rule gene_list:
     input:
-        h5ad=lambda w: all_files(w.dataset),
+        # a gene-list file: only that file, so adding an h5ad file does not re-make genes.txt and
+        # re-run every file's preprocessing; intersection/union: the panels of all files
+        h5ad=lambda w: gene_list_panels(w.dataset),
+        given=lambda w: gene_list_file(w.dataset),
     output:
         "results/{dataset}/genes.txt",
     params:

@@ -21,8 +21,14 @@ rule train:
         test=lambda w: " ".join(test_slices(w.dataset)),
         validation=lambda w: " ".join(validation_slices(w.dataset)),
         # On SLURM the profile sets mpi="srun" and tasks_per_node = GPUs per node, so srun starts
-        # one process per GPU and Lightning reads world size and ranks from SLURM.
-        launcher=lambda w, resources: resources.get("mpi", ""),
+        # one process per GPU and Lightning reads world size and ranks from SLURM. The task
+        # geometry is passed explicitly: the plugin's job step strips SLURM_* variables, and a
+        # bare srun would start one task.
+        launcher=lambda w, resources: (
+            f"{resources.mpi} --nodes={resources.get('nodes', 1)} --ntasks-per-node={resources.tasks_per_node}"
+            if resources.get("mpi")
+            else ""
+        ),
         devices=lambda w, resources: resources.get("tasks_per_node", config.get("training", {}).get("devices", 1)),
         nodes=lambda w, resources: resources.get("nodes", config.get("training", {}).get("num_nodes", 1)),
         code=code_fingerprint("train"),

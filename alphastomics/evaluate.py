@@ -1,0 +1,460 @@
+"""``alphastomics evaluate`` (one sample file -> tidy metric table + JSON) and ``alphastomics gather``.
+
+Which metrics a sample gets depends on what was generated (``uns['alphastomics']['generated']``):
+
+- expression generated (``pos_to_expr``, ``joint``): expression errors and correlations, leiden
+  clusters of generated expression and expression label transfer (with cell types);
+- positions generated (``expr_to_pos``, ``joint``): Procrustes, RSSD, pairwise-distance metrics,
+  kNN preservation, and with cell types neighbourhood enrichment and spatial label transfer;
+- always: Moran's I of (true expression on the true-coordinate graph) vs (``layers['expr_pred']``
+  on the ``obsm['spatial_pred']`` graph). By the sample format the generated side is, per mode:
+  ``pos_to_expr`` generated expression on the given (= true) coordinates; ``expr_to_pos`` the true
+  expression on the generated coordinates; ``joint`` generated expression on generated coordinates.
+
+Metrics whose cost grows faster than n log n (pairwise distances, clustering, expression label
+transfer) run on a random sample of ``sample_size`` cells (seed ``seed``) when a slice has more
+than ``max_cells_exact`` cells; the JSON says which cells entered each metric.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from threadpoolctl import threadpool_limits
+
+from alphastomics import MODES
+from alphastomics.config import EvaluationConfig, load_config
+from alphastomics.errors import InputError
+from alphastomics.metrics import clusters, expression, geometry, neighbourhoods, spatial
+
+log = logging.getLogger(__name__)
+
+TABLE_COLUMNS = ["dataset", "slice", "mode", "method", "metric", "value"]
+DEFAULT_METHOD = "alphastomics"
+GENERATED_BY_MODE = {"expr_to_pos": ["position"], "pos_to_expr": ["expression"], "joint": ["expression", "position"]}
+# Label permutations behind the neighbourhood enrichment z-scores (squidpy's default is 1000; 100
+# keeps a 100,000-cell slice within budget and the z-scores stable to ~0.1).
+ENRICHMENT_PERMUTATIONS = 100
+# Neighbours that vote in kNN label transfer, spatial and expression.
+LABEL_TRANSFER_K = 15
+# Hook for clustering AlphaSTomics embeddings: when a sample file carries the model's per-cell
+# embedding under this obsm key, its leiden clusters are scored like those of generated expression.
+EMBEDDING_KEY = "alphastomics_embedding"
+
+
+@dataclass
+class Sample:
+    """The arrays of one sample file that metrics need (expression restricted to measured genes)."""
+
+    mode: str
+    generated: list[str]
+    slice_id: str
+    dataset: str
+    method: str
+    genes: list[str]
+    true_expression: np.ndarray
+    generated_expression: np.ndarray
+    true_positions: np.ndarray
+    generated_positions: np.ndarray
+    cell_types: np.ndarray | None  # None where obs['cell_type'] is absent; unknown entries are None
+    embedding: np.ndarray | None
+    measured_note: str
+
+
+# ----------------------------------------------------------------------------------------------
+# reading and checking sample files
+
+
+def read_sample(path: str | Path):
+    """Read a sample h5ad, with an InputError naming the file when it is missing or not an h5ad."""
+    import anndata as ad
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: sample file not found")
+    try:
+        return ad.read_h5ad(path)
+    except Exception as err:  # noqa: BLE001 - h5py/anndata raise many types for a bad file
+        raise InputError(f"{path}: not a readable h5ad file ({type(err).__name__}: {err})") from None
+
+
+def _dense(matrix) -> np.ndarray:
+    return matrix.toarray() if sp.issparse(matrix) else np.asarray(matrix)
+
+
+def _uns_list(value) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    return [str(v) for v in np.asarray(value).ravel()]
+
+
+def _require_finite(array: np.ndarray, field: str, source: str) -> None:
+    bad = int(np.size(array) - np.isfinite(array).sum())
+    if bad:
+        raise InputError(f"{source}: {field} holds {bad} non-finite value(s)")
+
+
+def _cell_types(adata) -> np.ndarray | None:
+    if "cell_type" not in adata.obs:
+        return None
+    column = adata.obs["cell_type"]
+    known = column.notna().to_numpy() & (column.astype(str).str.strip() != "").to_numpy()
+    labels = column.astype(object).to_numpy()
+    labels[~known] = None
+    return labels
+
+
+def sample_from_anndata(adata, dataset: str | None = None, method: str | None = None, source: str = "sample") -> Sample:
+    """Check a sample AnnData against docs/FORMATS.md and extract what the metrics need.
+
+    Raises InputError naming ``source`` and the missing or bad field.
+    """
+    for key in ("spatial", "spatial_pred"):
+        if key not in adata.obsm:
+            raise InputError(f"{source}: obsm['{key}'] is missing")
+    if "expr_pred" not in adata.layers:
+        raise InputError(f"{source}: layers['expr_pred'] is missing")
+    info = dict(adata.uns.get("alphastomics", {}))
+    mode = str(info.get("mode", ""))
+    if mode not in MODES:
+        raise InputError(f"{source}: uns['alphastomics']['mode'] is {mode!r}, not one of {', '.join(MODES)}")
+    generated = _uns_list(info.get("generated")) or GENERATED_BY_MODE[mode]
+    unknown = set(generated) - {"expression", "position"}
+    if unknown:
+        raise InputError(f"{source}: uns['alphastomics']['generated'] holds unknown entries {sorted(unknown)}")
+
+    true_positions = np.asarray(adata.obsm["spatial"], dtype=np.float64)
+    generated_positions = np.asarray(adata.obsm["spatial_pred"], dtype=np.float64)
+    if true_positions.ndim != 2 or generated_positions.shape != true_positions.shape:
+        raise InputError(f"{source}: obsm['spatial_pred'] has shape {generated_positions.shape}, obsm['spatial'] {true_positions.shape}; they must match")
+    if adata.layers["expr_pred"].shape != adata.shape:
+        raise InputError(f"{source}: layers['expr_pred'] has shape {adata.layers['expr_pred'].shape}, X {adata.shape}; they must match")
+    if adata.n_obs < 3:
+        raise InputError(f"{source}: {adata.n_obs} cell(s); metrics need at least 3")
+
+    if "measured" in adata.var:
+        measured = np.asarray(adata.var["measured"], dtype=bool)
+        measured_note = "var['measured']"
+    else:
+        measured = np.ones(adata.n_vars, dtype=bool)
+        measured_note = "all genes (var['measured'] absent)"
+    if not measured.any():
+        raise InputError(f"{source}: var['measured'] marks no gene as measured")
+    true_expression = _dense(adata.X[:, measured]).astype(np.float32, copy=False)
+    generated_expression = _dense(adata.layers["expr_pred"][:, measured]).astype(np.float32, copy=False)
+    for array, field in ((true_expression, "X"), (generated_expression, "layers['expr_pred']"),
+                         (true_positions, "obsm['spatial']"), (generated_positions, "obsm['spatial_pred']")):
+        _require_finite(array, field, source)
+
+    slice_ids = adata.obs["slice_id"].astype(str).unique() if "slice_id" in adata.obs else []
+    slice_id = str(info.get("slice_id") or (slice_ids[0] if len(slice_ids) == 1 else Path(source).name.split(".")[0]))
+    embedding = np.asarray(adata.obsm[EMBEDDING_KEY], dtype=np.float32) if EMBEDDING_KEY in adata.obsm else None
+    return Sample(
+        mode=mode,
+        generated=generated,
+        slice_id=slice_id,
+        dataset=str(dataset or info.get("dataset") or "unknown"),
+        method=str(method or info.get("method") or DEFAULT_METHOD),
+        genes=[str(g) for g in adata.var_names[measured]],
+        true_expression=true_expression,
+        generated_expression=generated_expression,
+        true_positions=true_positions,
+        generated_positions=generated_positions,
+        cell_types=_cell_types(adata),
+        embedding=embedding,
+        measured_note=measured_note,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# evaluation
+
+
+def sample_cells(n: int, config: EvaluationConfig) -> np.ndarray | None:
+    """Sorted random sample of ``config.sample_size`` cell indices when n > ``max_cells_exact``, else None (all cells)."""
+    if n <= config.max_cells_exact:
+        return None
+    rng = np.random.default_rng(config.seed)
+    return np.sort(rng.choice(n, size=min(config.sample_size, n), replace=False))
+
+
+def _cells_note(n: int, chosen: np.ndarray | None, config: EvaluationConfig) -> dict:
+    if chosen is None:
+        return {"cells": "all", "n_cells_total": n}
+    return {"cells": f"random sample without replacement (slice has more than max_cells_exact={config.max_cells_exact} cells)",
+            "n_cells_total": n, "sample_size": int(len(chosen)), "seed": config.seed}
+
+
+class _Collector:
+    """Metric values and how each was computed, in the order they were added."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, float] = {}
+        self.how: dict[str, dict] = {}
+
+    def add(self, values: dict[str, float], how: dict[str, dict], seconds: float, **extra) -> None:
+        for name, value in values.items():
+            self.values[name] = float(value)
+            self.how[name] = {**how.get(name, {}), **extra, "seconds": round(seconds, 3)}
+
+
+def _timed(fn, *args, **kwargs):
+    start = time.perf_counter()
+    result = fn(*args, **kwargs)
+    return result, time.perf_counter() - start
+
+
+def _expression_family(sample: Sample, out: _Collector) -> None:
+    (values, how), seconds = _timed(expression.expression_metrics, sample.true_expression, sample.generated_expression)
+    out.add(values, how, seconds, measured_genes=sample.measured_note)
+
+
+def _position_family(sample: Sample, config: EvaluationConfig, out: _Collector) -> None:
+    true, generated = sample.true_positions, sample.generated_positions
+    (values, how), seconds = _timed(geometry.coordinate_metrics, true, generated)
+    out.add(values, how, seconds, cells="all")
+
+    chosen = sample_cells(len(true), config)
+    subset = slice(None) if chosen is None else chosen
+    (values, how, _), seconds = _timed(geometry.distance_metrics, true[subset], generated[subset], list(config.contact_quantiles))
+    out.add(values, how, seconds, **_cells_note(len(true), chosen, config))
+
+    (values, how), seconds = _timed(neighbourhoods.knn_preservation, true, generated, list(config.knn_k))
+    out.add(values, how, seconds, cells="all")
+
+
+def _morans_family(sample: Sample, config: EvaluationConfig, out: _Collector) -> None:
+    same_positions = "position" not in sample.generated
+    generated_points = sample.true_positions if same_positions else sample.generated_positions
+    if "expression" in sample.generated:
+        note = ("true expression on the true-coordinate graph vs generated expression on "
+                + ("the same graph (coordinates were given)" if same_positions else "the generated-coordinate graph"))
+    else:
+        note = "true expression on the true-coordinate graph vs the same true expression on the generated-coordinate graph"
+    (values, how, per_gene), seconds = _timed(
+        spatial.morans_i_agreement, sample.true_positions, sample.true_expression,
+        generated_points, sample.generated_expression, config.morans_k, note,
+    )
+    out.add(values, how, seconds, cells="all")
+    out.how["morans_i_corr"]["per_gene"] = {
+        "genes": sample.genes, "true": per_gene["true"].tolist(), "generated": per_gene["generated"].tolist(),
+    }
+
+
+def _known_types(sample: Sample) -> tuple[np.ndarray, np.ndarray, list[str]] | None:
+    """(mask of cells with a known type, integer codes of those cells, type names) or None when < 2 types."""
+    if sample.cell_types is None:
+        return None
+    known = np.array([label is not None for label in sample.cell_types])
+    names, codes = np.unique(sample.cell_types[known].astype(str), return_inverse=True)
+    if len(names) < 2 or known.sum() < 3:
+        return None
+    return known, codes, [str(n) for n in names]
+
+
+def _typed_note(known: np.ndarray, names: list[str]) -> dict:
+    return {"cell_types": f"obs['cell_type'], {len(names)} types, cells of unknown type left out", "n_cells_typed": int(known.sum())}
+
+
+def _cell_type_position_family(sample: Sample, config: EvaluationConfig, known, codes, names, out: _Collector) -> None:
+    true, generated = sample.true_positions[known], sample.generated_positions[known]
+    typed = _typed_note(known, names)
+    (values, how, z), seconds = _timed(
+        neighbourhoods.nhood_enrichment_agreement, true, generated, codes, config.morans_k, ENRICHMENT_PERMUTATIONS, config.seed)
+    out.add(values, how, seconds, **typed)
+    out.how["nhood_enrichment_corr"]["zscores"] = {
+        "types": names, "true": z["true"].tolist(), "generated": z["generated"].tolist()}
+
+    k = LABEL_TRANSFER_K
+    accuracy, seconds = _timed(neighbourhoods.spatial_label_transfer_accuracy, generated, codes, k)
+    reference = neighbourhoods.spatial_label_transfer_accuracy(true, codes, k)
+    out.add({"label_transfer_accuracy_spatial": accuracy}, {"label_transfer_accuracy_spatial": {
+        "formula": "fraction of cells whose type equals the majority type of their k nearest other cells in generated coordinates",
+        "k": min(k, len(true) - 1),
+        "reference_on_true_coordinates": reference,
+    }}, seconds, **typed)
+
+
+def _cell_type_expression_family(sample: Sample, config: EvaluationConfig, known, codes, names, out: _Collector) -> None:
+    true_expression = sample.true_expression[known]
+    generated_expression = sample.generated_expression[known]
+    typed = _typed_note(known, names)
+    chosen = sample_cells(len(codes), config)
+    subset = slice(None) if chosen is None else chosen
+    cells = _cells_note(len(codes), chosen, config)
+
+    start = time.perf_counter()
+    generated_clusters, how = clusters.leiden_clusters(generated_expression[subset], config.leiden_resolution, config.seed)
+    values = clusters.cluster_agreement(codes[subset], generated_clusters, "leiden")
+    true_clusters, _ = clusters.leiden_clusters(true_expression[subset], config.leiden_resolution, config.seed)
+    reference = clusters.cluster_agreement(codes[subset], true_clusters, "leiden")
+    how = {**how, "clustered": "generated expression (measured genes)",
+           "reference_on_true_expression": reference}
+    out.add(values, {name: {**how, "score": name.rsplit("_", 1)[1]} for name in values},
+            time.perf_counter() - start, **cells, **typed)
+
+    (accuracy, how), seconds = _timed(
+        clusters.expression_label_transfer_accuracy, true_expression, generated_expression, codes,
+        LABEL_TRANSFER_K, config.seed, query_cells=chosen)
+    out.add({"label_transfer_accuracy_expression": accuracy}, {"label_transfer_accuracy_expression": how}, seconds, **typed)
+
+
+def _embedding_family(sample: Sample, config: EvaluationConfig, known, codes, names, out: _Collector) -> None:
+    """Leiden clusters of the model's per-cell embedding vs cell types (only when the sample carries one)."""
+    embedding = sample.embedding[known]
+    chosen = sample_cells(len(codes), config)
+    subset = slice(None) if chosen is None else chosen
+    start = time.perf_counter()
+    labels, how = clusters.leiden_clusters(embedding[subset], config.leiden_resolution, config.seed,
+                                           use_pca=embedding.shape[1] > clusters.MAX_PCS)
+    values = clusters.cluster_agreement(codes[subset], labels, "embedding_leiden")
+    out.add(values, {name: {**how, "clustered": f"obsm['{EMBEDDING_KEY}']"} for name in values},
+            time.perf_counter() - start, **_cells_note(len(codes), chosen, config))
+
+
+def evaluate_sample(adata, evaluation_config: EvaluationConfig, dataset: str | None = None, method: str | None = None,
+                    source: str = "sample") -> tuple[pd.DataFrame, dict[str, dict]]:
+    """All metrics that apply to one sample AnnData (see the module docstring).
+
+    Returns the tidy table (columns dataset, slice, mode, method, metric, value) and
+    metric name -> how it was computed.
+    """
+    sample = sample_from_anndata(adata, dataset=dataset, method=method, source=source)
+    # One BLAS/OpenMP thread: the pipeline runs several evaluate jobs side by side, and there
+    # OpenBLAS's spinning worker threads made a 1,000-cell slice ~15x slower (10 s instead of 0.6 s).
+    with threadpool_limits(limits=1):
+        out = _evaluate(sample, evaluation_config, source)
+    table = pd.DataFrame({
+        "dataset": sample.dataset, "slice": sample.slice_id, "mode": sample.mode, "method": sample.method,
+        "metric": list(out.values), "value": list(out.values.values()),
+    }, columns=TABLE_COLUMNS)
+    common = {"mode": sample.mode, "generated": sample.generated, "n_cells": int(len(sample.true_positions)),
+              "n_dims": int(sample.true_positions.shape[1]), "n_measured_genes": len(sample.genes)}
+    details = {name: {**how, "sample": common} for name, how in out.how.items()}
+    return table, details
+
+
+def _evaluate(sample: Sample, config: EvaluationConfig, source: str) -> _Collector:
+    out = _Collector()
+    if "expression" in sample.generated:
+        _expression_family(sample, out)
+    if "position" in sample.generated:
+        _position_family(sample, config, out)
+    _morans_family(sample, config, out)
+    typed = _known_types(sample)
+    if typed is not None:
+        if "position" in sample.generated:
+            _cell_type_position_family(sample, config, *typed, out)
+        if "expression" in sample.generated:
+            _cell_type_expression_family(sample, config, *typed, out)
+        if sample.embedding is not None:
+            _embedding_family(sample, config, *typed, out)
+    else:
+        log.info("%s: no obs['cell_type'] with at least two known types; cluster and cell-type metrics skipped", source)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# output
+
+
+def _nan_to_none(value):
+    """JSON has no NaN: write null for non-finite numbers, recursively."""
+    if isinstance(value, dict):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_nan_to_none(v) for v in value]
+    if isinstance(value, (np.floating, float)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    return value
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Write under a temporary name and rename, so a failed run never leaves a partial file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        temporary.write_text(text)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def details_path(table_path: str | Path) -> Path:
+    """``metrics/<slice>.<mode>.tsv`` -> ``metrics/<slice>.<mode>.json``."""
+    return Path(table_path).with_suffix(".json")
+
+
+def write_metrics(table: pd.DataFrame, details: dict, out: str | Path) -> tuple[Path, Path]:
+    """Write the TSV and, beside it, the JSON of how each metric was computed."""
+    out = Path(out)
+    json_path = details_path(out)
+    _write_atomically(json_path, json.dumps(_nan_to_none(details), indent=1) + "\n")
+    _write_atomically(out, table.to_csv(sep="\t", index=False, na_rep="NaN", float_format="%.10g"))
+    return out, json_path
+
+
+# ----------------------------------------------------------------------------------------------
+# command line
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("sample", help="sample file <slice>.<mode>.h5ad written by `alphastomics sample`")
+    parser.add_argument("--out", required=True, help="metric table to write (TSV); the JSON of how each metric was computed goes beside it")
+    parser.add_argument("--config", default=None, help="config YAML (its evaluation: section is used; defaults otherwise)")
+    parser.add_argument("--dataset", default=None, help="dataset name in the table (default: uns['alphastomics']['dataset'])")
+    parser.add_argument("--method", default=None, help=f"method name in the table (default: uns['alphastomics']['method'] or {DEFAULT_METHOD})")
+
+
+def main(args: argparse.Namespace) -> int:
+    config = load_config(args.config).evaluation
+    adata = read_sample(args.sample)
+    start = time.perf_counter()
+    table, details = evaluate_sample(adata, config, dataset=args.dataset, method=args.method, source=str(args.sample))
+    table_path, json_path = write_metrics(table, details, args.out)
+    log.info("%d metrics of %s in %.1f s -> %s (+ %s)", len(table), args.sample, time.perf_counter() - start, table_path, json_path.name)
+    return 0
+
+
+def read_metric_table(path: str | Path) -> pd.DataFrame:
+    """One tidy metric table, with an InputError naming the file when it is missing or malformed."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: metric table not found")
+    try:
+        table = pd.read_csv(path, sep="\t", dtype={c: str for c in TABLE_COLUMNS[:-1]})
+    except Exception as err:  # noqa: BLE001 - pandas raises several types for a bad file
+        raise InputError(f"{path}: not a readable TSV ({type(err).__name__}: {err})") from None
+    missing = [c for c in TABLE_COLUMNS if c not in table.columns]
+    if missing:
+        raise InputError(f"{path}: missing column(s) {', '.join(missing)}")
+    table["value"] = pd.to_numeric(table["value"], errors="coerce")
+    return table[TABLE_COLUMNS]
+
+
+def add_gather_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("tables", nargs="+", help="per-sample metric tables (TSV) written by `alphastomics evaluate`")
+    parser.add_argument("--out", required=True, help="dataset metric table to write (TSV)")
+
+
+def gather_main(args: argparse.Namespace) -> int:
+    table = pd.concat([read_metric_table(p) for p in args.tables], ignore_index=True)
+    _write_atomically(Path(args.out), table.to_csv(sep="\t", index=False, na_rep="NaN", float_format="%.10g"))
+    log.info("%d rows from %d tables -> %s", len(table), len(args.tables), args.out)
+    return 0

@@ -1,0 +1,43 @@
+"""Metrics of generated vs true spatial transcriptomics, one concern per module.
+
+- ``expression``: MSE, MAE, per-gene / per-cell Pearson and Spearman;
+- ``geometry``: Procrustes disparity, Kabsch RSSD, pairwise-distance metrics (distance MSE,
+  distance-row Spearman, contact precision/F1);
+- ``neighbourhoods``: kNN preservation, cell-type neighbourhood enrichment, spatial label transfer;
+- ``spatial``: Moran's I per gene;
+- ``clusters``: leiden clusters vs cell types, expression label transfer.
+
+``alphastomics.evaluate`` decides which metrics apply to a sample file and on which cells.
+"""
+
+from __future__ import annotations
+
+# Which value of a metric is better. Keys are exact metric names or prefixes (``metric_direction``
+# picks the exact name, else the longest matching prefix).
+METRIC_DIRECTION: dict[str, str] = {
+    "expr_mse": "lower",
+    "expr_mae": "lower",
+    "expr_pearson_": "higher",
+    "expr_spearman_": "higher",
+    "procrustes_disparity": "lower",
+    "rssd_kabsch": "lower",
+    "distance_matrix_mse_unit_rms": "lower",
+    "distance_spearman_": "higher",
+    "contact_precision_": "higher",
+    "contact_f1_": "higher",
+    "knn_preservation_": "higher",
+    "nhood_enrichment_corr": "higher",
+    "morans_i_corr": "higher",
+    "morans_i_abs_diff": "lower",
+    "leiden_": "higher",  # leiden_ari, leiden_nmi, leiden_accuracy
+    "embedding_leiden_": "higher",
+    "label_transfer_accuracy_": "higher",
+}
+
+
+def metric_direction(name: str) -> str | None:
+    """``"higher"``/``"lower"`` for a metric name, None when unknown."""
+    if name in METRIC_DIRECTION:
+        return METRIC_DIRECTION[name]
+    prefixes = [key for key in METRIC_DIRECTION if name.startswith(key)]
+    return METRIC_DIRECTION[max(prefixes, key=len)] if prefixes else None

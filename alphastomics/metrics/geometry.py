@@ -1,0 +1,191 @@
+"""Coordinate metrics: Procrustes disparity, RSSD after the best rotation, and pairwise-distance metrics.
+
+Reflections are allowed in every alignment here: ``scipy.spatial.procrustes`` allows them, and a
+model trained on pairwise distances cannot tell a slice from its mirror image, so penalising the
+mirror image would score an arbitrary choice rather than the geometry.
+
+The pairwise-distance metrics cost O(n^2) in the number of points they are given; callers pass a
+random sample of cells for big slices. They never hold an n x n matrix: rows are processed in
+blocks of ``rows_per_block``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.linalg import orthogonal_procrustes
+from scipy.spatial import procrustes
+from scipy.spatial.distance import cdist, pdist
+from scipy.stats import rankdata
+
+
+def procrustes_disparity(true: np.ndarray, generated: np.ndarray) -> float:
+    """``scipy.spatial.procrustes`` disparity (translation, scale, rotation and reflection removed).
+
+    A prediction collapsed onto one point cannot be aligned (scipy refuses it); it explains none of
+    the true configuration, which is the maximal disparity 1.
+    """
+    true = np.asarray(true, dtype=np.float64)
+    generated = np.asarray(generated, dtype=np.float64)
+    if np.ptp(generated, axis=0).max() == 0:
+        return 1.0
+    return float(procrustes(true, generated)[2])
+
+
+def kabsch_rssd(true: np.ndarray, generated: np.ndarray) -> tuple[float, np.ndarray]:
+    """Root of the summed squared deviations after centring both sets and the best orthogonal map.
+
+    No scaling: generated coordinates are already in source units. Returns (rssd, aligned
+    generated coordinates in the true frame).
+    """
+    true = np.asarray(true, dtype=np.float64)
+    generated = np.asarray(generated, dtype=np.float64)
+    true_centre = true.mean(axis=0)
+    true_centred = true - true_centre
+    generated_centred = generated - generated.mean(axis=0)
+    rotation, _ = orthogonal_procrustes(generated_centred, true_centred)
+    aligned = generated_centred @ rotation
+    return float(np.sqrt(((aligned - true_centred) ** 2).sum())), aligned + true_centre
+
+
+def scale_to_unit_rms(points: np.ndarray) -> np.ndarray:
+    """Centre the points and divide by their RMS distance to the centre (left as is when all coincide)."""
+    centred = np.asarray(points, dtype=np.float64) - np.mean(points, axis=0)
+    radius = np.sqrt(np.mean((centred * centred).sum(axis=1)))
+    return centred / radius if radius > 0 else centred
+
+
+def rank_rows(matrix: np.ndarray) -> np.ndarray:
+    """Average ranks along each row, equal to ``scipy.stats.rankdata(matrix, axis=1)``.
+
+    Distance rows rarely hold ties, so ordinal ranks from one argsort are used and rankdata (which
+    is several times slower) only for the rows that do have ties.
+    """
+    n_rows, n_cols = matrix.shape
+    order = np.argsort(matrix, axis=1)
+    ranks = np.empty(matrix.shape, dtype=np.float64)
+    ranks[np.arange(n_rows)[:, None], order] = np.arange(1, n_cols + 1, dtype=np.float64)
+    sorted_values = np.take_along_axis(matrix, order, axis=1)
+    tied = (np.diff(sorted_values, axis=1) == 0).any(axis=1)
+    if tied.any():
+        ranks[tied] = rankdata(matrix[tied], axis=1)
+    return ranks
+
+
+def pearson_per_row(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pearson correlation of each row pair; NaN where a row is constant."""
+    a = a - a.mean(axis=1, keepdims=True)
+    b = b - b.mean(axis=1, keepdims=True)
+    denominator = np.sqrt((a * a).sum(axis=1) * (b * b).sum(axis=1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        corr = (a * b).sum(axis=1) / denominator
+    corr[denominator == 0] = np.nan
+    return np.clip(corr, -1.0, 1.0)
+
+
+def _without_diagonal(block: np.ndarray, first_row: int) -> np.ndarray:
+    """Drop each row's distance to itself (column ``first_row + r`` of row r)."""
+    n_rows, n_cols = block.shape
+    keep = np.ones(block.shape, dtype=bool)
+    keep[np.arange(n_rows), first_row + np.arange(n_rows)] = False
+    return block[keep].reshape(n_rows, n_cols - 1)
+
+
+def contact_name(kind: str, quantile: float) -> str:
+    """``contact_precision_q01`` for the 1% quantile, ``contact_f1_q10`` for 10%."""
+    return f"contact_{kind}_q{quantile * 100:02g}"
+
+
+def distance_metrics(
+    true: np.ndarray, generated: np.ndarray, contact_quantiles: list[float], rows_per_block: int = 256
+) -> tuple[dict[str, float], dict[str, dict], np.ndarray]:
+    """Pairwise-distance metrics of two point sets in one pass over blocks of distance rows.
+
+    Both sets are first scaled to unit RMS radius, so that the distance MSE and the contact
+    threshold compare shapes, not units. Over all ordered pairs i != j:
+
+    - ``distance_matrix_mse_unit_rms``: mean of (d_true - d_generated)^2;
+    - ``distance_spearman_median``/``_mean``: per cell, Spearman correlation between its distances
+      to all other cells in the true and in the generated set (LUNA's headline metric);
+    - ``contact_precision_qXX``/``contact_f1_qXX``: a pair is in contact when its distance is at most
+      the q-quantile of all true pairwise distances; the generated set uses the same threshold.
+      Precision is 0 when the generated set has no contact (sklearn's zero_division=0).
+
+    Returns (values, how, per-cell Spearman correlations).
+    """
+    a = scale_to_unit_rms(true)
+    b = scale_to_unit_rms(generated)
+    n = a.shape[0]
+    true_pair_distances = pdist(a)
+    thresholds = np.quantile(true_pair_distances, contact_quantiles, overwrite_input=True)
+    del true_pair_distances
+
+    squared_error = 0.0
+    true_contacts = np.zeros(len(thresholds))
+    generated_contacts = np.zeros(len(thresholds))
+    both_contacts = np.zeros(len(thresholds))
+    row_spearman = np.empty(n)
+    for start in range(0, n, rows_per_block):
+        stop = min(n, start + rows_per_block)
+        true_rows = _without_diagonal(cdist(a[start:stop], a), start)
+        generated_rows = _without_diagonal(cdist(b[start:stop], b), start)
+        squared_error += float(((true_rows - generated_rows) ** 2).sum())
+        for q, threshold in enumerate(thresholds):
+            true_in = true_rows <= threshold
+            generated_in = generated_rows <= threshold
+            true_contacts[q] += true_in.sum()
+            generated_contacts[q] += generated_in.sum()
+            both_contacts[q] += (true_in & generated_in).sum()
+        row_spearman[start:stop] = pearson_per_row(rank_rows(true_rows), rank_rows(generated_rows))
+
+    n_pairs = n * (n - 1)
+    common = {"n_cells": n, "scaling": "both point sets centred and scaled to unit RMS radius"}
+    values: dict[str, float] = {"distance_matrix_mse_unit_rms": squared_error / n_pairs if n_pairs else float("nan")}
+    how: dict[str, dict] = {"distance_matrix_mse_unit_rms": {"formula": "mean over ordered pairs i != j of (d_true - d_generated)^2", **common}}
+    finite = row_spearman[np.isfinite(row_spearman)]
+    for summary, fn in (("median", np.median), ("mean", np.mean)):
+        name = f"distance_spearman_{summary}"
+        values[name] = float(fn(finite)) if finite.size else float("nan")
+        how[name] = {
+            "formula": f"{summary} over cells of the Spearman correlation between the cell's distances to all other cells, true vs generated",
+            "n_cells_used": int(finite.size),
+            **common,
+        }
+    for q, quantile in enumerate(contact_quantiles):
+        precision = both_contacts[q] / generated_contacts[q] if generated_contacts[q] else 0.0
+        f1_denominator = true_contacts[q] + generated_contacts[q]
+        contact_how = {
+            "quantile": quantile,
+            "threshold_unit_rms": float(thresholds[q]),
+            "contact": "pair distance <= the quantile of true pairwise distances (same threshold for generated)",
+            "n_true_contact_pairs": int(true_contacts[q] // 2),
+            "n_generated_contact_pairs": int(generated_contacts[q] // 2),
+            **common,
+        }
+        values[contact_name("precision", quantile)] = float(precision)
+        how[contact_name("precision", quantile)] = {"zero_division": 0.0, **contact_how}
+        values[contact_name("f1", quantile)] = float(2 * both_contacts[q] / f1_denominator) if f1_denominator else 0.0
+        how[contact_name("f1", quantile)] = {"zero_division": 0.0, **contact_how}
+    return values, how, row_spearman
+
+
+def coordinate_metrics(true: np.ndarray, generated: np.ndarray) -> tuple[dict[str, float], dict[str, dict]]:
+    """Procrustes disparity and Kabsch RSSD over all cells (both O(n))."""
+    n, dims = np.shape(true)
+    rssd, _ = kabsch_rssd(true, generated)
+    values = {"procrustes_disparity": procrustes_disparity(true, generated), "rssd_kabsch": rssd}
+    how = {
+        "procrustes_disparity": {
+            "implementation": "scipy.spatial.procrustes (both sets centred and scaled to unit Frobenius norm; rotation and reflection allowed)",
+            "n_cells": n,
+            "n_dims": dims,
+        },
+        "rssd_kabsch": {
+            "formula": "sqrt(sum over cells of squared distance) after centring both sets and the best orthogonal map of the generated set",
+            "reflections_allowed": True,
+            "scaling": "none (source units)",
+            "rms_deviation_per_cell": rssd / np.sqrt(n) if n else float("nan"),
+            "n_cells": n,
+            "n_dims": dims,
+        },
+    }
+    return values, how

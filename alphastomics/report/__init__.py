@@ -1,0 +1,76 @@
+"""``alphastomics report``: the self-contained HTML benchmark report of a dataset, and
+``alphastomics report --summary`` (also ``summary_main`` for an ``alphastomics summary`` command):
+one headline table across datasets.
+
+Heavy imports (matplotlib, anndata, jinja2) happen inside ``main`` so ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from alphastomics.errors import InputError
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", help="dataset name (default: the manifest's 'dataset')")
+    parser.add_argument("--manifest", help="results/<dataset>/manifest.json (required unless --summary)")
+    parser.add_argument("--metrics", nargs="+", default=[], metavar="TSV",
+                        help="tidy metric table(s): results/<dataset>/metrics.tsv (with --summary: one per dataset)")
+    parser.add_argument("--samples", nargs="*", default=[], metavar="H5AD",
+                        help="sample files results/<dataset>/samples/<slice>.<mode>[.<tag>].h5ad")
+    parser.add_argument("--training-log", help="Lightning CSVLogger metrics.csv, or a folder searched for it (optional)")
+    parser.add_argument("--config", help="configuration YAML shown under provenance (optional)")
+    parser.add_argument("--checkpoint", help="model checkpoint; its sha256 is shown under provenance (optional)")
+    parser.add_argument("--log-dir", help="folder of the pipeline's logs; run times are read from them (optional)")
+    parser.add_argument("--summary", action="store_true",
+                        help="write the cross-dataset summary page from --metrics instead of a dataset report")
+    parser.add_argument("--out", required=True, help="output HTML file (written atomically)")
+
+
+def add_summary_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--metrics", nargs="+", required=True, metavar="TSV",
+                        help="metric tables, one per dataset: results/*/metrics.tsv")
+    parser.add_argument("--reports", nargs="*", default=[], metavar="HTML",
+                        help="dataset reports to link (default: report.html next to each metric table, when present)")
+    parser.add_argument("--out", required=True, help="output HTML file, e.g. results/summary.html")
+
+
+def summary_main(args: argparse.Namespace) -> int:
+    from alphastomics.report.render import render_summary, write_atomic
+
+    reports = {}
+    for r in getattr(args, "reports", []) or []:
+        reports[Path(r).parent.name] = r  # results/<dataset>/report.html
+    html = render_summary(args.metrics, reports=reports or None, out=args.out)
+    write_atomic(html, args.out)
+    log.info("wrote %s", args.out)
+    return 0
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.summary:
+        return summary_main(args)
+    if not args.manifest:
+        raise InputError("--manifest is required for a dataset report (or pass --summary)")
+    if not args.metrics:
+        raise InputError("--metrics is required: the dataset's metrics.tsv")
+    from alphastomics.report.render import render_report, write_atomic
+
+    html = render_report(
+        manifest=args.manifest,
+        metrics=args.metrics,
+        samples=args.samples,
+        dataset=args.dataset,
+        training_log=args.training_log,
+        config=args.config,
+        checkpoint=args.checkpoint,
+        log_dir=args.log_dir,
+    )
+    write_atomic(html, args.out)
+    log.info("wrote %s (%.1f MB)", args.out, Path(args.out).stat().st_size / 1e6)
+    return 0

@@ -1,0 +1,538 @@
+"""Tests of ``alphastomics report``: geometry helpers against scipy/scanpy, metric tables, and whole
+reports built from realistic inputs (real slices of STARmap mPFC (2D, cell types) and the BDTNP
+embryo (3D, no cell types) with noisy 'generated' values) in the layout of docs/FORMATS.md.
+
+The input builders (``build_starmap_run``, ``build_bdtnp_run``) are shared with
+``test_report_browser.py``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from alphastomics import cli
+from alphastomics.report import plots, render
+
+DATA = Path("/work/shared/data")
+REPO = Path(__file__).resolve().parents[1]
+STARMAP_FILES = {
+    "20180417_BZ5_control": DATA / "starmap_mpfc" / "starmap_mpfc_20180417_BZ5_control.h5ad",
+    "20180419_BZ9_control": DATA / "starmap_mpfc" / "starmap_mpfc_20180419_BZ9_control.h5ad",
+    "20180424_BZ14_control": DATA / "starmap_mpfc" / "starmap_mpfc_20180424_BZ14_control.h5ad",
+}
+BDTNP_FILE = DATA / "bdtnp_drosophila" / "bdtnp_drosophila.h5ad"
+
+
+def _require(*paths: Path) -> None:
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        pytest.skip(f"shared development data not present: {', '.join(missing)}")
+
+
+# ----------------------------------------------------------------------------------------------
+# builders of realistic report inputs
+
+
+def _rotation(d: int, rng) -> np.ndarray:
+    q, _ = np.linalg.qr(rng.normal(size=(d, d)))
+    return q
+
+
+def _generated_positions(true: np.ndarray, noise: float, rng, swap_frac: float = 0.05) -> np.ndarray:
+    """A rotated, rescaled, shifted and noisy copy of ``true`` with a few cells swapped."""
+    centre = true.mean(0)
+    rms = np.sqrt(np.mean(np.sum((true - centre) ** 2, axis=1)))
+    pts = (true - centre) @ _rotation(true.shape[1], rng) * 0.9 + centre + 0.05 * rms
+    pts += rng.normal(scale=noise * rms, size=pts.shape)
+    n_swap = int(swap_frac * len(pts)) // 2 * 2
+    idx = rng.choice(len(pts), size=n_swap, replace=False)
+    pts[idx] = pts[idx[::-1]]
+    return pts.astype(np.float32)
+
+
+def _generated_expression(true_expr: np.ndarray, coords: np.ndarray, noise: float, rng) -> np.ndarray:
+    """Spatially smoothed true expression plus noise: what an imperfect model produces."""
+    w = plots.knn_graph(coords, 8)
+    deg = np.asarray(w.sum(1)).ravel()
+    smooth = (w @ true_expr) / deg[:, None]
+    out = 0.6 * smooth + 0.4 * true_expr + rng.normal(scale=noise * true_expr.std(0, keepdims=True) + 1e-6, size=true_expr.shape)
+    return np.clip(out, 0, None).astype(np.float32)
+
+
+def _sample_metrics(adata, dataset, slice_id, mode, method) -> list[dict]:
+    """A few real metrics of one sample file (what ``alphastomics evaluate`` writes, thinner)."""
+    from scipy.spatial import procrustes
+    from scipy.spatial import cKDTree
+    from scipy.stats import spearmanr
+
+    rows = []
+    t_pos, g_pos = np.asarray(adata.obsm["spatial"], float), np.asarray(adata.obsm["spatial_pred"], float)
+    measured = np.asarray(adata.var["measured"], bool)
+    x, xp = np.asarray(adata.X)[:, measured], np.asarray(adata.layers["expr_pred"])[:, measured]
+
+    def add(metric, value):
+        rows.append(dict(dataset=dataset, slice=slice_id, mode=mode, method=method, metric=metric, value=float(value)))
+
+    if mode in ("pos_to_expr", "joint"):
+        add("expr_mse", np.mean((x - xp) ** 2))
+        add("expr_mae", np.mean(np.abs(x - xp)))
+        pcc = [np.corrcoef(x[:, j], xp[:, j])[0, 1] for j in range(x.shape[1]) if x[:, j].std() > 0 and xp[:, j].std() > 0]
+        add("expr_pearson_gene_median", np.median(pcc))
+        add("expr_pearson_gene_mean", np.mean(pcc))
+        w = plots.knn_graph(t_pos, 10)
+        mi_t, mi_g = plots.morans_i(w, x), plots.morans_i(w, xp)
+        ok = np.isfinite(mi_t) & np.isfinite(mi_g)
+        add("morans_i_corr", np.corrcoef(mi_t[ok], mi_g[ok])[0, 1])
+        add("morans_i_abs_diff", np.mean(np.abs(mi_t[ok] - mi_g[ok])))
+    if mode in ("expr_to_pos", "joint"):
+        add("procrustes_disparity", procrustes(t_pos, g_pos)[2])
+        for k in (5, 10):
+            _, it = cKDTree(t_pos).query(t_pos, k + 1)
+            _, ig = cKDTree(g_pos).query(g_pos, k + 1)
+            add(f"knn_preservation_k{k}", np.mean([len(set(a[1:]) & set(b[1:])) / k for a, b in zip(it, ig)]))
+        sub = np.random.default_rng(0).choice(len(t_pos), size=min(300, len(t_pos)), replace=False)
+        dt = np.linalg.norm(t_pos[sub, None] - t_pos[None, sub], axis=2)
+        dg = np.linalg.norm(g_pos[sub, None] - g_pos[None, sub], axis=2)
+        rho = [spearmanr(a, b)[0] for a, b in zip(dt, dg)]
+        add("distance_spearman_median", np.median(rho))
+    return rows
+
+
+def _write_sample(path: Path, adata_true, expr_true, pred_expr, pred_pos, meta: dict, measured) -> None:
+    import anndata as ad
+
+    a = ad.AnnData(X=expr_true.astype(np.float32), obs=adata_true.obs.copy(), var=pd.DataFrame(index=adata_true.var_names.copy()))
+    a.layers["expr_pred"] = pred_expr.astype(np.float32)
+    a.obsm["spatial"] = np.asarray(adata_true.obsm["spatial"], dtype=np.float32)
+    a.obsm["spatial_pred"] = pred_pos.astype(np.float32)
+    a.var["measured"] = measured
+    a.uns["alphastomics"] = meta
+    a.write_h5ad(path)
+
+
+def _write_training_log(path: Path, rng, epochs: int = 30, steps_per_epoch: int = 8) -> None:
+    """A Lightning CSVLogger metrics.csv as ``alphastomics train`` logs it: sparse rows, train losses
+    per step (``*_step``) and as epoch means (``*_epoch``), validation loss every 5 epochs."""
+    cols = ["epoch", "step", "train/loss_step", "train/loss_expression_step", "train/loss_position_step",
+            "train/loss_epoch", "train/loss_expression_epoch", "train/loss_position_epoch", "val/loss"]
+    rows = []
+    step = 0
+    for epoch in range(epochs):
+        le_sum = lp_sum = 0.0
+        for _ in range(steps_per_epoch):
+            decay = np.exp(-step / 80.0)
+            le = 0.2 + 1.5 * decay + abs(rng.normal(scale=0.05))
+            lp = 0.05 + 3.0 * decay + abs(rng.normal(scale=0.08))
+            le_sum, lp_sum = le_sum + le, lp_sum + lp
+            if step % 4 == 3:  # log_every_n_steps
+                rows.append({"epoch": epoch, "step": step, "train/loss_step": le + lp, "train/loss_expression_step": le,
+                             "train/loss_position_step": lp})
+            step += 1
+        if epoch % 5 == 4:
+            decay = np.exp(-step / 80.0)
+            rows.append({"epoch": epoch, "step": step - 1, "val/loss": 0.3 + 4.2 * decay + abs(rng.normal(scale=0.05))})
+        le_mean, lp_mean = le_sum / steps_per_epoch, lp_sum / steps_per_epoch
+        rows.append({"epoch": epoch, "step": step - 1, "train/loss_epoch": le_mean + lp_mean,
+                     "train/loss_expression_epoch": le_mean, "train/loss_position_epoch": lp_mean})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows, columns=cols).to_csv(path, index=False)
+    (path.parent.parent / "training.json").write_text(json.dumps({
+        "package_version": "0.1.0", "best_checkpoint": "checkpoints/best.ckpt", "monitor": "val/loss",
+        "global_step": step, "epochs": epochs, "train_slices": ["20180417_BZ5_control"],
+        "validation_slices": ["20180419_BZ9_control"], "strategy": "auto"}, indent=2))
+
+
+def _manifest(dataset, genes, platform, measured, slices: dict, sources) -> dict:
+    return {
+        "format_version": 1,
+        "package_version": "0.1.0",
+        "dataset": dataset,
+        "genes": list(genes),
+        "platforms": {platform: {
+            "measured_genes": list(measured),
+            "normalization": {"requested": "auto", "applied": "library_size_log1p", "target_sum": 10000.0},
+            "position_key": "spatial",
+            "sources": sources,
+        }},
+        "slices": slices,
+    }
+
+
+def build_starmap_run(root: Path) -> dict:
+    """results/starmap_mpfc-like inputs: 3 slices, test slice BZ14 sampled in all three modes by two
+    methods, the joint mode of alphastomics drawn with three seeds; training log, logs, checkpoint."""
+    import anndata as ad
+
+    _require(*STARMAP_FILES.values())
+    rng = np.random.default_rng(7)
+    dataset = "starmap_mpfc"
+    res = root / "results" / dataset
+    (res / "samples").mkdir(parents=True, exist_ok=True)
+    slices, sources, test = {}, [], "20180424_BZ14_control"
+    test_adata = None
+    for sid, path in STARMAP_FILES.items():
+        a = ad.read_h5ad(path)
+        pos = np.asarray(a.obsm["spatial"], float)
+        slices[sid] = {"platform": "starmap", "source": f"resources/starmap_mpfc/{path.name}", "n_cells": int(a.n_obs),
+                       "n_dims": 2, "bounds": {"min": pos.min(0).tolist() + [0.0], "max": pos.max(0).tolist() + [0.0]},
+                       "has_cell_type": True,
+                       "shards": [{"path": f"shards/starmap/{sid}-0000.parquet", "n_rows": int(a.n_obs), "sha256": "0" * 64}]}
+        sources.append({"path": f"resources/starmap_mpfc/{path.name}", "size": path.stat().st_size, "sha256": "0" * 64,
+                        "n_obs": int(a.n_obs), "dropped_invalid_positions": 0, "unmatched_genes": []})
+        if sid == test:
+            test_adata = a
+    genes = list(test_adata.var_names)
+    (res / "manifest.json").write_text(json.dumps(_manifest(dataset, genes, "starmap", genes, slices, sources), indent=1))
+
+    counts = np.asarray(test_adata.X, float)
+    expr = np.log1p(counts / np.maximum(counts.sum(1, keepdims=True), 1) * 1e4)
+    true_pos = np.asarray(test_adata.obsm["spatial"], float)
+    obs = test_adata.obs[["slice_id", "cell_type"]].copy()
+    obs["platform"] = "starmap"
+    test_adata.obs = obs
+    ckpt = res / "model" / "model.ckpt"
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    ckpt.write_bytes(rng.bytes(4096))
+    ckpt_sha = hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    measured = np.ones(len(genes), bool)
+    metric_rows, samples = [], []
+    for method, noise in (("alphastomics", 0.08), ("mean_baseline", 0.25)):
+        for mode in ("expr_to_pos", "pos_to_expr", "joint"):
+            seeds = (0, 1, 2) if (method == "alphastomics" and mode == "joint") else (0,)
+            for seed in seeds:
+                r = np.random.default_rng(100 * seed + len(method) + len(mode))
+                gen_pos = _generated_positions(true_pos, noise, r) if mode != "pos_to_expr" else true_pos.astype(np.float32)
+                gen_expr = _generated_expression(expr, true_pos, 0.5 + 3 * noise, r) if mode != "expr_to_pos" else expr
+                generated = {"expr_to_pos": ["position"], "pos_to_expr": ["expression"], "joint": ["expression", "position"]}[mode]
+                meta = {"mode": mode, "method": method, "dataset": dataset, "slice_id": test, "n_dims": 2,
+                        "generated": generated, "seed": seed, "steps": 200, "checkpoint_sha256": ckpt_sha,
+                        "package_version": "0.1.0", "runtime_s": float(12.5 + seed)}
+                tag = "" if method == "alphastomics" else f".{method}"
+                tag += "" if seed == 0 else f".seed{seed}"
+                out = res / "samples" / f"{test}.{mode}{tag}.h5ad"
+                _write_sample(out, test_adata, expr, gen_expr, gen_pos, meta, measured)
+                samples.append(out)
+                if seed == 0:
+                    import anndata as ad2
+
+                    metric_rows += _sample_metrics(ad2.read_h5ad(out), dataset, test, mode, method)
+    pd.DataFrame(metric_rows, columns=render.METRIC_COLUMNS).to_csv(res / "metrics.tsv", sep="\t", index=False)
+    _write_training_log(res / "model" / "logs" / "metrics.csv", rng)
+    logs = root / "logs"
+    for stage, minutes in (("preprocess", 0.3), ("train", 4.2), ("sample", 1.1)):
+        p = logs / stage / f"{dataset}.log"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(f"2025-05-01 10:00:00,000 INFO alphastomics.{stage}: start\n"
+                     f"2025-05-01 10:{int(minutes):02d}:{int(minutes % 1 * 60):02d},000 INFO alphastomics.{stage}: done\n")
+    (logs / "train" / "other_dataset.log").write_text("2025-05-01 09:00:00,000 INFO other\n")
+    return {"dataset": dataset, "res": res, "manifest": res / "manifest.json", "metrics": res / "metrics.tsv",
+            "samples": samples, "training_log": res / "model" / "logs" / "metrics.csv", "checkpoint": ckpt, "log_dir": logs,
+            "config": REPO / "config" / "config.yaml"}
+
+
+def build_bdtnp_run(root: Path) -> dict:
+    """results/bdtnp_drosophila-like inputs: the 3D embryo cut into 4 slabs along x, slab2 sampled in
+    expr_to_pos and pos_to_expr; no cell types, no training log, 4 genes marked unmeasured."""
+    import anndata as ad
+
+    _require(BDTNP_FILE)
+    rng = np.random.default_rng(11)
+    dataset = "bdtnp_drosophila"
+    res = root / "results" / dataset
+    (res / "samples").mkdir(parents=True, exist_ok=True)
+    a = ad.read_h5ad(BDTNP_FILE)
+    pos = np.asarray(a.obsm["spatial"], float)
+    edges = np.quantile(pos[:, 0], [0, 0.25, 0.5, 0.75, 1.0])
+    slab = np.clip(np.searchsorted(edges, pos[:, 0], side="right") - 1, 0, 3)
+    genes = list(a.var_names)
+    measured_names = genes[4:]
+    slices = {}
+    for k in range(4):
+        p = pos[slab == k]
+        slices[f"slab{k}"] = {"platform": "insitu", "source": f"resources/bdtnp_drosophila/bdtnp_slab{k}.h5ad",
+                              "n_cells": int(p.shape[0]), "n_dims": 3, "bounds": {"min": p.min(0).tolist(), "max": p.max(0).tolist()},
+                              "has_cell_type": False,
+                              "shards": [{"path": f"shards/insitu/slab{k}-0000.parquet", "n_rows": int(p.shape[0]), "sha256": "0" * 64}]}
+    sources = [{"path": s["source"], "size": 1, "sha256": "0" * 64, "n_obs": s["n_cells"], "dropped_invalid_positions": 0,
+                "unmatched_genes": []} for s in slices.values()]
+    man = _manifest(dataset, genes, "insitu", measured_names, slices, sources)
+    man["platforms"]["insitu"]["normalization"] = {"requested": "none", "applied": "none"}
+    (res / "manifest.json").write_text(json.dumps(man, indent=1))
+
+    test = a[slab == 2].copy()
+    test.obs = pd.DataFrame({"slice_id": "slab2", "platform": "insitu"}, index=test.obs_names)
+    expr = np.asarray(test.X, float)
+    measured = np.array([g in set(measured_names) for g in genes])
+    expr[:, ~measured] = 0.0
+    true_pos = np.asarray(test.obsm["spatial"], float)
+    metric_rows, samples = [], []
+    for mode in ("expr_to_pos", "pos_to_expr"):
+        gen_pos = _generated_positions(true_pos, 0.1, rng) if mode == "expr_to_pos" else true_pos.astype(np.float32)
+        gen_expr = _generated_expression(expr, true_pos, 0.6, rng) if mode == "pos_to_expr" else expr
+        gen_expr[:, ~measured] = 0.0
+        meta = {"mode": mode, "method": "alphastomics", "dataset": dataset, "slice_id": "slab2", "n_dims": 3,
+                "generated": ["position"] if mode == "expr_to_pos" else ["expression"], "seed": 0, "steps": 50,
+                "checkpoint_sha256": "f" * 64, "package_version": "0.1.0", "runtime_s": 3.2}
+        out = res / "samples" / f"slab2.{mode}.h5ad"
+        _write_sample(out, test, expr, gen_expr, gen_pos, meta, measured)
+        samples.append(out)
+        metric_rows += _sample_metrics(ad.read_h5ad(out), dataset, "slab2", mode, "alphastomics")
+    pd.DataFrame(metric_rows, columns=render.METRIC_COLUMNS).to_csv(res / "metrics.tsv", sep="\t", index=False)
+    return {"dataset": dataset, "res": res, "manifest": res / "manifest.json", "metrics": res / "metrics.tsv", "samples": samples}
+
+
+def report_argv(run: dict, out: Path) -> list[str]:
+    argv = ["report", "--dataset", run["dataset"], "--manifest", str(run["manifest"]), "--metrics", str(run["metrics"]),
+            "--samples", *map(str, run["samples"])]
+    for key, flag in (("training_log", "--training-log"), ("config", "--config"), ("checkpoint", "--checkpoint"),
+                      ("log_dir", "--log-dir")):
+        if run.get(key):
+            argv += [flag, str(run[key])]
+    return argv + ["--out", str(out)]
+
+
+_BUILT: dict = {}
+
+
+def built_reports(tmp_path_factory) -> dict:
+    """Both datasets' inputs and rendered reports plus the summary page; made once per test session
+    and shared with test_report_browser.py."""
+    if _BUILT:
+        return _BUILT
+    root = tmp_path_factory.mktemp("report_run")
+    runs = {"starmap": build_starmap_run(root), "bdtnp": build_bdtnp_run(root)}
+    for run in runs.values():
+        run["report"] = run["res"] / "report.html"
+        assert cli.main(report_argv(run, run["report"])) == 0
+    summary = root / "results" / "summary.html"
+    assert cli.main(["report", "--summary", "--metrics", str(runs["starmap"]["metrics"]), str(runs["bdtnp"]["metrics"]),
+                     "--out", str(summary)]) == 0
+    runs["summary"] = summary
+    runs["root"] = root
+    _BUILT.update(runs)
+    return _BUILT
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    return built_reports(tmp_path_factory)
+
+
+# ----------------------------------------------------------------------------------------------
+# geometry helpers against the references
+
+
+@pytest.mark.parametrize("d", [2, 3])
+def test_procrustes_matches_scipy(d):
+    from scipy.spatial import procrustes
+
+    rng = np.random.default_rng(d)
+    true = rng.normal(size=(200, d)) * [5.0, 2.0, 1.0][:d] + 40
+    pred = (true - true.mean(0)) @ _rotation(d, rng) * 0.3 + 7 + rng.normal(scale=0.2, size=true.shape)
+    aligned, disparity = plots.procrustes_align(true, pred)
+    assert disparity == pytest.approx(procrustes(true, pred)[2], rel=1e-9, abs=1e-12)
+    # aligned points are in the units of `true`: a pure similarity transform is undone exactly
+    exact = (true - true.mean(0)) @ _rotation(d, rng) * 0.01 - 3
+    back, disp0 = plots.procrustes_align(true, exact)
+    np.testing.assert_allclose(back, true, atol=1e-8)
+    assert disp0 == pytest.approx(0.0, abs=1e-12)
+
+
+def test_morans_i_matches_scanpy():
+    import scanpy as sc
+
+    rng = np.random.default_rng(0)
+    coords = rng.uniform(size=(400, 2))
+    x = np.c_[coords[:, 0] * 3 + rng.normal(scale=0.1, size=400), rng.normal(size=400), np.sin(coords[:, 1] * 6)]
+    w = plots.knn_graph(coords, 10)
+    ours = plots.morans_i(w, x)
+    ref = sc.metrics.morans_i(w, x.T)
+    np.testing.assert_allclose(ours, ref, atol=1e-6)
+    assert ours[0] > 0.5 and abs(ours[1]) < 0.1
+    assert np.isnan(plots.morans_i(w, np.ones((400, 1))))[0]
+
+
+def test_metric_direction_table_and_fallback():
+    table = {"knn_preservation": "higher", "procrustes_disparity": "lower", "expr_": "lower", "expr_pearson": "higher"}
+    assert render.metric_direction("knn_preservation_k10", table) == "higher"
+    assert render.metric_direction("procrustes_disparity", table) == "lower"
+    assert render.metric_direction("expr_pearson_gene_median", table) == "higher"  # longest prefix wins
+    assert render.metric_direction("expr_mse", table) == "lower"
+    for name, want in [("distance_spearman_median", "higher"), ("morans_i_abs_diff", "lower"), ("rssd_kabsch", "lower"),
+                       ("contact_f1_q01", "higher"), ("cluster_ari", "higher"), ("distance_matrix_mse_unit_rms", "lower"),
+                       ("n_cells", None)]:
+        assert render.metric_direction(name, {}) == want, name
+
+
+def test_metric_tables_mark_best_per_direction():
+    df = pd.DataFrame([
+        ("d", "s1", "joint", "alphastomics", "expr_mse", 0.5), ("d", "s2", "joint", "alphastomics", "expr_mse", 0.7),
+        ("d", "s1", "joint", "peer", "expr_mse", 0.9), ("d", "s2", "joint", "peer", "expr_mse", 0.9),
+        ("d", "s1", "joint", "alphastomics", "knn_preservation_k10", 0.2), ("d", "s1", "joint", "peer", "knn_preservation_k10", 0.4),
+        ("d", "s1", "expr_to_pos", "alphastomics", "knn_preservation_k10", 0.3),
+    ], columns=render.METRIC_COLUMNS)
+    tables = {t["mode"]: t for t in render.metric_tables(df, {})}
+    assert list(tables) == ["expr_to_pos", "joint"]
+    joint = tables["joint"]
+    assert joint["methods"] == ["alphastomics", "peer"]
+    rows = {r["metric"]: r for g in joint["groups"] for r in g["rows"]}
+    assert [c["best"] for c in rows["expr_mse"]["cells"]] == [True, False]  # mean 0.6 < 0.9, lower is better
+    assert rows["expr_mse"]["cells"][0]["text"] == "0.6"
+    assert [c["best"] for c in rows["knn_preservation_k10"]["cells"]] == [False, True]
+    assert "s1: 0.5" in rows["expr_mse"]["cells"][0]["title"]
+    single = tables["expr_to_pos"]  # one method: nothing to mark
+    assert not single["any_best"]
+
+
+def test_training_section_reads_sparse_lightning_log(tmp_path):
+    log = tmp_path / "logs" / "metrics.csv"
+    _write_training_log(log, np.random.default_rng(0), epochs=10)
+    sec = render.training_section(tmp_path / "logs")  # a folder is searched for metrics.csv
+    assert sec["img"].startswith("data:image/png;base64,")
+    cols = {r["column"] for r in sec["final"]}
+    assert {"train/loss_step", "train/loss_epoch", "train/loss_expression_epoch", "val/loss"} <= cols
+    assert {"key": "monitor", "value": "val/loss"} in sec["summary"]  # training.json beside logs/
+    nested = tmp_path / "model" / "logs" / "version_0" / "metrics.csv"
+    _write_training_log(nested, np.random.default_rng(1), epochs=6)
+    sec = render.training_section(tmp_path / "model" / "logs" / "metrics.csv")  # Lightning added version_0/
+    assert sec["path"] == str(nested) and sec["img"]
+    missing = render.training_section(tmp_path / "nope" / "metrics.csv")
+    assert missing["img"] is None and "not found" in missing["note"]
+
+
+# ----------------------------------------------------------------------------------------------
+# whole reports
+
+
+def _images(html: str) -> list[bytes]:
+    """Decoded PNGs of every <img>; each must hold a drawing (not a blank canvas)."""
+    import io
+
+    from PIL import Image  # pillow comes with matplotlib
+
+    out = []
+    for uri in re.findall(r'<img[^>]*src="([^"]+)"', html):
+        assert uri.startswith("data:image/png;base64,"), uri[:60]
+        data = base64.b64decode(uri.split(",", 1)[1], validate=True)
+        pixels = np.asarray(Image.open(io.BytesIO(data)).convert("L"), dtype=float)
+        assert min(pixels.shape) >= 200, f"figure only {pixels.shape} pixels"
+        assert (pixels < 200).mean() > 0.01, "a figure is (almost) blank"
+        out.append(data)
+    return out
+
+
+def _assert_self_contained(html: str) -> None:
+    assert not re.search(r'<script[^>]*\bsrc=', html)
+    assert not re.search(r'<link[^>]*\bhref=', html)
+    assert not re.search(r'(src|href)="(https?:)?//', html)
+    assert "@import" not in html and "url(http" not in html
+
+
+def test_starmap_report_has_every_section(built):
+    run = built["starmap"]
+    html = run["report"].read_text()
+    _assert_self_contained(html)
+    for anchor in ("summary", "training", "metrics", "tissue", "genes", "moran", "uncertainty", "provenance"):
+        assert f'id="{anchor}"' in html
+    images = _images(html)
+    # training + 4 tissue (2 methods x 2 position modes) + 2x2x2 gene maps + 2 Moran's I modes + 1 uncertainty
+    assert len(images) == 1 + 4 + 8 + 2 + 1
+    assert all(img.startswith(b"\x89PNG\r\n\x1a\n") for img in images)
+    # metric tables: one per mode, both methods side by side, best marked, direction stated
+    for mode in ("expr_to_pos", "pos_to_expr", "joint"):
+        assert f"<h3>{mode} <span" in html
+    assert html.count('class="num best"') >= 6
+    assert "↑ higher" in html and "↓ lower" in html
+    assert "mean_baseline" in html
+    # dataset summary from the manifest
+    assert "20180417_BZ5_control" in html and "166 / 166" in html
+    # provenance: checkpoint hash computed, package version, config, run times from this dataset's logs only
+    sha = hashlib.sha256(run["checkpoint"].read_bytes()).hexdigest()
+    assert sha in html and "different checkpoint" not in html
+    assert "4 min 12 s" in html and "other_dataset.log" not in html
+    assert "training_mode" in html  # config text embedded
+    assert "seeds 0, 1, 2" in html
+    # written atomically: no temp files left
+    assert [p.name for p in run["res"].glob(".report.html.*")] == []
+
+
+def test_bdtnp_3d_report_without_cell_types_or_training_log(built):
+    run = built["bdtnp"]
+    html = run["report"].read_text()
+    _assert_self_contained(html)
+    assert "No training log was given" in html
+    assert "no cell types" in html and "xy, xz and yz projections" in html
+    assert "Only one sample was drawn" in html  # uncertainty section skipped with a note
+    assert "80 / 84" in html  # measured genes from the manifest
+    assert len(_images(html)) == 1 + 2 + 1  # tissue, gene maps (most + least), Moran's I
+    assert "aay" not in re.sub(r"<[^>]+>", " ", html).split()  # an unmeasured gene is never mapped
+
+
+def test_summary_page(built):
+    html = built["summary"].read_text()
+    _assert_self_contained(html)
+    assert "starmap_mpfc" in html and "bdtnp_drosophila" in html
+    assert 'href="starmap_mpfc/report.html"' in html
+    assert "distance Spearman" in html and "Procrustes disparity" in html
+    assert 'class="num best"' in html
+
+
+def test_report_with_only_required_inputs(tmp_path, built):
+    run = built["starmap"]
+    out = tmp_path / "minimal.html"
+    assert cli.main(["report", "--manifest", str(run["manifest"]), "--metrics", str(run["metrics"]), "--out", str(out)]) == 0
+    html = out.read_text()
+    assert "No sample file with generated coordinates" in html and "No training log was given" in html
+    assert "starmap_mpfc" in html  # dataset name taken from the manifest
+
+
+def test_missing_inputs_fail_with_the_file_named(tmp_path, built, capsys):
+    run = built["starmap"]
+    out = tmp_path / "r.html"
+    assert cli.main(["report", "--manifest", str(tmp_path / "nope.json"), "--metrics", str(run["metrics"]), "--out", str(out)]) == 1
+    assert "nope.json" in capsys.readouterr().err
+    assert cli.main(["report", "--manifest", str(run["manifest"]), "--metrics", str(tmp_path / "m.tsv"), "--out", str(out)]) == 1
+    assert "m.tsv" in capsys.readouterr().err
+    assert cli.main(["report", "--manifest", str(run["manifest"]), "--metrics", str(run["metrics"]),
+                     "--samples", str(tmp_path / "x.joint.h5ad"), "--out", str(out)]) == 1
+    assert "x.joint.h5ad" in capsys.readouterr().err
+    assert not out.exists() and list(tmp_path.glob(".r.html.*")) == []
+
+
+def test_procrustes_ignores_non_finite_rows():
+    rng = np.random.default_rng(3)
+    true = rng.normal(size=(100, 2))
+    pred = true @ _rotation(2, rng) * 2.0 + 1.0
+    pred[:5] = np.nan
+    aligned, disparity = plots.procrustes_align(true, pred)
+    np.testing.assert_allclose(aligned[5:], true[5:], atol=1e-8)
+    assert np.isnan(aligned[:5]).all() and disparity == pytest.approx(0.0, abs=1e-12)
+
+
+def test_report_survives_partial_cell_types_and_diverged_cells(tmp_path, built):
+    """Some cells without a cell type and a few NaN generated coordinates: the report still renders."""
+    import anndata as ad
+
+    run = built["starmap"]
+    src = next(p for p in run["samples"] if p.name.endswith(".expr_to_pos.h5ad"))
+    a = ad.read_h5ad(src)
+    ct = a.obs["cell_type"].astype(object)
+    ct.iloc[:100] = None
+    a.obs["cell_type"] = ct
+    a.obsm["spatial_pred"][:7] = np.nan
+    broken = tmp_path / src.name
+    a.write_h5ad(broken)
+    out = tmp_path / "r.html"
+    assert cli.main(["report", "--manifest", str(run["manifest"]), "--metrics", str(run["metrics"]),
+                     "--samples", str(broken), "--out", str(out)]) == 0
+    html = out.read_text()
+    assert len(_images(html)) == 1  # the tissue plot, with the 7 diverged cells left out
+    assert "Procrustes disparity 0.1" in html

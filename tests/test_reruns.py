@@ -1,0 +1,207 @@
+"""Only changed stages re-run (issue 6), checked by the jobs and reasons of a dry run after one
+complete run. The workflow runs from a copy of the repository (workflow/, alphastomics/,
+profiles/) with PYTHONPATH on the copy, so code edits touch the copy, never the package."""
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import anndata as ad
+import pytest
+import yaml
+
+from test_workflow import MODES, small_config
+
+REPO = Path(__file__).resolve().parents[1]
+DATASET = "starmap_mpfc"  # its gene list is a file: adding an h5ad must not touch the others
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def repo_copy(tmp_path_factory) -> Path:
+    copy = tmp_path_factory.mktemp("repo")
+    for sub in ("workflow", "alphastomics", "profiles", "envs"):
+        shutil.copytree(REPO / sub, copy / sub, ignore=shutil.ignore_patterns("__pycache__"))
+    return copy
+
+
+def snakemake(copy: Path, workdir: Path, configfile: Path, *extra: str, **kwargs):
+    """snakemake on the copy's Snakefile and package, run from the copy (its workflow profile)."""
+    env = dict(os.environ, PYTHONPATH=str(copy), PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(copy / "workflow/Snakefile"), "--directory", str(workdir),
+           "--configfile", str(configfile), "--cores", "2", *extra]
+    return cmd, env
+
+
+def run(copy, workdir, configfile, *extra, timeout=1500):
+    cmd, env = snakemake(copy, workdir, configfile, *extra)
+    return subprocess.run(cmd, cwd=copy, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def complete_run(repo_copy, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("reruns")
+    configfile = small_config(workdir)
+    config = yaml.safe_load(configfile.read_text())
+    config["datasets"] = {DATASET: config["datasets"][DATASET]}
+    configfile.write_text(yaml.safe_dump(config, sort_keys=False))
+    result = run(repo_copy, workdir, configfile)
+    assert result.returncode == 0, result.stderr[-5000:]
+    return repo_copy, workdir, config
+
+
+def dry_run(complete_run, tmp_path, config=None):
+    """Jobs of `snakemake -n` as (rule, outputs, reason) tuples, with the config (changed or not)."""
+    copy, workdir, base = complete_run
+    configfile = tmp_path / "config.yaml"
+    configfile.write_text(yaml.safe_dump(config or base, sort_keys=False))
+    result = run(copy, workdir, configfile, "-n")
+    assert result.returncode == 0, result.stderr[-5000:]
+    text = result.stdout + result.stderr
+    jobs = []
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", text):
+        m = re.match(r"(?:local)?rule (\w+):", block)
+        if m:
+            output = re.search(r"^\s+output: (.*)$", block, re.M)
+            reason = re.search(r"^\s+reason: (.*)$", block, re.M)
+            jobs.append((m.group(1), output.group(1) if output else "", reason.group(1) if reason else ""))
+    return jobs, text
+
+
+def counts(jobs):
+    return dict(Counter(rule for rule, _, _ in jobs if rule != "all"))
+
+
+def edited(path: Path):
+    """Context: append a harmless line to a package file of the copy, restore it afterwards."""
+    class Edit:
+        def __enter__(self):
+            self.original = path.read_text()
+            path.write_text(self.original + "\n# edited by test_reruns\n")
+
+        def __exit__(self, *exc):
+            path.write_text(self.original)
+    return Edit()
+
+
+N_TEST = 1
+DOWNSTREAM_OF_SAMPLES = {"evaluate": N_TEST * len(MODES), "gather_metrics": 1, "report": 1, "summary": 1}
+
+
+def test_1_complete_run_leaves_nothing_to_do(complete_run, tmp_path):
+    jobs, text = dry_run(complete_run, tmp_path)
+    assert jobs == [] and "Nothing to be done" in text, text[-3000:]
+
+
+def test_2_sampling_parameter_reruns_sampling_evaluation_report(complete_run, tmp_path):
+    config = json.loads(json.dumps(complete_run[2]))
+    config["sampling"]["steps"] = 5
+    jobs, text = dry_run(complete_run, tmp_path, config)
+    assert counts(jobs) == {"sample": N_TEST * len(MODES), **DOWNSTREAM_OF_SAMPLES}, text[-3000:]
+    assert all("Params have changed" in reason for rule, _, reason in jobs if rule == "sample")
+
+
+def test_3a_metric_parameter_reruns_evaluation_report(complete_run, tmp_path):
+    config = json.loads(json.dumps(complete_run[2]))
+    config["evaluation"]["knn_k"] = [5]
+    jobs, text = dry_run(complete_run, tmp_path, config)
+    # stage_settings rewrites the evaluation settings file the evaluate jobs read
+    assert counts(jobs) == {"stage_settings": 1, **DOWNSTREAM_OF_SAMPLES}, text[-3000:]
+    assert [out for rule, out, _ in jobs if rule == "stage_settings"] == [f"results/{DATASET}/settings/evaluate.yaml"]
+
+
+def test_3b_metrics_code_edit_reruns_evaluation_report(complete_run, tmp_path):
+    copy = complete_run[0]
+    module = sorted((copy / "alphastomics/metrics").glob("*.py"))[-1]
+    with edited(module):
+        jobs, text = dry_run(complete_run, tmp_path)
+    assert counts(jobs) == DOWNSTREAM_OF_SAMPLES, text[-3000:]
+    assert all("Params have changed" in reason for rule, _, reason in jobs if rule == "evaluate")
+
+
+def test_3c_model_code_edit_reruns_training_onward(complete_run, tmp_path):
+    copy = complete_run[0]
+    module = sorted((copy / "alphastomics/model").glob("*.py"))[-1]
+    with edited(module):
+        jobs, text = dry_run(complete_run, tmp_path)
+    assert counts(jobs) == {"train": 1, "export_model": 1, "sample": N_TEST * len(MODES), **DOWNSTREAM_OF_SAMPLES}, text[-3000:]
+    assert [reason for rule, _, reason in jobs if rule == "train"][0].startswith("Params have changed")
+
+
+def test_4_new_h5ad_file_preprocesses_only_that_file(complete_run, tmp_path):
+    config = json.loads(json.dumps(complete_run[2]))
+    files = config["datasets"][DATASET]["platforms"]["starmap"]["files"]
+    adata = ad.read_h5ad(files[0])
+    adata.obs["slice_id"] = "new_section"
+    new_file = tmp_path / "starmap_mpfc_new_section.h5ad"
+    adata.write_h5ad(new_file)
+    files.append(str(new_file))
+    jobs, text = dry_run(complete_run, tmp_path, config)
+    assert counts(jobs) == {"preprocess": 1, "manifest": 1, "train": 1, "export_model": 1,
+                            "sample": N_TEST * len(MODES), **DOWNSTREAM_OF_SAMPLES}, text[-3000:]
+    assert [out for rule, out, _ in jobs if rule == "preprocess"] == [
+        f"results/{DATASET}/shards/starmap/starmap_mpfc_new_section.manifest.json"]
+
+
+def test_5_killed_training_job_is_retried_and_resumes_from_last_checkpoint(repo_copy, tmp_path):
+    """A training job killed mid-way (as a pre-empted job) is retried by Snakemake (--retries, as
+    in the slurm profile) and continues from checkpoints/last.ckpt, not from scratch."""
+    import torch
+
+    configfile = small_config(tmp_path)
+    config = yaml.safe_load(configfile.read_text())
+    config["datasets"] = {"bdtnp_drosophila": config["datasets"]["bdtnp_drosophila"]}
+    config["training"].update(epochs=40, examples_per_epoch=2, val_every_n_epochs=1)
+    configfile.write_text(yaml.safe_dump(config, sort_keys=False))
+    model = tmp_path / "results/bdtnp_drosophila/model"
+    cmd, env = snakemake(repo_copy, tmp_path, configfile, "--retries", "1", "results/bdtnp_drosophila/model/training.json")
+    proc = subprocess.Popen(cmd, cwd=repo_copy, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    try:
+        last = model / "checkpoints/last.ckpt"
+        deadline = time.monotonic() + 600
+        while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert last.exists(), "training wrote no checkpoint:\n" + (proc.communicate()[0] if proc.poll() is not None else "")[-5000:]
+        trainer = _training_process(proc.pid)
+        os.kill(trainer, signal.SIGKILL)  # the job dies mid-way, as a pre-empted job would
+        time.sleep(1)
+        killed_at = torch.load(last, map_location="cpu", weights_only=False)["epoch"]
+        output, _ = proc.communicate(timeout=900)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)
+            proc.wait(60)
+    assert proc.returncode == 0, output[-5000:]
+    assert "Trying to restart job" in output or "attempt" in output.lower()
+    assert 0 <= killed_at < config["training"]["epochs"] - 1, killed_at
+    training = json.loads((model / "training.json").read_text())
+    assert training["resumed_from"] and training["resumed_from"].endswith("checkpoints/last.ckpt")
+    assert training["epochs"] >= config["training"]["epochs"] - 1
+    assert training.get("start_step", 0) > 0, training  # the retry started from a trained step, not 0
+    log = (tmp_path / "logs/bdtnp_drosophila/train.log").read_text()
+    assert "resuming from" in log and "Restored all states from the checkpoint" in log, log[-3000:]
+
+
+def _training_process(session: int) -> int:
+    """pid of the `alphastomics train` process in the session of the snakemake run."""
+    for _ in range(50):
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+                sid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[3])
+            except (OSError, ValueError, IndexError):
+                continue
+            if sid == session and b"train" in cmdline and any(a.endswith(b"alphastomics") for a in cmdline):
+                return int(proc.name)
+        time.sleep(0.1)
+    raise AssertionError("no `alphastomics train` process found")
