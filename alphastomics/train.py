@@ -198,7 +198,8 @@ def build_strategy(config: Config):
         from lightning.pytorch.strategies import DeepSpeedStrategy
 
         return DeepSpeedStrategy(stage=int(t.strategy[-1]))
-    if t.strategy == "ddp":
+    # `auto` on several devices means DDP: build it here so it gets find_unused_parameters.
+    if t.strategy == "ddp" or (t.strategy == "auto" and t.devices * t.num_nodes > 1):
         from lightning.pytorch.strategies import DDPStrategy
 
         backend = "nccl" if torch.cuda.is_available() and t.accelerator in ("auto", "gpu", "cuda") else "gloo"
@@ -227,7 +228,15 @@ def build_trainer(config: Config, out_dir: Path, has_validation: bool, extra_cal
         from lightning.pytorch.loggers import WandbLogger
 
         loggers.append(WandbLogger(project="alphastomics", name=t.exp_name, save_dir=str(out_dir), offline=os.environ.get("WANDB_MODE") != "online"))
+    plugins = []
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+    if SLURMEnvironment.detect():
+        # A failed or pre-empted job is retried by Snakemake and resumes from last.ckpt; Lightning's
+        # own requeue would run a second copy of the job behind Snakemake's back.
+        plugins.append(SLURMEnvironment(auto_requeue=False))
     return L.Trainer(
+        plugins=plugins,
         accelerator=t.accelerator,
         devices=t.devices,
         num_nodes=t.num_nodes,

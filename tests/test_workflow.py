@@ -74,7 +74,7 @@ def test_pipeline_produces_reports_and_finite_metrics(pipeline_run):
                 assert len(rows) > 0, (dataset, slice_id, mode)
                 headline = {
                     "expr_to_pos": "distance_spearman_median",
-                    "pos_to_expr": "expression_mse",
+                    "pos_to_expr": "expr_mse",
                     "joint": "procrustes_disparity",
                 }[mode]
                 value = rows.set_index("metric")["value"].get(headline)
@@ -98,7 +98,7 @@ def test_missing_input_file_is_named(tmp_path):
     configfile.write_text(yaml.safe_dump(config))
     result = run_snakemake(tmp_path, configfile, "-n")
     assert result.returncode != 0
-    assert "resources/does_not_exist.h5ad" in result.stderr
+    assert "input file not found: resources/does_not_exist.h5ad" in result.stdout + result.stderr
 
 
 def test_unknown_config_key_is_named(tmp_path):
@@ -108,7 +108,7 @@ def test_unknown_config_key_is_named(tmp_path):
     configfile.write_text(yaml.safe_dump(config))
     result = run_snakemake(tmp_path, configfile, "-n")
     assert result.returncode != 0
-    assert "hiden_dim" in result.stderr
+    assert "hiden_dim" in result.stdout + result.stderr
 
 
 def test_missing_obsm_key_stops_preprocessing_and_leaves_no_output(tmp_path):
