@@ -42,10 +42,12 @@ def sample_slice(checkpoint: str | Path, data_dir: str | Path, slice_id: str, mo
     expression, positions = sample(
         network, schedule, batch, "expression" in GENERATED[mode], "position" in GENERATED[mode], steps, generator
     )
+    embedding = cell_embedding(network, expression, positions, batch)
     expression_pred = scaler.inverse(expression[0].cpu().numpy()) * data.gene_mask
     frame = Frame.of(data.coords)
     coords_pred = frame.to_source(positions[0].cpu().numpy())
     adata = to_anndata(data, expression_pred, coords_pred, mode)
+    adata.obsm["alphastomics_embedding"] = embedding
     adata.uns["alphastomics"].update(
         {
             "dataset": dataset or manifest.get("dataset", ""),
@@ -56,6 +58,15 @@ def sample_slice(checkpoint: str | Path, data_dir: str | Path, slice_id: str, mo
         }
     )
     return adata
+
+
+@torch.no_grad()
+def cell_embedding(network, expression, positions, batch) -> np.ndarray:
+    """Per-cell features of the final network layer for the finished sample (given and generated
+    values, both shown as clean, t = 0): the AlphaSTomics embedding of each cell."""
+    zeros = torch.zeros(expression.shape[0], dtype=torch.long, device=expression.device)
+    pred = network(expression, positions, zeros, zeros, batch.node_mask, batch.gene_mask)
+    return pred.embedding[0].float().cpu().numpy()
 
 
 def to_anndata(data: SliceData, expression_pred: np.ndarray, coords_pred: np.ndarray, mode: str) -> ad.AnnData:

@@ -57,10 +57,17 @@ def test_train_export_and_sample_every_mode(starmap_dir, tmp_path):
         assert result.returncode == 0, result.stderr
         adata = ad.read_h5ad(target)
         assert adata.n_obs == 1088 and adata.obsm["spatial_pred"].shape == (1088, 2)
+        assert adata.obsm["alphastomics_embedding"].shape == (1088, 32)
+        assert np.isfinite(adata.obsm["alphastomics_embedding"]).all()
         assert np.isfinite(adata.layers["expr_pred"]).all() and np.isfinite(adata.obsm["spatial_pred"]).all()
         generated_position = mode != "pos_to_expr"
         assert np.allclose(adata.obsm["spatial_pred"], adata.obsm["spatial"]) != generated_position
         assert np.allclose(adata.layers["expr_pred"], adata.X) == (mode == "expr_to_pos")
+        if mode == "pos_to_expr":
+            result = _cli("evaluate", str(target), "--out", str(tmp_path / "metrics.tsv"))
+            assert result.returncode == 0, result.stderr
+            table = (tmp_path / "metrics.tsv").read_text()
+            assert "embedding_leiden_ari" in table and "expr_mse" in table
 
 
 def test_sample_refuses_unknown_slice_and_bad_checkpoint(starmap_dir, tmp_path):

@@ -23,6 +23,7 @@ class Prediction:
     expression: torch.Tensor  # (B, N, G) predicted clean expression (standardised)
     positions: torch.Tensor  # (B, N, 3) predicted clean coordinates (normalised frame, centred)
     aux_loss: torch.Tensor  # scalar: MoE load-balancing loss summed over layers
+    embedding: torch.Tensor | None = None  # (B, N, D) final per-cell features (after layer norm)
 
 
 def masked_centre(x: torch.Tensor, node_mask: torch.Tensor) -> torch.Tensor:
@@ -95,8 +96,9 @@ class AlphaSTomicsNet(nn.Module):
         for block in self.blocks:
             h, x, block_aux = block(h, x, node_mask)
             aux = aux + block_aux
-        expression_x0 = self.expression_out(self.norm_out(h))
-        return Prediction(expression=expression_x0, positions=masked_centre(x, node_mask), aux_loss=aux)
+        features = self.norm_out(h)
+        expression_x0 = self.expression_out(features)
+        return Prediction(expression=expression_x0, positions=masked_centre(x, node_mask), aux_loss=aux, embedding=features)
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
