@@ -124,3 +124,18 @@ def test_missing_obsm_key_stops_preprocessing_and_leaves_no_output(tmp_path):
     shards = tmp_path / "results/starmap_mpfc/shards"
     leftovers = [p for p in shards.rglob("*") if p.is_file()] if shards.exists() else []
     assert leftovers == []
+
+
+def test_per_file_z_value_reaches_only_that_files_preprocessing(tmp_path):
+    configfile = small_config(tmp_path)
+    config = yaml.safe_load(configfile.read_text())
+    platform = config["datasets"]["starmap_mpfc"]["platforms"]["starmap"]
+    bz9 = next(f for f in platform["files"] if "BZ9" in f)
+    platform["z_values"] = {bz9: 12.5}
+    configfile.write_text(yaml.safe_dump(config))
+    result = run_snakemake(tmp_path, configfile, "results/starmap_mpfc/manifest.json", "-n", "-p")
+    assert result.returncode == 0, result.stdout[-3000:]
+    commands = [line for line in result.stdout.splitlines() if "alphastomics preprocess" in line]
+    assert len(commands) == 3
+    for command in commands:
+        assert ("--z-value 12.5" in command) == ("BZ9" in command.split("--platform")[0])

@@ -28,6 +28,11 @@ def _check_config_values():
         raise WorkflowError(f"config: {err}")
     for dataset, spec in config["datasets"].items():
         for platform, p in spec["platforms"].items():
+            unknown = set(p.get("z_values", {})) - set(p["files"])
+            if unknown:
+                raise WorkflowError(
+                    f"config: datasets.{dataset}.platforms.{platform}.z_values: not among its files: {sorted(unknown)}"
+                )
             for path in p["files"]:
                 if not (REPO / path).is_file():
                     raise WorkflowError(
@@ -91,7 +96,7 @@ def preprocess_options(wildcards):
         "--layer": p.get("layer"),
         "--normalization": p.get("normalization", "auto"),
         "--z-key": p.get("z_key"),
-        "--z-value": p.get("z_value"),
+        "--z-value": p.get("z_values", {}).get(platform_files(wildcards.dataset, wildcards.platform)[wildcards.file_id], p.get("z_value")),
         "--on-invalid": p.get("on_invalid"),
         "--max-cells-per-shard": p.get("max_cells_per_shard"),
     }
