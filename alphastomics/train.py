@@ -115,6 +115,13 @@ class DiffusionModule(L.LightningModule):
             losses["masked_reconstruction"] = masked_reconstruction_loss(pred, batch, x0_position, mask_e, mask_p)
             total = total + c.masking.lambda_masked_reconstruction * losses["masked_reconstruction"]
         losses["loss"] = total
+        # A modality that no example of the batch generated has no loss to report (not a zero).
+        if w_e.sum() == 0:
+            del losses["expression"]
+        if w_p.sum() == 0:
+            del losses["position"]
+        if not c.model.use_moe:
+            del losses["moe_aux"]
         return losses
 
     # -- Lightning hooks -----------------------------------------------------------------------
