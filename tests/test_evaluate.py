@@ -14,9 +14,7 @@ from alphastomics.config import EvaluationConfig
 from alphastomics.errors import InputError
 from alphastomics.evaluate import EMBEDDING_KEY, GENERATED_BY_MODE, TABLE_COLUMNS, evaluate_sample, sample_from_anndata
 
-STARMAP = Path("/work/shared/data/starmap_mpfc/starmap_mpfc_20180417_BZ5_control.h5ad")
-REPO_STARMAP = sorted((Path(__file__).resolve().parents[1] / "resources/starmap_mpfc").glob("*BZ5*.h5ad"))
-SOURCE = REPO_STARMAP[0] if REPO_STARMAP else STARMAP
+SOURCE = Path(__file__).resolve().parents[1] / "resources/starmap_mpfc/starmap_mpfc_20180417_BZ5_control.h5ad"
 
 EXPRESSION_METRICS = {f"expr_{c}_{a}_{s}" for c in ("pearson", "spearman") for a in ("gene", "cell") for s in ("median", "mean")} | {"expr_mse", "expr_mae"}
 POSITION_METRICS = {

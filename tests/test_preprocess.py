@@ -24,7 +24,7 @@ from alphastomics.io.shards import is_temp_file, load_slice
 REPO = Path(__file__).resolve().parents[1]
 STARMAP = sorted((REPO / "resources" / "starmap_mpfc").glob("starmap_mpfc_*.h5ad"))
 STARMAP_GENES = REPO / "resources" / "starmap_mpfc" / "genes.txt"
-SHARED = REPO.parent / "shared" / "data"
+SHARED = REPO / "tests" / "data"  # copies of two real datasets with other panels (see SOURCE.md there)
 SEQFISH = sorted((SHARED / "seqfish_mouse_embryo").glob("*.h5ad"))
 BREAST = sorted((SHARED / "st_breast_cancer_layers").glob("*.h5ad"))
 sys.path.insert(0, str(REPO / "benchmarks"))

@@ -21,20 +21,20 @@ import pytest
 from alphastomics import cli
 from alphastomics.report import plots, render
 
-DATA = Path("/work/shared/data")
 REPO = Path(__file__).resolve().parents[1]
+DATA = REPO / "resources"  # the bundled real data
 STARMAP_FILES = {
     "20180417_BZ5_control": DATA / "starmap_mpfc" / "starmap_mpfc_20180417_BZ5_control.h5ad",
     "20180419_BZ9_control": DATA / "starmap_mpfc" / "starmap_mpfc_20180419_BZ9_control.h5ad",
     "20180424_BZ14_control": DATA / "starmap_mpfc" / "starmap_mpfc_20180424_BZ14_control.h5ad",
 }
-BDTNP_FILE = DATA / "bdtnp_drosophila" / "bdtnp_drosophila.h5ad"
+BDTNP_SLABS = sorted((DATA / "bdtnp_drosophila").glob("bdtnp_slab*.h5ad"))
 
 
 def _require(*paths: Path) -> None:
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
-        pytest.skip(f"shared development data not present: {', '.join(missing)}")
+        pytest.fail(f"bundled data missing: {', '.join(missing)}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -243,12 +243,12 @@ def build_bdtnp_run(root: Path) -> dict:
     expr_to_pos and pos_to_expr; no cell types, no training log, 4 genes marked unmeasured."""
     import anndata as ad
 
-    _require(BDTNP_FILE)
+    _require(*BDTNP_SLABS)
     rng = np.random.default_rng(11)
     dataset = "bdtnp_drosophila"
     res = root / "results" / dataset
     (res / "samples").mkdir(parents=True, exist_ok=True)
-    a = ad.read_h5ad(BDTNP_FILE)
+    a = ad.concat([ad.read_h5ad(f) for f in BDTNP_SLABS])  # the whole embryo again
     pos = np.asarray(a.obsm["spatial"], float)
     edges = np.quantile(pos[:, 0], [0, 0.25, 0.5, 0.75, 1.0])
     slab = np.clip(np.searchsorted(edges, pos[:, 0], side="right") - 1, 0, 3)
