@@ -377,6 +377,7 @@ def parent_main(args) -> None:
                 print(f"{LABELS[variant]}: 64k/4k not available")
             continue
         verdict = ""
+        prefix = "" if variant == "alphastomics" else variant + "_"
         if variant == "alphastomics":
             ok = tr is not None and mr is not None and tr <= 20 and mr <= 20
             verdict = "  -> targets (<= 20 each) MET" if ok else "  -> targets (<= 20 each) MISSED"
@@ -385,7 +386,6 @@ def parent_main(args) -> None:
         else:
             summary[prefix + "time_ratio_64k_4k"] = round(tr, 3) if tr is not None else None
             summary[prefix + "memory_ratio_64k_4k"] = round(mr, 3) if mr is not None else None
-        prefix = "" if variant == "alphastomics" else variant + "_"
         if wr is not None:
             summary[prefix + "wall_time_ratio_64k_4k"] = round(wr, 3)
         trs = f"{tr:.2f}" if tr is not None else "n/a"

@@ -3,7 +3,6 @@ user meets first (missing file, missing obsm key, unknown config key)."""
 
 import math
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
