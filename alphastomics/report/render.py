@@ -203,16 +203,6 @@ def metric_tables(df: pd.DataFrame, directions: dict[str, str]) -> list[dict]:
 # manifest
 
 
-def load_manifest(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"manifest not found: {path}")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise InputError(f"manifest {path} is not valid JSON: {err}") from err
-
-
 def dataset_summary(manifest: dict) -> dict:
     genes = list(manifest.get("genes", []))
     platforms = manifest.get("platforms", {}) or {}
@@ -737,6 +727,8 @@ def render_report(
 ) -> str:
     """The HTML of one dataset's report."""
     from alphastomics.report import plots
+
+    from alphastomics.io.manifest import load_manifest
 
     man = load_manifest(manifest)
     dataset = dataset or man.get("dataset") or Path(manifest).parent.name
