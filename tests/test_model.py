@@ -41,6 +41,7 @@ VARIANTS = {
     "gated_headwise": {"use_gated_attention": True, "gate_type": "headwise"},
     "gated_elementwise": {"use_gated_attention": True, "gate_type": "elementwise"},
     "moe": {"use_moe": True, "num_experts": 4, "moe_top_k": 2},
+    "learned_time_gated_moe": {"time_embedding": "learned", "use_gated_attention": True, "use_moe": True},
 }
 
 

@@ -259,3 +259,15 @@ def test_deepspeed_strategy_built_from_config():
         strategy = build_strategy(config)
         assert isinstance(strategy, DeepSpeedStrategy)
         assert strategy.config["zero_optimization"]["stage"] == stage
+
+
+def test_wandb_logging_is_optional_and_works_offline(starmap_dir, tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    plain = train(load_config(small_config(tmp_path)), starmap_dir, tmp_path / "plain", test_ids=["20180424_BZ14_control"])
+    assert plain["global_step"] == 4 and not (tmp_path / "plain/wandb").exists()  # off by default
+    config = apply_overrides(load_config(small_config(tmp_path)), {"training.wandb": True})
+    train(config, starmap_dir, tmp_path / "logged", test_ids=["20180424_BZ14_control"])
+    runs = list((tmp_path / "logged/wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 1 and runs[0].stat().st_size > 0
