@@ -271,3 +271,13 @@ def test_wandb_logging_is_optional_and_works_offline(starmap_dir, tmp_path, monk
     train(config, starmap_dir, tmp_path / "logged", test_ids=["20180424_BZ14_control"])
     runs = list((tmp_path / "logged/wandb").glob("offline-run-*/run-*.wandb"))
     assert len(runs) == 1 and runs[0].stat().st_size > 0
+
+
+def test_ddp_and_fsdp_strategies_built_from_config():
+    """Lightning runs FSDP on GPUs only; on CPU we check the strategy the config builds."""
+    from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
+
+    assert isinstance(build_strategy(apply_overrides(Config(), {"training.strategy": "fsdp"})), FSDPStrategy)
+    ddp = build_strategy(apply_overrides(Config(), {"training.strategy": "auto", "training.devices": 2}))
+    assert isinstance(ddp, DDPStrategy) and ddp._ddp_kwargs.get("find_unused_parameters") is True
+    assert build_strategy(Config()) == "auto"
