@@ -23,6 +23,8 @@ from scipy import sparse  # noqa: E402
 from scipy.linalg import orthogonal_procrustes  # noqa: E402
 from scipy.spatial import cKDTree  # noqa: E402
 
+from alphastomics.metrics.spatial import morans_i  # noqa: F401 (one Moran's I for the table and the figures)
+
 DPI = 110
 MAX_POINTS = 30_000  # cells drawn per panel; larger slices are randomly subsampled (seed 0)
 UNKNOWN_LABEL = "unknown"
@@ -106,22 +108,6 @@ def knn_graph(coords: np.ndarray, k: int = 10) -> sparse.csr_matrix:
     cols = np.asarray(idx)[:, 1:].ravel()
     w = sparse.csr_matrix((np.ones(rows.size), (rows, cols)), shape=(n, n))
     return w.maximum(w.T).tocsr()
-
-
-def morans_i(graph: sparse.csr_matrix, values: np.ndarray) -> np.ndarray:
-    """Moran's I of every column of ``values`` (cells x genes) over the weights ``graph``.
-
-    Same formula as ``scanpy.metrics.morans_i``: I = N / W * (z' W z) / (z' z); NaN for a
-    constant column.
-    """
-    x = np.asarray(values, dtype=np.float64)
-    z = x - x.mean(axis=0, keepdims=True)
-    num = np.einsum("ij,ij->j", z, graph @ z)
-    den = np.einsum("ij,ij->j", z, z)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out = x.shape[0] / graph.sum() * num / den
-    out[den <= 1e-12] = np.nan
-    return out
 
 
 def subsample(n: int, max_points: int = MAX_POINTS, seed: int = 0) -> np.ndarray:
