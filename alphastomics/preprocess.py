@@ -26,15 +26,9 @@ from alphastomics import __version__
 from alphastomics.errors import InputError
 from alphastomics.io.h5ad import H5adFile, Matrix, read_var_names
 from alphastomics.io.manifest import FORMAT_VERSION, MANIFEST_NAME, write_manifest
-from alphastomics.io.shards import (
-    DEFAULT_MAX_CELLS_PER_SHARD,
-    BackgroundWriter,
-    CellBatch,
-    SliceShardWriter,
-    atomic_write_text,
-    remove_stale_temp_files,
-    sha256_file,
-)
+from alphastomics.io.files import atomic_write_text, remove_stale_temp_files, sha256_file
+from alphastomics.io.names import file_keys_to_slice_ids, slice_file_key
+from alphastomics.io.shards import DEFAULT_MAX_CELLS_PER_SHARD, BackgroundWriter, CellBatch, SliceShardWriter
 
 log = logging.getLogger(__name__)
 
@@ -281,10 +275,25 @@ def _labels_to_codes(values, path: Path, key: str, allow_missing: bool) -> tuple
 
 
 def read_slices(h5ad: H5adFile, opts: Options) -> tuple[np.ndarray, list[str]]:
-    if opts.slice_key is None:  # one slice per file, named after it
+    return _slice_codes(h5ad, opts.slice_key)
+
+
+def _slice_codes(h5ad: H5adFile, slice_key: str | None) -> tuple[np.ndarray, list[str]]:
+    if slice_key is None:  # one slice per file, named after it
         return np.zeros(h5ad.n_obs, dtype=np.int32), [h5ad.path.stem]
-    values = h5ad.obs_column(opts.slice_key, "--slice-key")
-    return _labels_to_codes(values, h5ad.path, opts.slice_key, allow_missing=False)
+    values = h5ad.obs_column(slice_key, "--slice-key")
+    return _labels_to_codes(values, h5ad.path, slice_key, allow_missing=False)
+
+
+def slice_ids_in_file(path: str | Path, slice_key: str | None) -> list[str]:
+    """Sorted slice ids of the cells of one file, exactly as preprocessing will name them.
+
+    Reads only ``obs[slice_key]`` (nothing when ``slice_key`` is None: the file stem), so the
+    workflow can check the configured test and validation slices before any job runs.
+    """
+    with H5adFile(path) as h5ad:
+        codes, labels = _slice_codes(h5ad, slice_key)
+    return sorted(labels[c] for c in np.unique(codes))
 
 
 def read_cell_types(h5ad: H5adFile, opts: Options) -> tuple[np.ndarray, list[str]]:
@@ -492,6 +501,7 @@ def slice_entries(plan: FilePlan, platform: str) -> dict[str, dict]:
         coords = plan.coords[rows]
         entries[plan.slice_ids[code]] = {
             "platform": platform,
+            "file_key": slice_file_key(plan.slice_ids[code]),
             "source": str(plan.path),
             "n_cells": int(rows.sum()),
             "n_dims": plan.n_dims,
@@ -538,6 +548,7 @@ def validate_inputs(files: list[Path], opts: Options) -> tuple[list[str], list[F
             if slice_id in owner:
                 raise InputError(f"slice id {slice_id!r} is claimed by two files: {owner[slice_id]} and {plan.path}")
             owner[slice_id] = plan.path
+    file_keys_to_slice_ids(owner)  # shard files are named by file key: two slices must not share one
     for plan in plans:
         if plan.gene_match.unmatched:
             log.warning("%s: %d of %d genes of the list are not in its panel (zeros, masked as unmeasured): %s",

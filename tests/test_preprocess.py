@@ -19,7 +19,8 @@ import scipy.sparse as sp
 
 from alphastomics.cli import main as cli_main
 from alphastomics.io.manifest import load_manifest
-from alphastomics.io.shards import is_temp_file, load_slice
+from alphastomics.io.files import is_temp_file
+from alphastomics.io.shards import load_slice
 
 REPO = Path(__file__).resolve().parents[1]
 STARMAP = sorted((REPO / "resources" / "starmap_mpfc").glob("starmap_mpfc_*.h5ad"))
@@ -82,6 +83,42 @@ def test_starmap_real_data(tmp_path):
     assert list(data.cell_ids) == list(raw.obs_names)
     bounds = entry["bounds"]
     np.testing.assert_allclose(bounds["min"][:2], raw.obsm["spatial"].min(axis=0), rtol=1e-6)
+
+
+AWKWARD_SLICES = ["mouse 5 bregma1.5", "mäus 14/bregma2.0", "animal7_bregma0.16"]
+
+
+def test_slice_ids_of_any_spelling_are_kept_and_their_file_keys_recorded(tmp_path):
+    """Issue 10: ids with spaces, dots, slashes and umlauts stay the user's ids in the manifest;
+    shard files are named by the id's file key, which the manifest records beside it."""
+    from alphastomics.io.names import slice_file_key
+    from alphastomics.preprocess import slice_ids_in_file
+
+    slices = np.repeat(AWKWARD_SLICES, 10)
+    path = write_h5ad(tmp_path / "in.h5ad", counts(30, 4), ["a", "b", "c", "d"], slices=slices)
+    assert slice_ids_in_file(path, "slice_id") == sorted(AWKWARD_SLICES)
+    assert slice_ids_in_file(path, None) == ["in"]  # without a slice key the file is one slice, named after it
+    out = tmp_path / "out"
+    assert preprocess(path, "--platform", "p", "--out", out, "--slice-key", "slice_id") == 0
+    manifest = load_manifest(out)
+    assert sorted(manifest["slices"]) == sorted(AWKWARD_SLICES)
+    for slice_id, entry in manifest["slices"].items():
+        assert entry["file_key"] == slice_file_key(slice_id)
+        assert all(Path(s["path"]).name.startswith(entry["file_key"] + "-") for s in entry["shards"])
+        assert load_slice(out, slice_id).n_dims == 2
+    assert not any(p.name.startswith("m") and "/" in p.name for p in out.rglob("*"))
+    assert {p.parent for p in out.rglob("*.parquet")} == {out}  # the slash made no sub-folder
+
+
+def test_slice_ids_whose_file_names_collide_are_refused_before_writing(tmp_path, capsys):
+    from alphastomics.io.names import slice_file_key
+
+    clash = slice_file_key("a b")  # an id spelling another id's file key
+    path = write_h5ad(tmp_path / "in.h5ad", counts(20, 3), ["a", "b", "c"], slices=["a b"] * 10 + [clash] * 10)
+    out = tmp_path / "out"
+    assert preprocess(path, "--platform", "p", "--out", out, "--slice-key", "slice_id") == 1
+    assert "'a b'" in capsys.readouterr().err
+    assert not out.exists() or not any(out.iterdir())
 
 
 def test_library_size_uses_all_genes_of_the_file(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import subprocess
@@ -17,17 +18,8 @@ import pytest
 from alphastomics.cli import main as cli_main
 from alphastomics.errors import InputError
 from alphastomics.io.manifest import load_manifest, merge_manifests, write_manifest
-from alphastomics.io.shards import (
-    BackgroundWriter,
-    CellBatch,
-    SliceShardWriter,
-    is_temp_file,
-    load_slice,
-    remove_stale_temp_files,
-    safe_file_stem,
-    sha256_file,
-    temp_path_for,
-)
+from alphastomics.io.files import is_temp_file, remove_stale_temp_files, sha256_file, temp_path_for
+from alphastomics.io.shards import BackgroundWriter, CellBatch, SliceShardWriter, load_slice
 
 GENES = ["A", "B", "C"]
 
@@ -138,12 +130,6 @@ def test_load_manifest_errors(tmp_path):
         load_manifest(tmp_path)
 
 
-def test_safe_file_stem_keeps_distinct_ids_distinct():
-    assert safe_file_stem("slice_1") == "slice_1"
-    assert safe_file_stem("a/b") != safe_file_stem("a b")
-    assert "/" not in safe_file_stem("a/b") and not safe_file_stem("../x").startswith(".")
-
-
 def test_stale_temp_files_of_dead_processes_are_removed(tmp_path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead_pid = int(dead.stdout)
@@ -195,6 +181,17 @@ def test_manifest_merge_refuses_slice_claimed_twice(tmp_path, capsys):
     assert not out.exists()
 
 
+def test_manifest_merge_records_file_keys_and_refuses_colliding_ones(tmp_path):
+    from alphastomics.io.names import slice_file_key
+
+    first = _per_file_output(tmp_path, "p1", "a b", "a.h5ad")
+    second = _per_file_output(tmp_path / "other", "p1", slice_file_key("a b"), "b.h5ad")
+    merged = merge_manifests([first], tmp_path / "manifest.json")
+    assert merged["slices"]["a b"]["file_key"] == slice_file_key("a b")
+    with pytest.raises(InputError, match="same file name"):
+        merge_manifests([first, second], tmp_path / "manifest.json")
+
+
 def test_manifest_merge_refuses_different_gene_lists(tmp_path):
     first = _per_file_output(tmp_path, "p1", "s1", "a.h5ad")
     second = _per_file_output(tmp_path, "p2", "s2", "b.h5ad")
@@ -209,3 +206,17 @@ def test_sha256_file(tmp_path):
     path = tmp_path / "f"
     path.write_bytes(b"abc")
     assert sha256_file(path) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+def _imported_modules(path) -> set[str]:
+    tree = ast.parse(Path(path).read_text(encoding="utf-8"))
+    names = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    return names | {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+
+
+def test_manifest_does_not_import_shards():
+    """manifest.py and shards.py imported each other (from inside functions, to dodge the cycle):
+    shards reads manifests, so manifest must not need shards."""
+    from alphastomics.io import manifest
+
+    assert "alphastomics.io.shards" not in _imported_modules(manifest.__file__)

@@ -17,6 +17,8 @@ from pathlib import Path
 
 from alphastomics import __version__
 from alphastomics.errors import InputError
+from alphastomics.io.files import atomic_write_text
+from alphastomics.io.names import file_keys_to_slice_ids, slice_file_key
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +56,6 @@ def load_manifest(dataset_dir: str | Path) -> dict:
 
 
 def write_manifest(path: str | Path, manifest: dict) -> None:
-    from alphastomics.io.shards import atomic_write_text
-
     atomic_write_text(path, json.dumps(manifest, indent=2) + "\n")
 
 
@@ -119,9 +119,15 @@ def merge_manifests(inputs: list[Path], out: Path, dataset: str | None = None) -
                     f"slice id {slice_id!r} is claimed by two files: {merged['slices'][slice_id].get('source')} "
                     f"(via {slice_origin[slice_id]}) and {entry.get('source')} (via {path})"
                 )
-            merged["slices"][slice_id] = _rebase_shards(entry, path.parent, out_dir, path)
+            merged["slices"][slice_id] = {**_rebase_shards(entry, path.parent, out_dir, path), "file_key": slice_file_key(slice_id)}
             slice_origin[slice_id] = path
+    file_keys_to_slice_ids(merged["slices"])  # result files are named by file key: refuse a collision
     return merged
+
+
+def slice_ids_by_file_key(manifest: dict) -> dict[str, str]:
+    """``{file key: slice id}`` of every slice of a manifest (see ``alphastomics.io.names``)."""
+    return file_keys_to_slice_ids(manifest["slices"])
 
 
 # -- command ----------------------------------------------------------------------------------

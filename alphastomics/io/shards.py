@@ -1,18 +1,17 @@
 """Parquet shards of one slice: atomic writing, checksummed reading.
 
 Layout and columns are specified in docs/FORMATS.md. Every file is first written under a hidden
-temporary name (``.<name>.<host>.<pid>.tmp``) in its final directory and renamed only when the
+temporary name (see ``alphastomics.io.files``) in its final directory and renamed only when the
 whole run succeeded, so an error or a kill leaves nothing that looks like output: readers only
-open shards listed in a manifest, and ``remove_stale_temp_files`` deletes temporaries of dead runs.
+open shards listed in a manifest. Shard files are named by the slice's file key
+(``alphastomics.io.names``), never by the raw slice id.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,83 +20,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from alphastomics.errors import InputError
+from alphastomics.io.files import sha256_file, temp_path_for
+from alphastomics.io.manifest import load_manifest
+from alphastomics.io.names import slice_file_key
 
 log = logging.getLogger(__name__)
 
 COMPRESSION = "zstd"
 DEFAULT_MAX_CELLS_PER_SHARD = 200_000
 DEFAULT_ROW_GROUP_ROWS = 65_536
-_HOST = socket.gethostname().replace(".", "_")
-_TEMP_RE = re.compile(r"^\.(?P<name>.+)\.(?P<host>[^.]+)\.(?P<pid>\d+)\.tmp$")
-
-
-# -- atomic files ----------------------------------------------------------------------------
-def temp_path_for(final_path: str | Path) -> Path:
-    """Hidden temporary name beside ``final_path``, unique to this host and process."""
-    final_path = Path(final_path)
-    return final_path.with_name(f".{final_path.name}.{_HOST}.{os.getpid()}.tmp")
-
-
-def is_temp_file(path: str | Path) -> bool:
-    return _TEMP_RE.match(Path(path).name) is not None
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
-
-
-def remove_stale_temp_files(directory: str | Path) -> int:
-    """Delete temporaries left by killed runs on this host (their process is gone).
-
-    Temporaries of live processes are kept: the workflow runs one preprocess job per input file
-    in the same directory at the same time. Returns the number removed.
-    """
-    directory = Path(directory)
-    if not directory.is_dir():
-        return 0
-    removed = 0
-    for entry in directory.iterdir():
-        match = _TEMP_RE.match(entry.name)
-        if not match or match["host"] != _HOST:
-            continue
-        pid = int(match["pid"])
-        if pid != os.getpid() and _pid_alive(pid):
-            continue
-        entry.unlink(missing_ok=True)
-        removed += 1
-    if removed:
-        log.info("removed %d temporary file(s) of an interrupted run in %s", removed, directory)
-    return removed
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old file, or the complete new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = temp_path_for(path)
-    try:
-        with open(temp, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-
-
-def sha256_file(path: str | Path, block_size: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(block_size):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # -- writing ----------------------------------------------------------------------------------
@@ -120,14 +51,6 @@ def shard_schema(n_genes: int) -> pa.Schema:
 
 def expression_type(n_genes: int) -> pa.DataType:
     return pa.list_(pa.field("element", pa.float32(), nullable=False), n_genes)
-
-
-def safe_file_stem(slice_id: str) -> str:
-    """Slice id usable as a file name; ids that had to change get a short hash to stay unique."""
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", slice_id).lstrip(".") or "slice"
-    if stem != slice_id:
-        stem = f"{stem}-{hashlib.sha1(slice_id.encode()).hexdigest()[:8]}"
-    return stem
 
 
 @dataclass
@@ -206,7 +129,7 @@ class SliceShardWriter:
             raise ValueError("max_rows must be positive")
         self.out_dir, self.slice_id, self.platform = Path(out_dir), slice_id, platform
         self.schema = shard_schema(n_genes)
-        self.stem = safe_file_stem(slice_id)
+        self.stem = slice_file_key(slice_id)
         self.max_rows, self.row_group_rows = max_rows, min(row_group_rows, max_rows)
         self._categories = pa.array(categories, pa.string())
         self._io = io or _InlineWriter()
@@ -415,8 +338,6 @@ def slice_gene_mask(manifest: dict, entry: dict) -> np.ndarray:
 
 def load_slice(dataset_dir: str | Path, slice_id: str, manifest: dict | None = None, verify: bool = True) -> SliceData:
     """All cells of one slice from its shards, checksums verified first."""
-    from alphastomics.io.manifest import load_manifest  # manifest imports this module
-
     if manifest is None:
         manifest = load_manifest(dataset_dir)
     base = _dataset_base(dataset_dir)
