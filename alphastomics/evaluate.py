@@ -106,14 +106,26 @@ def _require_finite(array: np.ndarray, field: str, source: str) -> None:
         raise InputError(f"{source}: {field} holds {bad} non-finite value(s)")
 
 
+# How a missing label comes out of files written by other tools (str(None), str(NaN), pandas' NA),
+# compared lower-cased and stripped: an unknown type must stay unknown, not become a type of its own.
+UNKNOWN_CELL_TYPE_SPELLINGS = frozenset({"", "none", "nan", "<na>"})
+
+
+def cell_type_labels(column) -> np.ndarray:
+    """Cell types of an obs column as an object array of str, None where unknown (missing, or
+    spelled as one of ``UNKNOWN_CELL_TYPE_SPELLINGS``)."""
+    column = pd.Series(column)
+    text = column.astype(object).where(column.notna(), None).map(lambda v: None if v is None else str(v))
+    known = text.map(lambda v: v is not None and v.strip().lower() not in UNKNOWN_CELL_TYPE_SPELLINGS).to_numpy(dtype=bool)
+    labels = text.to_numpy(dtype=object)
+    labels[~known] = None
+    return labels
+
+
 def _cell_types(adata) -> np.ndarray | None:
     if "cell_type" not in adata.obs:
         return None
-    column = adata.obs["cell_type"]
-    known = column.notna().to_numpy() & (column.astype(str).str.strip() != "").to_numpy()
-    labels = column.astype(object).to_numpy()
-    labels[~known] = None
-    return labels
+    return cell_type_labels(adata.obs["cell_type"])
 
 
 def sample_from_anndata(adata, dataset: str | None = None, method: str | None = None, source: str = "sample") -> Sample:

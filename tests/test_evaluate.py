@@ -108,6 +108,9 @@ def test_cli_writes_table_and_json_per_mode_with_the_right_metrics(starmap_slice
     assert list(whole.columns) == TABLE_COLUMNS
     assert len(whole) == sum(len(m) for m in expected.values())
     assert set(whole["mode"]) == set(expected)
+    from alphastomics.metrics import metric_direction  # the report's only source of which value is better
+
+    assert not [m for m in whole["metric"].unique() if metric_direction(m) is None]
 
 
 def test_rotated_mirrored_copy_scores_perfectly_and_shuffled_cells_poorly(starmap_slice):
@@ -168,6 +171,30 @@ def test_measured_genes_only_and_no_cell_types(starmap_slice):
     values = values_of(table)
     assert values["expr_mse"] == 0 and details["expr_mse"]["n_genes"] == 100
     assert not set(values) & (TYPED_EXPRESSION_METRICS | TYPED_POSITION_METRICS)
+
+
+@pytest.mark.parametrize("spelling", ["None", "nan", "NaN", "", " ", None])
+def test_unknown_cell_types_are_left_out_of_label_metrics_however_spelled(starmap_slice, tmp_path, spelling):
+    """Issue 10: sample files spelled unknown cell types as the string 'None', which then counted as
+    a cell type of its own in every label metric."""
+    expression, positions, types, _ = starmap_slice
+    types = types.astype(object).copy()
+    unknown = np.arange(len(types)) % 3 == 0
+    types[unknown] = spelling
+    adata = make_sample(starmap_slice, "joint", expression, rotate(positions))
+    adata.obs["cell_type"] = pd.Categorical(types) if spelling is not None else pd.Series(types, index=adata.obs_names, dtype=object)
+    path = tmp_path / "s.joint.h5ad"
+    adata.write_h5ad(path)  # through the file, as evaluate reads it
+    table, details = evaluate_sample(ad.read_h5ad(path), EvaluationConfig())
+    assert details["nhood_enrichment_corr"]["n_cells_typed"] == int((~unknown).sum())
+    names = details["nhood_enrichment_corr"]["zscores"]["types"]
+    assert not {"None", "nan", "NaN", "", " "} & set(names) and len(names) == len(set(types[~unknown]))
+    assert details["label_transfer_accuracy_expression"]["n_reference_cells"] == int((~unknown).sum())
+
+    from alphastomics.report.render import load_sample  # the report colours them as unknown, not as a type
+
+    shown = set(load_sample(path).cell_types)
+    assert "unknown" in shown and not {"None", "nan", "NaN", "", " "} & shown
 
 
 def test_embedding_hook_scores_leiden_clusters_of_an_embedding(starmap_slice):

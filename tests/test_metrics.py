@@ -37,7 +37,7 @@ def expression_pair():
     true = rng.gamma(2.0, size=(60, 12))
     generated = true + rng.normal(scale=0.8, size=true.shape)
     true[:, 3] = 1.5  # a constant gene: its correlations are undefined and must be skipped
-    generated[7, :] = 0.0  # a constant generated cell
+    generated[7, :] = 0.0  # a constant generated cell: its undefined correlations count as 0
     true[:5, 0] = true[5, 0]  # ties for Spearman
     return true, generated
 
@@ -49,13 +49,15 @@ def test_expression_metrics_match_scipy_and_sklearn(expression_pair):
     assert values["expr_mae"] == pytest.approx(mean_absolute_error(true, generated), rel=1e-12)
     for name, ref in (("pearson", pearsonr), ("spearman", spearmanr)):
         per_gene = [ref(true[:, j], generated[:, j])[0] for j in range(true.shape[1]) if j != 3]
-        per_cell = [ref(true[i], generated[i])[0] for i in range(true.shape[0]) if i != 7]
+        per_cell = [0.0 if i == 7 else ref(true[i], generated[i])[0] for i in range(true.shape[0])]
         assert values[f"expr_{name}_gene_median"] == pytest.approx(np.median(per_gene), abs=1e-10)
         assert values[f"expr_{name}_gene_mean"] == pytest.approx(np.mean(per_gene), abs=1e-10)
         assert values[f"expr_{name}_cell_median"] == pytest.approx(np.median(per_cell), abs=1e-10)
         assert values[f"expr_{name}_cell_mean"] == pytest.approx(np.mean(per_cell), abs=1e-10)
-    assert how["expr_pearson_gene_mean"]["n_genes_skipped_constant"] == 1
-    assert how["expr_spearman_cell_median"]["n_cells_skipped_constant"] == 1
+    assert how["expr_pearson_gene_mean"]["n_genes_true_constant_left_out"] == 1
+    assert how["expr_pearson_gene_mean"]["n_genes_generated_constant_counted_as_0"] == 0
+    assert how["expr_spearman_cell_median"]["n_cells_generated_constant_counted_as_0"] == 1
+    assert how["expr_spearman_cell_median"]["n_cells_used"] == 60
 
 
 def test_expression_chunking_gives_the_same_values(expression_pair, monkeypatch):
@@ -81,6 +83,52 @@ def test_expression_perfect_and_shuffled_predictions():
 def test_all_constant_correlations_are_nan_not_errors():
     values, _ = expression.expression_metrics(np.ones((10, 3)), np.ones((10, 3)))
     assert np.isnan(values["expr_pearson_gene_median"]) and values["expr_mse"] == 0
+
+
+def test_a_collapsed_prediction_cannot_score_higher_than_a_varied_one():
+    """Issue 10: a constant generated gene has an undefined correlation; dropping it from the median
+    let a prediction that collapsed on its worst genes score higher than an honest one."""
+    rng = np.random.default_rng(3)
+    true = rng.gamma(2.0, size=(100, 10))
+    good = true + rng.normal(scale=0.3, size=true.shape)
+    weak = good.copy()
+    weak[:, :4] = rng.normal(size=(100, 4))  # four genes predicted badly, but varied
+    collapsed = good.copy()
+    collapsed[:, :4] = true[:, :4].mean(axis=0)  # the same four genes collapsed to a constant
+    weak_values, _ = expression.expression_metrics(true, weak)
+    collapsed_values, how = expression.expression_metrics(true, collapsed)
+    for name in ("expr_pearson_gene_median", "expr_pearson_gene_mean", "expr_spearman_gene_mean"):
+        assert collapsed_values[name] <= weak_values[name] + 0.1, name
+    per_gene = [0.0] * 4 + [pearsonr(true[:, j], collapsed[:, j])[0] for j in range(4, 10)]
+    assert collapsed_values["expr_pearson_gene_mean"] == pytest.approx(np.mean(per_gene), abs=1e-10)
+    assert how["expr_pearson_gene_mean"]["n_genes_generated_constant_counted_as_0"] == 4
+    flat, _ = expression.expression_metrics(true, np.tile(true.mean(axis=0), (100, 1)))
+    assert flat["expr_pearson_gene_median"] == 0 and flat["expr_spearman_gene_mean"] == 0
+
+
+def test_distance_spearman_counts_a_collapsed_cloud_as_zero():
+    true = _tissue(60, 2, seed=4)
+    values, how, per_cell = geometry.distance_metrics(true, np.zeros_like(true), [0.1])
+    assert values["distance_spearman_median"] == 0 and values["distance_spearman_mean"] == 0
+    assert how["distance_spearman_median"]["n_cells_generated_constant_counted_as_0"] == 60
+    partly = _tissue(60, 2, seed=5)
+    partly[1:] = partly[0]  # all but one cell on one point: the rows of those cells are not constant
+    values, how, _ = geometry.distance_metrics(true, partly, [0.1])
+    assert np.isfinite(values["distance_spearman_mean"])
+
+
+def test_morans_i_of_a_constant_generated_gene_counts_as_no_autocorrelation():
+    rng = np.random.default_rng(6)
+    points = _tissue(300, 2, seed=6)
+    values = np.stack([np.sin(points[:, 0] / s) + rng.normal(scale=0.3, size=300) for s in (5, 10, 20, 40)], axis=1)
+    generated = values.copy()
+    generated[:, 0] = 1.0  # the most patterned gene collapsed
+    result, how, per_gene = spatial.morans_i_agreement(points, values, points, generated, 10, "same")
+    assert per_gene["generated"][0] == 0.0
+    assert result["morans_i_abs_diff"] == pytest.approx(np.mean(np.abs(per_gene["true"] - per_gene["generated"])))
+    assert how["morans_i_abs_diff"]["n_genes_generated_constant_counted_as_0"] == 1
+    flat, _, _ = spatial.morans_i_agreement(points, values, points, np.ones_like(values), 10, "same")
+    assert flat["morans_i_corr"] == 0  # no pattern left at all: uncorrelated, not undefined
 
 
 # ----------------------------------------------------------------------------------------------
@@ -355,6 +403,40 @@ def test_expression_label_transfer_high_for_noisy_copy_and_chance_for_shuffle():
     assert noisy > 0.9 and shuffled < 0.5
     sampled, how = clusters.expression_label_transfer_accuracy(true, true, types, 15, 0, query_cells=np.arange(0, 300, 3))
     assert sampled == 1.0 and how["n_query_cells"] == 100 and how["n_reference_cells"] == 300
+
+
+def test_expression_label_transfer_does_not_let_a_cell_vote_for_itself():
+    """Issue 10: a generated profile close to its own true profile found that cell among its
+    neighbours and voted with its own label; with labels unrelated to expression that is 100%."""
+    rng = np.random.default_rng(27)
+    true = rng.normal(size=(400, 10))
+    types = rng.integers(0, 4, size=400)  # no relation to expression: chance is 1/4
+    for k in (1, 5):
+        accuracy, how = clusters.expression_label_transfer_accuracy(true, true.copy(), types, k, 0)
+        assert accuracy < 0.4, k
+        assert "itself" in how["classifier"]
+    query = np.arange(0, 400, 4)
+    sampled, _ = clusters.expression_label_transfer_accuracy(true, true.copy(), types, 1, 0, query_cells=query)
+    assert sampled < 0.4
+
+
+def test_expression_label_transfer_equals_brute_force_majority_of_other_cells():
+    rng = np.random.default_rng(28)
+    types = rng.integers(0, 3, size=120)
+    true = rng.normal(size=(120, 6)) + types[:, None]
+    generated = true + rng.normal(scale=0.5, size=true.shape)
+    accuracy, how = clusters.expression_label_transfer_accuracy(true, generated, types, 7, 0)
+    from sklearn.decomposition import PCA
+
+    pca = PCA(n_components=how["n_pcs"], random_state=0).fit(true)
+    reference, query = pca.transform(true), pca.transform(generated)
+    hits = 0
+    for i in range(120):
+        distances = np.linalg.norm(reference - query[i], axis=1)
+        distances[i] = np.inf  # the cell itself does not vote
+        votes = np.bincount(types[np.argsort(distances, kind="stable")[:7]], minlength=3)
+        hits += int(np.argmax(votes) == types[i])
+    assert accuracy == pytest.approx(hits / 120)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -17,7 +17,9 @@ from scipy.optimize import linear_sum_assignment
 from sklearn.decomposition import PCA
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from sklearn.metrics.cluster import contingency_matrix
-from sklearn.neighbors import KNeighborsClassifier, KNeighborsTransformer
+from sklearn.neighbors import KNeighborsTransformer, NearestNeighbors
+
+from alphastomics.metrics.neighbourhoods import majority_vote
 
 N_NEIGHBORS = 15  # scanpy's default for sc.pp.neighbors
 MAX_PCS = 50  # scanpy's default number of principal components
@@ -77,21 +79,31 @@ def expression_label_transfer_accuracy(
     true_expression: np.ndarray, generated_expression: np.ndarray, cell_types: np.ndarray, k: int, seed: int,
     query_cells: np.ndarray | None = None,
 ) -> tuple[float, dict]:
-    """Accuracy of a kNN classifier trained on true expression, applied to generated expression.
+    """Accuracy of a kNN vote among true profiles, applied to generated expression.
 
-    The classifier (PCA of true expression, then k nearest true cells by Euclidean distance,
-    majority vote) is fitted on all cells with their types and predicts each generated cell's type;
-    ``query_cells`` restricts the cells that are predicted (a sample on big slices).
+    Each generated profile's type is the majority type of its k nearest true profiles (PCA of
+    true expression, Euclidean distance) *of other cells*: the cell's own true profile is left out,
+    as spatial label transfer leaves the cell out of its own neighbours. Otherwise a good
+    generated profile finds itself first and votes with its own label. ``cell_types`` are integer
+    codes; ``query_cells`` restricts the cells that are predicted (a sample on big slices).
+    Ties go to the smallest code, as in sklearn's KNeighborsClassifier.
     """
     n_cells, n_genes = true_expression.shape
     n_pcs = min(MAX_PCS, n_genes, n_cells)
     pca = PCA(n_components=n_pcs, random_state=seed).fit(np.asarray(true_expression, dtype=np.float64))
-    k = min(k, n_cells)
-    classifier = KNeighborsClassifier(n_neighbors=k, algorithm="brute").fit(pca.transform(true_expression), cell_types)
-    query = np.arange(n_cells) if query_cells is None else query_cells
-    predicted = classifier.predict(pca.transform(np.asarray(generated_expression[query], dtype=np.float64)))
+    k = min(k, n_cells - 1)
+    query = np.arange(n_cells) if query_cells is None else np.asarray(query_cells)
+    reference = pca.transform(np.asarray(true_expression, dtype=np.float64))
+    searched = pca.transform(np.asarray(generated_expression[query], dtype=np.float64))
+    # k + 1 neighbours, then drop the cell itself (or, when it is not among them, the farthest)
+    neighbours = NearestNeighbors(n_neighbors=k + 1, algorithm="brute").fit(reference).kneighbors(searched, return_distance=False)
+    keep = neighbours != query[:, None]
+    keep[keep.all(axis=1), -1] = False
+    neighbours = neighbours[keep].reshape(len(query), k)
+    predicted = majority_vote(cell_types[neighbours], int(cell_types.max()) + 1)
     how = {
-        "classifier": "sklearn KNeighborsClassifier on the PCA of true expression, fitted on every cell's true expression and type",
+        "classifier": "majority type of the k nearest true profiles of other cells (the cell itself excluded), "
+                      "euclidean distance in the PCA of true expression",
         "predicts": "cell type of each generated expression profile; compared with the cell's true type",
         "k": k,
         "n_pcs": n_pcs,

@@ -1,8 +1,8 @@
 """Expression metrics: errors and per-gene / per-cell correlations of true vs generated expression.
 
 Inputs are (cells, genes) arrays restricted to measured genes by the caller. Correlations of a
-constant vector are undefined; they come back NaN and are left out of the median and mean (the
-number of genes/cells that entered is reported in the details).
+constant vector are undefined: a gene or cell whose truth is constant is left out, one whose
+generated values alone are constant counts as 0 (see ``correlation``); the details report both counts.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from collections.abc import Callable
 
 import numpy as np
 from scipy.stats import rankdata
+
+from alphastomics.metrics.correlation import is_constant, scored_values
 
 # Columns (or rows) handled at once: bounds the float64 copies to a few hundred MB on big slices.
 _CHUNK_ELEMENTS = 8_000_000
@@ -46,11 +48,10 @@ def _per_row_chunked(fn: Callable, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.concatenate([fn(a[s:s + step].T, b[s:s + step].T) for s in range(0, a.shape[0], step)])
 
 
-def _summaries(values: np.ndarray) -> tuple[float, float, int]:
-    finite = values[np.isfinite(values)]
-    if finite.size == 0:
-        return float("nan"), float("nan"), 0
-    return float(np.median(finite)), float(np.mean(finite)), int(finite.size)
+def _summaries(scores: np.ndarray) -> tuple[float, float]:
+    if scores.size == 0:
+        return float("nan"), float("nan")
+    return float(np.median(scores)), float(np.mean(scores))
 
 
 def expression_metrics(true: np.ndarray, generated: np.ndarray) -> tuple[dict[str, float], dict[str, dict]]:
@@ -71,16 +72,19 @@ def expression_metrics(true: np.ndarray, generated: np.ndarray) -> tuple[dict[st
     how["expr_mae"] = {"formula": "mean over cells and genes of |true - generated|", **error_how}
     del diff
 
+    # constant along the vector correlated: over cells for a gene (axis 0), over genes for a cell (axis 1)
+    constant = {"gene": (is_constant(true, 0), is_constant(generated, 0)),
+                "cell": (is_constant(true, 1), is_constant(generated, 1))}
     for corr_name, fn in (("pearson", pearson_per_column), ("spearman", spearman_per_column)):
         for axis_name, per in (("gene", _per_column_chunked), ("cell", _per_row_chunked)):
-            median, mean, used = _summaries(per(fn, true, generated))
-            total = n_genes if axis_name == "gene" else n_cells
+            scores, counts = scored_values(per(fn, true, generated), *constant[axis_name], axis_name)
+            median, mean = _summaries(scores)
             base = {
                 "correlation": corr_name,
                 "per": axis_name,
                 "vector": "over cells" if axis_name == "gene" else "over measured genes",
-                f"n_{axis_name}s_used": used,
-                f"n_{axis_name}s_skipped_constant": total - used,
+                **counts,
+                "undefined": "true vector constant: left out; only the generated vector constant: counted as 0",
                 "genes": "measured genes only",
             }
             values[f"expr_{corr_name}_{axis_name}_median"] = median

@@ -17,6 +17,8 @@ from scipy.spatial import procrustes
 from scipy.spatial.distance import cdist, pdist
 from scipy.stats import rankdata
 
+from alphastomics.metrics.correlation import is_constant, scored_values
+
 
 def procrustes_disparity(true: np.ndarray, generated: np.ndarray) -> float:
     """``scipy.spatial.procrustes`` disparity (translation, scale, rotation and reflection removed).
@@ -124,6 +126,8 @@ def distance_metrics(
     generated_contacts = np.zeros(len(thresholds))
     both_contacts = np.zeros(len(thresholds))
     row_spearman = np.empty(n)
+    true_row_constant = np.zeros(n, dtype=bool)
+    generated_row_constant = np.zeros(n, dtype=bool)
     for start in range(0, n, rows_per_block):
         stop = min(n, start + rows_per_block)
         true_rows = _without_diagonal(cdist(a[start:stop], a), start)
@@ -136,18 +140,23 @@ def distance_metrics(
             generated_contacts[q] += generated_in.sum()
             both_contacts[q] += (true_in & generated_in).sum()
         row_spearman[start:stop] = pearson_per_row(rank_rows(true_rows), rank_rows(generated_rows))
+        true_row_constant[start:stop] = is_constant(true_rows, 1)
+        generated_row_constant[start:stop] = is_constant(generated_rows, 1)
 
     n_pairs = n * (n - 1)
     common = {"n_cells": n, "scaling": "both point sets centred and scaled to unit RMS radius"}
     values: dict[str, float] = {"distance_matrix_mse_unit_rms": squared_error / n_pairs if n_pairs else float("nan")}
     how: dict[str, dict] = {"distance_matrix_mse_unit_rms": {"formula": "mean over ordered pairs i != j of (d_true - d_generated)^2", **common}}
-    finite = row_spearman[np.isfinite(row_spearman)]
+    # a cell whose generated distances are all equal (a collapsed cloud) has an undefined
+    # correlation: it counts as 0, not left out (see alphastomics.metrics.correlation)
+    scores, counts = scored_values(row_spearman, true_row_constant, generated_row_constant, "cell")
     for summary, fn in (("median", np.median), ("mean", np.mean)):
         name = f"distance_spearman_{summary}"
-        values[name] = float(fn(finite)) if finite.size else float("nan")
+        values[name] = float(fn(scores)) if scores.size else float("nan")
         how[name] = {
             "formula": f"{summary} over cells of the Spearman correlation between the cell's distances to all other cells, true vs generated",
-            "n_cells_used": int(finite.size),
+            **counts,
+            "undefined": "true distances all equal: left out; only the generated ones all equal: counted as 0",
             **common,
         }
     for q, quantile in enumerate(contact_quantiles):

@@ -16,6 +16,8 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.neighbors import kneighbors_graph
 
+from alphastomics.metrics.correlation import is_constant, pearson_or_zero, scored_values
+
 # Genes per block: bounds the float64 copy of a block to ~400 MB on a 100,000-cell slice.
 _GENES_PER_BLOCK = 512
 
@@ -60,18 +62,21 @@ def morans_i_agreement(
     generated_graph = true_graph if generated_points is true_points else knn_weights(generated_points, k)
     i_true = morans_i(true_graph, true_values)
     i_generated = morans_i(generated_graph, generated_values)
-    both = np.isfinite(i_true) & np.isfinite(i_generated)
-    if both.sum() >= 2 and np.ptp(i_true[both]) > 0 and np.ptp(i_generated[both]) > 0:
-        corr = float(np.corrcoef(i_true[both], i_generated[both])[0, 1])
-    else:
-        corr = float("nan")
-    abs_diff = float(np.mean(np.abs(i_true[both] - i_generated[both]))) if both.any() else float("nan")
+    # A constant generated gene has no spatial pattern: I = 0 rather than a gene left out, so a
+    # collapsed prediction is not scored on its easy genes only (see alphastomics.metrics.correlation).
+    true_constant = is_constant(true_values, 0)
+    generated_constant = is_constant(generated_values, 0)
+    i_generated = np.where(generated_constant & ~true_constant, 0.0, i_generated)
+    _, counts = scored_values(i_generated, true_constant, generated_constant, "gene")
+    used = ~true_constant
+    corr = pearson_or_zero(i_true[used], i_generated[used])
+    abs_diff = float(np.mean(np.abs(i_true[used] - i_generated[used]))) if used.any() else float("nan")
     common = {
         "k": k,
         "weights": "row-normalised euclidean kNN graph, self excluded (as squidpy's default transformation)",
         "graphs": graph_note,
-        "genes": "measured genes, constant ones skipped",
-        "n_genes_used": int(both.sum()),
+        "genes": "measured genes; constant in the truth: left out; constant only in the generated values: I = 0",
+        **counts,
         "n_cells": len(true_points),
         "reference": "equal to scanpy.metrics.morans_i on the same graph (tested to 1e-6)",
     }
