@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 
 from alphastomics import cli
-from alphastomics.report import plots, render
+from alphastomics.report import inputs, plots, sections, tables
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "resources"  # the bundled real data
@@ -224,7 +224,7 @@ def build_starmap_run(root: Path) -> dict:
                     import anndata as ad2
 
                     metric_rows += _sample_metrics(ad2.read_h5ad(out), dataset, test, mode, method)
-    pd.DataFrame(metric_rows, columns=render.METRIC_COLUMNS).to_csv(res / "metrics.tsv", sep="\t", index=False)
+    pd.DataFrame(metric_rows, columns=inputs.METRIC_COLUMNS).to_csv(res / "metrics.tsv", sep="\t", index=False)
     _write_training_log(res / "model" / "logs" / "metrics.csv", rng)
     logs = root / "logs"
     for stage, minutes in (("preprocess", 0.3), ("train", 4.2), ("sample", 1.1)):
@@ -285,7 +285,7 @@ def build_bdtnp_run(root: Path) -> dict:
         _write_sample(out, test, expr, gen_expr, gen_pos, meta, measured)
         samples.append(out)
         metric_rows += _sample_metrics(ad.read_h5ad(out), dataset, "slab2", mode, "alphastomics")
-    pd.DataFrame(metric_rows, columns=render.METRIC_COLUMNS).to_csv(res / "metrics.tsv", sep="\t", index=False)
+    pd.DataFrame(metric_rows, columns=inputs.METRIC_COLUMNS).to_csv(res / "metrics.tsv", sep="\t", index=False)
     return {"dataset": dataset, "res": res, "manifest": res / "manifest.json", "metrics": res / "metrics.tsv", "samples": samples}
 
 
@@ -360,16 +360,21 @@ def test_morans_i_matches_scanpy():
     assert np.isnan(plots.morans_i(w, np.ones((400, 1))))[0]
 
 
-def test_metric_direction_table_and_fallback():
-    table = {"knn_preservation": "higher", "procrustes_disparity": "lower", "expr_": "lower", "expr_pearson": "higher"}
-    assert render.metric_direction("knn_preservation_k10", table) == "higher"
-    assert render.metric_direction("procrustes_disparity", table) == "lower"
-    assert render.metric_direction("expr_pearson_gene_median", table) == "higher"  # longest prefix wins
-    assert render.metric_direction("expr_mse", table) == "lower"
-    for name, want in [("distance_spearman_median", "higher"), ("morans_i_abs_diff", "lower"), ("rssd_kabsch", "lower"),
-                       ("contact_f1_q01", "higher"), ("cluster_ari", "higher"), ("distance_matrix_mse_unit_rms", "lower"),
-                       ("n_cells", None)]:
-        assert render.metric_direction(name, {}) == want, name
+def test_metric_directions_come_from_the_metrics_module_only(monkeypatch):
+    """One source for which value is better: alphastomics.metrics. A metric it does not know gets
+    no direction and no best mark; the report used to guess one from the name."""
+    from alphastomics import metrics
+
+    df = pd.DataFrame([
+        ("d", "s1", "joint", "alphastomics", "brand_new_error", 0.5), ("d", "s1", "joint", "peer", "brand_new_error", 0.9),
+        ("d", "s1", "joint", "alphastomics", "procrustes_disparity", 0.5), ("d", "s1", "joint", "peer", "procrustes_disparity", 0.9),
+    ], columns=inputs.METRIC_COLUMNS)
+    rows = {r["metric"]: r for g in tables.metric_tables(df)[0]["groups"] for r in g["rows"]}
+    assert rows["procrustes_disparity"]["direction"] == "lower" and rows["procrustes_disparity"]["cells"][0]["best"]
+    assert rows["brand_new_error"]["direction"] is None and not any(c["best"] for c in rows["brand_new_error"]["cells"])
+    monkeypatch.setitem(metrics.METRIC_DIRECTION, "brand_new_", "higher")
+    rows = {r["metric"]: r for g in tables.metric_tables(df)[0]["groups"] for r in g["rows"]}
+    assert rows["brand_new_error"]["direction"] == "higher" and rows["brand_new_error"]["cells"][1]["best"]
 
 
 def test_metric_tables_mark_best_per_direction():
@@ -378,33 +383,33 @@ def test_metric_tables_mark_best_per_direction():
         ("d", "s1", "joint", "peer", "expr_mse", 0.9), ("d", "s2", "joint", "peer", "expr_mse", 0.9),
         ("d", "s1", "joint", "alphastomics", "knn_preservation_k10", 0.2), ("d", "s1", "joint", "peer", "knn_preservation_k10", 0.4),
         ("d", "s1", "expr_to_pos", "alphastomics", "knn_preservation_k10", 0.3),
-    ], columns=render.METRIC_COLUMNS)
-    tables = {t["mode"]: t for t in render.metric_tables(df, {})}
-    assert list(tables) == ["expr_to_pos", "joint"]
-    joint = tables["joint"]
+    ], columns=inputs.METRIC_COLUMNS)
+    by_mode = {t["mode"]: t for t in tables.metric_tables(df)}
+    assert list(by_mode) == ["expr_to_pos", "joint"]
+    joint = by_mode["joint"]
     assert joint["methods"] == ["alphastomics", "peer"]
     rows = {r["metric"]: r for g in joint["groups"] for r in g["rows"]}
     assert [c["best"] for c in rows["expr_mse"]["cells"]] == [True, False]  # mean 0.6 < 0.9, lower is better
     assert rows["expr_mse"]["cells"][0]["text"] == "0.6"
     assert [c["best"] for c in rows["knn_preservation_k10"]["cells"]] == [False, True]
     assert "s1: 0.5" in rows["expr_mse"]["cells"][0]["title"]
-    single = tables["expr_to_pos"]  # one method: nothing to mark
+    single = by_mode["expr_to_pos"]  # one method: nothing to mark
     assert not single["any_best"]
 
 
 def test_training_section_reads_sparse_lightning_log(tmp_path):
     log = tmp_path / "logs" / "metrics.csv"
     _write_training_log(log, np.random.default_rng(0), epochs=10)
-    sec = render.training_section(tmp_path / "logs")  # a folder is searched for metrics.csv
+    sec = sections.training_section(tmp_path / "logs")  # a folder is searched for metrics.csv
     assert sec["img"].startswith("data:image/png;base64,")
     cols = {r["column"] for r in sec["final"]}
     assert {"train/loss_step", "train/loss_epoch", "train/loss_expression_epoch", "val/loss"} <= cols
     assert {"key": "monitor", "value": "val/loss"} in sec["summary"]  # training.json beside logs/
     nested = tmp_path / "model" / "logs" / "version_0" / "metrics.csv"
     _write_training_log(nested, np.random.default_rng(1), epochs=6)
-    sec = render.training_section(tmp_path / "model" / "logs" / "metrics.csv")  # Lightning added version_0/
+    sec = sections.training_section(tmp_path / "model" / "logs" / "metrics.csv")  # Lightning added version_0/
     assert sec["path"] == str(nested) and sec["img"]
-    missing = render.training_section(tmp_path / "nope" / "metrics.csv")
+    missing = sections.training_section(tmp_path / "nope" / "metrics.csv")
     assert missing["img"] is None and "not found" in missing["note"]
 
 

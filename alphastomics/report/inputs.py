@@ -1,0 +1,189 @@
+"""Reading a report's inputs: metric tables, sample files, the training log and its summary.
+
+Everything here returns plain data (frames, arrays, :class:`Sample`); the tables and figure
+sections are made from it by ``tables``, ``sections`` and ``provenance``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from alphastomics import MODES
+from alphastomics.errors import InputError
+from alphastomics.evaluate import (
+    DEFAULT_METHOD,
+    GENERATED_BY_MODE,
+    TABLE_COLUMNS,
+    cell_type_labels,
+)
+from alphastomics.report.plots import UNKNOWN_LABEL
+
+METRIC_COLUMNS = TABLE_COLUMNS
+MAIN_METHOD = DEFAULT_METHOD  # listed first in every table
+
+
+def load_metrics(paths: list[str | Path]) -> pd.DataFrame:
+    frames = []
+    for p in paths:
+        p = Path(p)
+        if not p.is_file():
+            raise InputError(f"metric table not found: {p}")
+        try:
+            df = pd.read_csv(p, sep="\t")
+        except Exception as err:  # noqa: BLE001
+            raise InputError(f"cannot read metric table {p}: {err}") from err
+        missing = [c for c in METRIC_COLUMNS if c not in df.columns]
+        if missing:
+            raise InputError(f"metric table {p} lacks column(s) {', '.join(missing)} (expected {', '.join(METRIC_COLUMNS)})")
+        df = df[METRIC_COLUMNS].copy()
+        df["value"] = pd.to_numeric(df["value"], errors="coerce")
+        for c in ("dataset", "slice", "mode", "method", "metric"):
+            df[c] = df[c].astype(str)
+        frames.append(df)
+    if not frames:
+        return pd.DataFrame(columns=METRIC_COLUMNS)
+    return pd.concat(frames, ignore_index=True)
+
+
+@dataclass
+class Sample:
+    path: Path
+    slice_id: str
+    mode: str
+    method: str
+    seed: Any
+    generated: list[str]
+    meta: dict
+    true_pos: np.ndarray
+    pred_pos: np.ndarray | None
+    cell_types: np.ndarray | None
+    adata: Any = field(repr=False, default=None)
+
+    @property
+    def label(self) -> str:
+        return f"{self.slice_id} · {self.mode} · {self.method}"
+
+    @property
+    def gen_positions(self) -> bool:
+        return "position" in self.generated and self.pred_pos is not None
+
+    @property
+    def gen_expression(self) -> bool:
+        return "expression" in self.generated and "expr_pred" in self.adata.layers
+
+
+def _plain(v):
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    return v
+
+
+def load_sample(path: str | Path, slice_ids_by_key: dict[str, str] | None = None) -> Sample:
+    """One sample file. Where it does not record its slice, the slice is taken from ``obs`` or
+    from the file name, whose first part is the slice's file key (``slice_ids_by_key`` maps
+    it back to the user's id)."""
+    import anndata
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"sample file not found: {path}")
+    try:
+        adata = anndata.read_h5ad(path)
+    except Exception as err:  # noqa: BLE001
+        raise InputError(f"cannot read sample file {path}: {err}") from err
+    if "spatial" not in adata.obsm:
+        raise InputError(f"sample file {path} has no obsm['spatial'] (true coordinates)")
+    meta = _plain(dict(adata.uns.get("alphastomics", {})))
+    stem = path.name[: -len(".h5ad")] if path.name.endswith(".h5ad") else path.stem
+    parts = stem.split(".")
+    mode = str(meta.get("mode") or (parts[1] if len(parts) > 1 else "unknown"))
+    slice_id = str(meta.get("slice_id") or (slice_ids_by_key or {}).get(parts[0], parts[0]))
+    if "slice_id" in adata.obs and not meta.get("slice_id"):
+        slice_id = str(adata.obs["slice_id"].iloc[0])
+    generated = meta.get("generated")
+    if generated is None:
+        generated = GENERATED_BY_MODE.get(mode, [])
+    generated = [str(g) for g in np.atleast_1d(generated)]
+    true_pos = np.asarray(adata.obsm["spatial"], dtype=np.float64)
+    pred_pos = np.asarray(adata.obsm["spatial_pred"], dtype=np.float64) if "spatial_pred" in adata.obsm else None
+    cell_types = None
+    if "cell_type" in adata.obs:
+        labels = cell_type_labels(adata.obs["cell_type"])
+        if any(label is not None for label in labels):
+            cell_types = np.array([UNKNOWN_LABEL if label is None else label for label in labels], dtype=str)
+    return Sample(
+        path=path,
+        slice_id=slice_id,
+        mode=mode,
+        method=str(meta.get("method", MAIN_METHOD)),
+        seed=meta.get("seed"),
+        generated=generated,
+        meta=meta,
+        true_pos=true_pos,
+        pred_pos=pred_pos,
+        cell_types=cell_types,
+        adata=adata,
+    )
+
+
+def _seed_key(s: Sample):
+    try:
+        return (0, float(s.seed))
+    except (TypeError, ValueError):
+        return (1, str(s.seed))
+
+
+def sample_groups(samples: list[Sample]) -> dict[tuple[str, str, str], list[Sample]]:
+    """Samples by (slice, mode, method), in report order; several seeds of one group sorted by seed."""
+    groups: dict[tuple[str, str, str], list[Sample]] = defaultdict(list)
+    for s in samples:
+        groups[(s.slice_id, s.mode, s.method)].append(s)
+    mode_rank = {m: i for i, m in enumerate(MODES)}
+    ordered = sorted(groups, key=lambda k: (k[0], mode_rank.get(k[1], 99), k[2] != MAIN_METHOD, k[2]))
+    return {k: sorted(groups[k], key=_seed_key) for k in ordered}
+
+
+def find_training_log(path: str | Path | None) -> Path | None:
+    """The CSV log: ``path`` itself, else the newest ``metrics.csv`` under it (a folder) or under the
+    folder that should hold it (Lightning may add ``version_N/`` levels)."""
+    if not path:
+        return None
+    p = Path(path)
+    if p.is_file():
+        return p
+    folder = p if p.is_dir() else p.parent
+    if folder.is_dir():
+        found = sorted(folder.rglob(p.name if p.suffix == ".csv" else "metrics.csv"), key=lambda q: q.stat().st_mtime)
+        return found[-1] if found else None
+    return None
+
+
+def training_summary(log_path: Path) -> list[dict]:
+    """Scalar entries of the ``training.json`` that ``alphastomics train`` writes beside its logs."""
+    for folder in (log_path.parent, log_path.parent.parent, log_path.parent.parent.parent):
+        candidate = folder / "training.json"
+        if candidate.is_file():
+            try:
+                data = json.loads(candidate.read_text())
+            except (OSError, json.JSONDecodeError):
+                return []
+            rows = []
+            for key, value in data.items():
+                if isinstance(value, (list, tuple)):
+                    value = ", ".join(map(str, value)) if len(value) <= 20 else f"{len(value)} entries"
+                elif isinstance(value, dict):
+                    continue
+                rows.append({"key": key, "value": "" if value is None else str(value)})
+            return rows
+    return []
