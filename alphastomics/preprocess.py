@@ -24,9 +24,9 @@ from tqdm import tqdm
 
 from alphastomics import __version__
 from alphastomics.errors import InputError
+from alphastomics.io.files import atomic_write_text, remove_stale_temp_files, sha256_file
 from alphastomics.io.h5ad import H5adFile, Matrix, read_var_names
 from alphastomics.io.manifest import FORMAT_VERSION, MANIFEST_NAME, write_manifest
-from alphastomics.io.files import atomic_write_text, remove_stale_temp_files, sha256_file
 from alphastomics.io.names import file_keys_to_slice_ids, slice_file_key
 from alphastomics.io.shards import DEFAULT_MAX_CELLS_PER_SHARD, BackgroundWriter, CellBatch, SliceShardWriter
 

@@ -1,8 +1,11 @@
 """The whole Snakemake workflow on the bundled real data with a small model, and the errors a
 user meets first (missing file, missing obsm key, unknown config key)."""
 
+import html
+import json
 import math
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -24,18 +27,53 @@ SMALL_SETTINGS = {
 }
 
 
+# Issue 10: a user's own slice names, in a folder with a space in its name. The STARmap dataset of
+# the small config is made of copies of the bundled files with these ids in obs['slice_id'], so the
+# one shared pipeline run below carries them through every stage.
+STARMAP_SLICE_NAMES = {"BZ5": "mouse 5 bregma1.5", "BZ9": "mouse 9 bregma1.7", "BZ14": "mäus 14 bregma2.0"}
+STARMAP_TEST_SLICE = STARMAP_SLICE_NAMES["BZ14"]
+STARMAP_FOLDER = "star map data"
+
+
+def starmap_with_user_slice_names(folder: Path) -> list[str]:
+    """Copies of the bundled STARmap files in ``folder``, obs['slice_id'] renamed (see above)."""
+    import anndata as ad
+
+    folder.mkdir(parents=True, exist_ok=True)
+    copies = []
+    for source in sorted((REPO / "resources/starmap_mpfc").glob("*.h5ad")):
+        name = next(v for k, v in STARMAP_SLICE_NAMES.items() if f"_{k}_" in source.name)
+        adata = ad.read_h5ad(source)
+        adata.obs["slice_id"] = pd.Categorical([name] * adata.n_obs)
+        adata.write_h5ad(folder / source.name)
+        copies.append(str(folder / source.name))
+    return copies
+
+
 def small_config(workdir: Path) -> Path:
-    """The bundled config with absolute data paths and a model small enough for CI."""
+    """The bundled config with absolute data paths and a model small enough for CI; STARmap slices
+    carry the user-style names above and live in a folder with a space."""
     config = yaml.safe_load((REPO / "config/config.yaml").read_text())
     for spec in config["datasets"].values():
         for platform in spec["platforms"].values():
             platform["files"] = [str(REPO / f) for f in platform["files"]]
         if spec["gene_list"] not in ("intersection", "union"):
             spec["gene_list"] = str(REPO / spec["gene_list"])
+    starmap = config["datasets"]["starmap_mpfc"]
+    starmap["platforms"]["starmap"]["files"] = starmap_with_user_slice_names(workdir / STARMAP_FOLDER)
+    starmap["test_slices"] = [STARMAP_TEST_SLICE]
     config.update(SMALL_SETTINGS)
     path = workdir / "config.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True), encoding="utf-8")
     return path
+
+
+def edit_config(configfile: Path, edit) -> dict:
+    """Apply ``edit(config)`` to a config file in place; return the edited config."""
+    config = yaml.safe_load(configfile.read_text(encoding="utf-8"))
+    edit(config)
+    configfile.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    return config
 
 
 def run_snakemake(workdir: Path, configfile: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -80,6 +118,111 @@ def test_pipeline_produces_reports_and_finite_metrics(pipeline_run):
                 assert value is not None and math.isfinite(value), (dataset, slice_id, mode, headline)
                 assert rows["value"].map(lambda v: math.isfinite(v)).mean() > 0.8
         assert (workdir / "logs" / dataset / "train.log").exists()
+
+
+@pytest.mark.slow
+def test_user_slice_names_in_a_folder_with_a_space_reach_report_and_summary(pipeline_run):
+    """Issue 10, done-when: ids with spaces, dots and an umlaut, files in a folder with a space."""
+    from alphastomics.io.names import slice_file_key
+
+    workdir, _ = pipeline_run
+    results = workdir / "results/starmap_mpfc"
+    manifest = json.loads((results / "manifest.json").read_text(encoding="utf-8"))
+    assert set(manifest["slices"]) == set(STARMAP_SLICE_NAMES.values())
+    assert all(STARMAP_FOLDER in entry["source"] for entry in manifest["slices"].values())
+    key = slice_file_key(STARMAP_TEST_SLICE)
+    assert manifest["slices"][STARMAP_TEST_SLICE]["file_key"] == key
+    assert sorted(p.name for p in (results / "samples").iterdir()) == sorted(f"{key}.{mode}.h5ad" for mode in MODES)
+    report = (results / "report.html").read_text(encoding="utf-8")
+    for name in STARMAP_SLICE_NAMES.values():
+        assert html.escape(name) in report, name
+    assert f"{html.escape(STARMAP_TEST_SLICE)} · expr_to_pos" in report  # figure titles use the user's name
+    summary = (workdir / "results/summary.html").read_text(encoding="utf-8")
+    assert html.escape(STARMAP_TEST_SLICE) in summary
+
+
+@pytest.mark.slow
+def test_summary_links_every_dataset_report(pipeline_run):
+    workdir, configfile = pipeline_run
+    summary = (workdir / "results/summary.html").read_text(encoding="utf-8")
+    for dataset in yaml.safe_load(configfile.read_text(encoding="utf-8"))["datasets"]:
+        assert f'href="{dataset}/report.html"' in summary, dataset
+
+
+def test_summary_job_depends_on_the_dataset_reports(tmp_path):
+    """The summary links each dataset's report, so it must run after them, not whenever it may."""
+    configfile = small_config(tmp_path)
+    result = run_snakemake(tmp_path, configfile, "results/summary.html", "-n")
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = result.stdout + result.stderr
+    for dataset in yaml.safe_load(configfile.read_text(encoding="utf-8"))["datasets"]:
+        assert f"results/{dataset}/report.html" in jobs, dataset
+
+
+def _printed_commands(result: subprocess.CompletedProcess, program: str) -> list[list[str]]:
+    """Shell commands of a `snakemake -n -p` run that call ``alphastomics <program>``, split as a shell would."""
+    commands = []
+    for line in result.stdout.splitlines():
+        if f"alphastomics {program} " in line:
+            commands.append(shlex.split(line))
+    return commands
+
+
+def _argument(tokens: list[str], flag: str) -> list[str]:
+    """Values following ``flag`` up to the next option or redirection."""
+    start = tokens.index(flag) + 1
+    values = []
+    for token in tokens[start:]:
+        if token.startswith("--") or token in (">", "2>&1"):
+            break
+        values.append(token)
+    return values
+
+
+def test_config_values_reach_commands_as_single_quoted_arguments(tmp_path):
+    """Paths with spaces and values with ';' stay one argument each; nothing runs as a command."""
+    configfile = small_config(tmp_path)
+    genes = tmp_path / "my genes" / "gene list.txt"
+    genes.parent.mkdir()
+    genes.write_text((REPO / "resources/starmap_mpfc/genes.txt").read_text())
+    injected = "cell_type; touch INJECTED"
+
+    def edit(config):
+        config["datasets"]["starmap_mpfc"]["gene_list"] = str(genes)
+        config["datasets"]["starmap_mpfc"]["platforms"]["starmap"]["cell_type_key"] = injected
+        config["datasets"]["starmap_mpfc"]["validation_slices"] = [STARMAP_SLICE_NAMES["BZ9"]]
+
+    config = edit_config(configfile, edit)
+    result = run_snakemake(tmp_path, configfile, "-n", "-p")
+    assert result.returncode == 0, result.stderr[-3000:]
+    files = config["datasets"]["starmap_mpfc"]["platforms"]["starmap"]["files"]
+    preprocess = [c for c in _printed_commands(result, "preprocess") if "--dataset" in c and "starmap_mpfc" in c]
+    assert len(preprocess) == 3
+    for tokens in preprocess:
+        assert tokens[tokens.index("preprocess") + 1] in files  # the path with a space is one argument
+        assert _argument(tokens, "--cell-type-key") == [injected]
+        assert _argument(tokens, "--gene-list") == ["results/starmap_mpfc/genes.txt"]
+    [gene_list] = [c for c in _printed_commands(result, "gene-list") if "results/starmap_mpfc/genes.txt" in c]
+    assert _argument(gene_list, "--mode") == [str(genes)]
+    [train] = [c for c in _printed_commands(result, "train") if "results/starmap_mpfc" in c]
+    assert _argument(train, "--test-slices") == [STARMAP_TEST_SLICE]
+    assert _argument(train, "--val-slices") == [STARMAP_SLICE_NAMES["BZ9"]]
+    samples = [c for c in _printed_commands(result, "sample") if "results/starmap_mpfc" in c]
+    assert len(samples) == len(MODES) and all(_argument(c, "--slice") == [STARMAP_TEST_SLICE] for c in samples)
+    assert not (tmp_path / "INJECTED").exists() and not (REPO / "INJECTED").exists()
+
+
+def test_slice_named_in_config_but_in_no_file_stops_before_any_job(tmp_path):
+    configfile = small_config(tmp_path)
+    edit_config(configfile, lambda c: c["datasets"]["starmap_mpfc"].update(
+        test_slices=[STARMAP_TEST_SLICE, "mouse 7 bregma9.9"], validation_slices=["20180419_BZ9_control"]))
+    result = run_snakemake(tmp_path, configfile)
+    assert result.returncode != 0
+    message = result.stdout + result.stderr
+    assert "starmap_mpfc" in message and "'mouse 7 bregma9.9'" in message and "'20180419_BZ9_control'" in message
+    for name in STARMAP_SLICE_NAMES.values():  # the slices that do exist are listed
+        assert repr(name) in message, name
+    assert not (tmp_path / "results").exists() and not (tmp_path / "logs").exists()
 
 
 @pytest.mark.slow

@@ -1,6 +1,5 @@
 """``alphastomics report``: the self-contained HTML benchmark report of a dataset, and
-``alphastomics report --summary`` (also ``summary_main`` for an ``alphastomics summary`` command):
-one headline table across datasets.
+``alphastomics report --summary``: one headline table across datasets, linking their reports.
 
 Heavy imports (matplotlib, anndata, jinja2) happen inside ``main`` so ``--help`` stays fast.
 """
@@ -29,23 +28,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-dir", help="folder of the pipeline's logs; run times are read from them (optional)")
     parser.add_argument("--summary", action="store_true",
                         help="write the cross-dataset summary page from --metrics instead of a dataset report")
+    parser.add_argument("--reports", nargs="*", default=[], metavar="HTML",
+                        help="with --summary: dataset reports to link, results/<dataset>/report.html (default: report.html "
+                             "beside each metric table, when present)")
     parser.add_argument("--out", required=True, help="output HTML file (written atomically)")
 
 
-def add_summary_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--metrics", nargs="+", required=True, metavar="TSV",
-                        help="metric tables, one per dataset: results/*/metrics.tsv")
-    parser.add_argument("--reports", nargs="*", default=[], metavar="HTML",
-                        help="dataset reports to link (default: report.html next to each metric table, when present)")
-    parser.add_argument("--out", required=True, help="output HTML file, e.g. results/summary.html")
-
-
-def summary_main(args: argparse.Namespace) -> int:
+def _write_summary(args: argparse.Namespace) -> int:
     from alphastomics.report.render import render_summary, write_atomic
 
     reports = {}
-    for r in getattr(args, "reports", []) or []:
-        reports[Path(r).parent.name] = r  # results/<dataset>/report.html
+    for report in args.reports:
+        if not Path(report).is_file():
+            raise InputError(f"{report}: dataset report not found")
+        reports[Path(report).parent.name] = report  # results/<dataset>/report.html
     html = render_summary(args.metrics, reports=reports or None, out=args.out)
     write_atomic(html, args.out)
     log.info("wrote %s", args.out)
@@ -54,7 +50,7 @@ def summary_main(args: argparse.Namespace) -> int:
 
 def main(args: argparse.Namespace) -> int:
     if args.summary:
-        return summary_main(args)
+        return _write_summary(args)
     if not args.manifest:
         raise InputError("--manifest is required for a dataset report (or pass --summary)")
     if not args.metrics:

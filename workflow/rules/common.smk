@@ -1,11 +1,19 @@
 # Helpers shared by the rules: config validation, input functions, wildcard constraints and
 # fingerprints of the package code each stage runs.
+#
+# Every config value reaches a shell command through the `:q` format flag (shlex.quote, each list
+# element on its own), so paths with spaces and values with shell characters stay one argument.
+# Result files of a slice are named by its file key (alphastomics.io.names), never by the raw id;
+# rules look the user's id up from the key and pass that id to the command.
 import hashlib
 import json
+import shlex
 from pathlib import Path
 
 import yaml
 from snakemake.utils import validate
+
+from alphastomics.io.names import file_keys_to_slice_ids
 
 validate(config, schema="../schemas/config.schema.yaml")
 
@@ -44,6 +52,43 @@ def _check_config_values():
         overlap = set(spec["test_slices"]) & set(spec.get("validation_slices", []))
         if overlap:
             raise WorkflowError(f"config: datasets.{dataset}: slices both test and validation: {sorted(overlap)}")
+        _check_named_slices_exist(dataset, spec)
+
+
+def _check_named_slices_exist(dataset, spec):
+    """Test and validation slices must be in some input file; read obs[slice_key] of each file (or
+    take its stem, as preprocessing does) so a typo stops the run before any job, naming the slice
+    and listing those that exist."""
+    from alphastomics.errors import AlphaSTomicsError
+    from alphastomics.preprocess import slice_ids_in_file
+
+    source_of = {}
+    for platform, p in spec["platforms"].items():
+        for path in p["files"]:
+            try:
+                ids = slice_ids_in_file(REPO / path, p.get("slice_key"))
+            except AlphaSTomicsError as err:
+                raise WorkflowError(f"config: datasets.{dataset}.platforms.{platform}.files: {err}")
+            for slice_id in ids:
+                if slice_id in source_of:
+                    raise WorkflowError(
+                        f"config: datasets.{dataset}: slice id {slice_id!r} is claimed by two files: {source_of[slice_id]} and {path}"
+                    )
+                source_of[slice_id] = path
+    missing = [
+        f"datasets.{dataset}.{key}: {', '.join(map(repr, absent))}"
+        for key in ("test_slices", "validation_slices")
+        if (absent := [s for s in spec.get(key, []) if s not in source_of])
+    ]
+    if missing:
+        raise WorkflowError(
+            f"config: slice(s) in no input file: {'; '.join(missing)}. "
+            f"Slices in the files of {dataset}: {', '.join(map(repr, sorted(source_of)))}"
+        )
+    try:
+        file_keys_to_slice_ids(source_of)
+    except AlphaSTomicsError as err:
+        raise WorkflowError(f"config: datasets.{dataset}: {err}")
 
 
 _check_config_values()
@@ -53,7 +98,7 @@ wildcard_constraints:
     dataset="|".join(DATASETS),
     platform="[A-Za-z0-9_-]+",
     file_id="[^/]+",
-    slice="[^/.]+",
+    slice="[A-Za-z0-9][A-Za-z0-9._-]*",  # a file key, see alphastomics.io.names
     mode="|".join(["expr_to_pos", "pos_to_expr", "joint"]),
     stage="train|evaluate",
 
@@ -88,6 +133,7 @@ def per_file_manifests(wildcards):
 
 
 def preprocess_options(wildcards):
+    """Options of one file's preprocessing as a list of arguments (quoted one by one in the rule)."""
     p = config["datasets"][wildcards.dataset]["platforms"][wildcards.platform]
     flags = {
         "--position-key": p.get("position_key", "spatial"),
@@ -100,7 +146,7 @@ def preprocess_options(wildcards):
         "--on-invalid": p.get("on_invalid"),
         "--max-cells-per-shard": p.get("max_cells_per_shard"),
     }
-    return " ".join(f"{flag} {value}" for flag, value in flags.items() if value is not None)
+    return [str(item) for flag, value in flags.items() if value is not None for item in (flag, value)]
 
 
 def test_slices(dataset):
@@ -111,12 +157,22 @@ def validation_slices(dataset):
     return config["datasets"][dataset].get("validation_slices", [])
 
 
+def test_slice_keys(dataset):
+    """{file key: slice id} of the dataset's test slices: the keys name their result files."""
+    return file_keys_to_slice_ids(test_slices(dataset))
+
+
+def slice_id(wildcards):
+    """The user's slice id behind the `slice` wildcard (a file key)."""
+    return test_slice_keys(wildcards.dataset)[wildcards.slice]
+
+
 def sample_files(dataset):
-    return expand("results/{dataset}/samples/{slice}.{mode}.h5ad", dataset=dataset, slice=test_slices(dataset), mode=MODES)
+    return expand("results/{dataset}/samples/{slice}.{mode}.h5ad", dataset=dataset, slice=list(test_slice_keys(dataset)), mode=MODES)
 
 
 def metric_files(dataset):
-    return expand("results/{dataset}/metrics/{slice}.{mode}.tsv", dataset=dataset, slice=test_slices(dataset), mode=MODES)
+    return expand("results/{dataset}/metrics/{slice}.{mode}.tsv", dataset=dataset, slice=list(test_slice_keys(dataset)), mode=MODES)
 
 
 # Settings each stage reads from config; a change elsewhere in config does not re-run the stage.
@@ -132,11 +188,12 @@ def stage_settings(stage):
 
 # Snakemake does not see edits to an imported package: each rule carries, as a parameter, a
 # hash of the package code it runs, so editing that code re-runs the rule and what follows.
+SLICE_READING = ["io/shards.py", "io/manifest.py", "io/files.py", "io/names.py"]
 STAGE_CODE = {
     "preprocess": ["preprocess.py", "io", "errors.py"],
-    "train": ["train.py", "config.py", "model", "diffusion", "data", "io/shards.py", "io/manifest.py"],
+    "train": ["train.py", "config.py", "model", "diffusion", "data", *SLICE_READING],
     "export": ["checkpoint.py"],
-    "sample": ["sample.py", "diffusion/sampler.py", "data", "checkpoint.py"],
+    "sample": ["sample.py", "diffusion/sampler.py", "data", "checkpoint.py", *SLICE_READING],
     "evaluate": ["evaluate.py", "metrics"],
     "report": ["report"],
 }

@@ -12,8 +12,8 @@ rule evaluate:
     conda:
         ENV
     shell:
-        "alphastomics evaluate {input.sample} --config {input.settings} --dataset {wildcards.dataset}"
-        " --out {output.table} > {log} 2>&1"
+        "alphastomics evaluate {input.sample:q} --config {input.settings:q} --dataset {wildcards.dataset:q}"
+        " --out {output.table:q} > {log:q} 2>&1"
 
 
 rule gather_metrics:
@@ -28,4 +28,4 @@ rule gather_metrics:
     conda:
         ENV
     shell:
-        "alphastomics gather {input} --out {output} > {log} 2>&1"
+        "alphastomics gather {input:q} --out {output:q} > {log:q} 2>&1"

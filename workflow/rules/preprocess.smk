@@ -14,7 +14,7 @@ rule gene_list:
     conda:
         ENV
     shell:
-        "alphastomics gene-list {input.h5ad} --mode {params.mode} --out {output} > {log} 2>&1"
+        "alphastomics gene-list {input.h5ad:q} --mode {params.mode:q} --out {output:q} > {log:q} 2>&1"
 
 
 # One job per input file: adding a file to a platform preprocesses only that file.
@@ -26,15 +26,15 @@ rule preprocess:
         "results/{dataset}/shards/{platform}/{file_id}.manifest.json",
     params:
         options=preprocess_options,
+        shards=lambda w: f"results/{w.dataset}/shards/{w.platform}",
         code=code_fingerprint("preprocess"),
     log:
         "logs/{dataset}/preprocess/{platform}/{file_id}.log",
     conda:
         ENV
     shell:
-        "alphastomics preprocess {input.h5ad} --platform {wildcards.platform} --dataset {wildcards.dataset}"
-        " --gene-list {input.genes} --out results/{wildcards.dataset}/shards/{wildcards.platform}"
-        " --manifest {output} {params.options} > {log} 2>&1"
+        "alphastomics preprocess {input.h5ad:q} --platform {wildcards.platform:q} --dataset {wildcards.dataset:q}"
+        " --gene-list {input.genes:q} --out {params.shards:q} --manifest {output:q} {params.options:q} > {log:q} 2>&1"
 
 
 rule manifest:
@@ -49,4 +49,4 @@ rule manifest:
     conda:
         ENV
     shell:
-        "alphastomics manifest {input} --dataset {wildcards.dataset} --out {output} > {log} 2>&1"
+        "alphastomics manifest {input:q} --dataset {wildcards.dataset:q} --out {output:q} > {log:q} 2>&1"

@@ -14,21 +14,26 @@ rule report:
             labels={"dataset": "{dataset}"},
         ),
     params:
+        training_log=lambda w: f"results/{w.dataset}/model/logs/metrics.csv",
+        log_dir=lambda w: f"logs/{w.dataset}",
         code=code_fingerprint("report"),
     log:
         "logs/{dataset}/report.log",
     conda:
         ENV
     shell:
-        "alphastomics report --dataset {wildcards.dataset} --manifest {input.manifest} --metrics {input.metrics}"
-        " --samples {input.samples} --training-log results/{wildcards.dataset}/model/logs/metrics.csv"
-        " --config {input.settings} --checkpoint {input.model} --log-dir logs/{wildcards.dataset}"
-        " --out {output} > {log} 2>&1"
+        "alphastomics report --dataset {wildcards.dataset:q} --manifest {input.manifest:q} --metrics {input.metrics:q}"
+        " --samples {input.samples:q} --training-log {params.training_log:q}"
+        " --config {input.settings:q} --checkpoint {input.model:q} --log-dir {params.log_dir:q}"
+        " --out {output:q} > {log:q} 2>&1"
 
 
+# The summary links every dataset's report, so it waits for them (a link to a report that is not
+# there yet would be dropped, or point at a stale one).
 rule summary:
     input:
-        expand("results/{dataset}/metrics.tsv", dataset=DATASETS),
+        metrics=expand("results/{dataset}/metrics.tsv", dataset=DATASETS),
+        reports=expand("results/{dataset}/report.html", dataset=DATASETS),
     output:
         report("results/summary.html", caption="../report/summary.rst", category="Benchmark reports"),
     params:
@@ -38,4 +43,4 @@ rule summary:
     conda:
         ENV
     shell:
-        "alphastomics report --summary --metrics {input} --out {output} > {log} 2>&1"
+        "alphastomics report --summary --metrics {input.metrics:q} --reports {input.reports:q} --out {output:q} > {log:q} 2>&1"

@@ -5,6 +5,8 @@ rule sample:
     output:
         "results/{dataset}/samples/{slice}.{mode}.h5ad",
     params:
+        slice_id=slice_id,
+        data=lambda w: f"results/{w.dataset}",
         steps=config.get("sampling", {}).get("steps", 0),
         seed=config.get("sampling", {}).get("seed", 0),
         code=code_fingerprint("sample"),
@@ -13,6 +15,6 @@ rule sample:
     conda:
         ENV
     shell:
-        "alphastomics sample --checkpoint {input.model} --data results/{wildcards.dataset} --slice {wildcards.slice}"
-        " --mode {wildcards.mode} --steps {params.steps} --seed {params.seed} --dataset {wildcards.dataset}"
-        " --out {output} > {log} 2>&1"
+        "alphastomics sample --checkpoint {input.model:q} --data {params.data:q} --slice {params.slice_id:q}"
+        " --mode {wildcards.mode:q} --steps {params.steps:q} --seed {params.seed:q} --dataset {wildcards.dataset:q}"
+        " --out {output:q} > {log:q} 2>&1"

@@ -18,16 +18,19 @@ rule train:
     output:
         "results/{dataset}/model/training.json",
     params:
-        test=lambda w: " ".join(test_slices(w.dataset)),
-        validation=lambda w: " ".join(validation_slices(w.dataset)),
+        data=lambda w: f"results/{w.dataset}",
+        out=lambda w: f"results/{w.dataset}/model",
+        test=lambda w: test_slices(w.dataset),
+        validation=lambda w: validation_slices(w.dataset),
         # On SLURM the profile sets mpi="srun" and tasks_per_node = GPUs per node, so srun starts
         # one process per GPU and Lightning reads world size and ranks from SLURM. The task
         # geometry is passed explicitly: the plugin's job step strips SLURM_* variables, and a
         # bare srun would start one task.
         launcher=lambda w, resources: (
-            f"{resources.mpi} --nodes={resources.get('nodes', 1)} --ntasks-per-node={resources.tasks_per_node}"
+            # mpi is a launcher command line of the profile (e.g. "srun --mpi=pmix"): split, then quoted word by word
+            [*shlex.split(resources.mpi), f"--nodes={resources.get('nodes', 1)}", f"--ntasks-per-node={resources.tasks_per_node}"]
             if resources.get("mpi")
-            else ""
+            else []
         ),
         devices=lambda w, resources: resources.get("tasks_per_node", config.get("training", {}).get("devices", 1)),
         nodes=lambda w, resources: resources.get("nodes", config.get("training", {}).get("num_nodes", 1)),
@@ -39,10 +42,10 @@ rule train:
     shell:
         # --resume: a retried (failed or pre-empted) job continues from its last checkpoint when
         # that checkpoint was made with the same settings and code.
-        "{params.launcher} alphastomics train --data results/{wildcards.dataset} --config {input.settings}"
-        " --test-slices {params.test} --val-slices {params.validation}"
-        " --devices {params.devices} --num-nodes {params.nodes}"
-        " --out results/{wildcards.dataset}/model --resume --no-export > {log} 2>&1"
+        "{params.launcher:q} alphastomics train --data {params.data:q} --config {input.settings:q}"
+        " --test-slices {params.test:q} --val-slices {params.validation:q}"
+        " --devices {params.devices:q} --num-nodes {params.nodes:q}"
+        " --out {params.out:q} --resume --no-export > {log:q} 2>&1"
 
 
 # DeepSpeed writes a checkpoint directory; this rule turns any training checkpoint into the one
@@ -59,4 +62,4 @@ rule export_model:
     conda:
         ENV
     shell:
-        "alphastomics export --checkpoint {input} --out {output} > {log} 2>&1"
+        "alphastomics export --checkpoint {input:q} --out {output:q} > {log:q} 2>&1"
