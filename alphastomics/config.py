@@ -9,6 +9,7 @@ applies command-line overrides. The pipeline part (``datasets:``) is validated b
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -40,6 +41,7 @@ class ModelConfig:
     dropout: float = 0.0
 
     def validate(self) -> None:
+        _check_against_schema("model", self)  # bounds first: num_heads = 0 must not reach the modulo below
         _check_choice("model.time_embedding", self.time_embedding, ("sinusoidal", "learned"))
         _check_choice("model.gate_type", self.gate_type, ("headwise", "elementwise"))
         if self.hidden_dim % self.num_heads:
@@ -56,6 +58,7 @@ class DiffusionConfig:
     nu_position: float = 1.0
 
     def validate(self) -> None:
+        _check_against_schema("diffusion", self)
         if self.diffusion_steps < 2:
             raise ConfigError("diffusion.diffusion_steps must be at least 2")
         for name in ("nu_expression", "nu_position"):
@@ -72,7 +75,9 @@ class LossConfig:
     distance_random_pairs_per_cell: int = 64
 
     def validate(self) -> None:
-        pass
+        _check_against_schema("loss", self)
+        if self.lambda_expression == 0 and self.lambda_position == 0:
+            raise ConfigError("loss.lambda_expression and loss.lambda_position are both 0: nothing would be learned")
 
 
 @dataclass
@@ -83,6 +88,7 @@ class MaskingConfig:
     lambda_masked_reconstruction: float = 0.5
 
     def validate(self) -> None:
+        _check_against_schema("masking", self)
         for name in ("expression_mask_ratio", "position_mask_ratio"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"masking.{name} must be in [0, 1)")
@@ -112,6 +118,7 @@ class TrainingConfig:
     exp_name: str = "alphastomics"
 
     def validate(self) -> None:
+        _check_against_schema("training", self)
         _check_choice("training.training_mode", self.training_mode, MODES)
         _check_choice("training.data_mode", self.data_mode, ("slice", "cell"))
         _check_choice("training.strategy", self.strategy, STRATEGIES)
@@ -128,6 +135,7 @@ class SamplingConfig:
     seed: int = 0
 
     def validate(self) -> None:
+        _check_against_schema("sampling", self)
         for mode in self.modes:
             _check_choice("sampling.modes", mode, MODES)
 
@@ -143,7 +151,9 @@ class EvaluationConfig:
     seed: int = 0
 
     def validate(self) -> None:
-        pass
+        _check_against_schema("evaluation", self)
+        if self.sample_size < 3:  # stricter than the schema: every metric needs at least 3 cells
+            raise ConfigError(f"evaluation.sample_size: {self.sample_size} is less than 3 (metrics need at least 3 cells)")
 
 
 @dataclass
@@ -168,6 +178,31 @@ class Config:
 
 
 PIPELINE_KEYS = {"datasets", "results_dir"}
+
+
+@functools.lru_cache(maxsize=1)
+def _schema_sections() -> dict[str, Any]:
+    return yaml.safe_load(SCHEMA_PATH.read_text())["properties"]
+
+
+def _check_against_schema(section: str, values: Any) -> None:
+    """Check one section's values against its entry in the JSON schema.
+
+    The schema is the file Snakemake validates config/config.yaml against; checking the
+    dataclasses against the same file makes `alphastomics train/evaluate/sample` refuse exactly
+    what the pipeline refuses, and a field added to both is checked without a second copy of its
+    bounds. The error names the key (and list position), e.g. ``evaluation.contact_quantiles[0]``.
+    """
+    import jsonschema
+
+    rules = _schema_sections().get(section, {}).get("properties", {})
+    for key, value in asdict(values).items():
+        if key not in rules:
+            continue
+        error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(rules[key]).iter_errors(value))
+        if error is not None:
+            where = "".join(f"[{p}]" for p in error.absolute_path)
+            raise ConfigError(f"{section}.{key}{where}: {error.message}")
 
 
 def _check_choice(key: str, value: Any, choices: tuple[str, ...] | list[str]) -> None:

@@ -1,6 +1,7 @@
 """Typed configuration: defaults, unknown keys, bad values, overrides, and agreement with the
 JSON schema that Snakemake validates config/config.yaml against."""
 
+import re
 from dataclasses import fields
 from pathlib import Path
 
@@ -61,3 +62,87 @@ def test_yaml_scientific_notation_and_overrides(tmp_path):
 def test_missing_config_file_is_named(tmp_path):
     with pytest.raises(ConfigError, match="nope.yaml"):
         load_config(tmp_path / "nope.yaml")
+
+
+# -- every section validates its values (issue 10): outside Snakemake a bad value used to end in a
+# raw numpy error (contact_quantiles: [1.5]) or a ZeroDivisionError (num_heads: 0)
+BAD_VALUES = [
+    ("evaluation", "contact_quantiles", [1.5]),
+    ("evaluation", "contact_quantiles", [0.0]),
+    ("evaluation", "knn_k", [0]),
+    ("evaluation", "knn_k", [5, 2.5]),
+    ("evaluation", "knn_k", ["ten"]),
+    ("evaluation", "morans_k", 0),
+    ("evaluation", "max_cells_exact", 1),
+    ("evaluation", "sample_size", 2),
+    ("evaluation", "leiden_resolution", 0),
+    ("loss", "lambda_expression", -1),
+    ("loss", "lambda_position", -0.5),
+    ("loss", "exact_distance_max_cells", 1),
+    ("loss", "distance_knn", 0),
+    ("loss", "distance_random_pairs_per_cell", 0),
+    ("model", "num_heads", 0),
+    ("model", "hidden_dim", 4),
+    ("model", "num_layers", 0),
+    ("model", "dropout", 1.5),
+    ("model", "num_experts", 0),
+    ("model", "moe_aux_loss_weight", -1),
+    ("masking", "lambda_masked_reconstruction", -1),
+    ("training", "epochs", 0),
+    ("training", "devices", 0),
+    ("training", "num_nodes", 0),
+    ("training", "val_every_n_epochs", 0),
+    ("training", "examples_per_epoch", -1),
+    ("training", "cells_per_example", 1),
+    ("training", "weight_decay", -0.1),
+    ("training", "grad_clip", -1),
+    ("training", "num_workers", -1),
+    ("sampling", "steps", -1),
+    ("sampling", "modes", []),
+]
+
+
+@pytest.mark.parametrize("section,key,value", BAD_VALUES, ids=[f"{s}.{k}={v}" for s, k, v in BAD_VALUES])
+def test_every_bad_value_is_refused_naming_its_key(section, key, value):
+    with pytest.raises(ConfigError, match=re.escape(f"{section}.{key}")):
+        config_from_dict({section: {key: value}})
+
+
+def _violations(rule: dict):
+    """Values that break one numeric schema rule (as Snakemake would refuse them)."""
+    if "minimum" in rule:
+        yield rule["minimum"] - 1
+    if "exclusiveMinimum" in rule:
+        yield rule["exclusiveMinimum"]
+    if "maximum" in rule:
+        yield rule["maximum"] + 1
+    if "exclusiveMaximum" in rule:
+        yield rule["exclusiveMaximum"]
+
+
+def test_the_dataclasses_refuse_whatever_the_schema_refuses():
+    """Every bound of the schema holds for `alphastomics train/evaluate` too, so a field added to
+    both is validated outside Snakemake without a second copy of its bounds."""
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    checked = 0
+    for section in fields(Config):
+        for key, rule in schema["properties"][section.name]["properties"].items():
+            item_rule = rule.get("items", {}) if rule.get("type") == "array" else None
+            for bad in _violations(item_rule if item_rule is not None else rule):
+                value = [bad] if item_rule is not None else bad
+                if isinstance(getattr(section.default_factory(), key), int) and not isinstance(bad, int):
+                    continue
+                with pytest.raises(ConfigError, match=re.escape(f"{section.name}.{key}")):
+                    config_from_dict({section.name: {key: value}})
+                checked += 1
+    assert checked > 30
+
+
+def test_evaluate_with_a_bad_config_value_stops_with_the_key_not_a_traceback(tmp_path, capsys):
+    from alphastomics.cli import main as cli
+
+    config = tmp_path / "bad.yaml"
+    config.write_text("evaluation:\n  contact_quantiles: [1.5]\n")
+    assert cli(["evaluate", str(tmp_path / "sample.h5ad"), "--config", str(config), "--out", str(tmp_path / "m.tsv")]) == 1
+    err = capsys.readouterr().err
+    assert "bad.yaml" in err and "evaluation.contact_quantiles" in err and "Traceback" not in err
