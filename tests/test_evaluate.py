@@ -241,3 +241,17 @@ def test_unknown_mode_and_bad_gather_input_are_input_errors(starmap_slice, tmp_p
         read_metric_table(bad)
     assert cli(["gather", str(tmp_path / "absent.tsv"), "--out", str(tmp_path / "all.tsv")]) == 1
     assert not (tmp_path / "all.tsv").exists()
+
+
+def test_metric_details_example_in_the_formats_doc_matches_what_evaluate_writes(starmap_slice):
+    """docs/FORMATS.md showed a `seed` key in its JSON example that evaluate never writes."""
+    import re
+
+    text = (Path(__file__).resolve().parents[1] / "docs/FORMATS.md").read_text(encoding="utf-8")
+    section = text.split("## Metric tables", 1)[1]
+    [example] = [json.loads(block) for block in re.findall(r"```json\n(.*?)```", section, flags=re.S)]
+    expression, positions, _, _ = starmap_slice
+    _, details = evaluate_sample(make_sample(starmap_slice, "expr_to_pos", generated_positions=rotate(positions)), EvaluationConfig())
+    for metric, documented in example.items():
+        assert set(documented) == set(details[metric]), metric
+        assert set(documented["sample"]) == set(details[metric]["sample"])

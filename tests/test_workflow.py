@@ -5,6 +5,7 @@ import html
 import json
 import math
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -147,6 +148,34 @@ def test_summary_links_every_dataset_report(pipeline_run):
     summary = (workdir / "results/summary.html").read_text(encoding="utf-8")
     for dataset in yaml.safe_load(configfile.read_text(encoding="utf-8"))["datasets"]:
         assert f'href="{dataset}/report.html"' in summary, dataset
+
+
+def _documented_paths() -> list[str]:
+    """Paths of the layout table in docs/FORMATS.md, placeholders as globs."""
+    text = (REPO / "docs/FORMATS.md").read_text(encoding="utf-8")
+    table = text.split("## Layout under `results/<dataset>/`", 1)[1].split("\n\n", 2)[1]
+    paths = []
+    for row in table.splitlines()[2:]:
+        first_cell = row.split("|")[1]
+        paths += [re.sub(r"<[a-z_]+>", "*", p) for p in re.findall(r"`([^`]+)`", first_cell)]
+    return paths
+
+
+@pytest.mark.slow
+def test_every_path_of_the_documented_layout_is_made_by_the_pipeline(pipeline_run):
+    workdir, _ = pipeline_run
+    results = workdir / "results/starmap_mpfc"
+    paths = _documented_paths()
+    assert len(paths) > 10 and "metrics/*.*.tsv" in paths and "model/model.ckpt" in paths
+    for pattern in paths:
+        assert list(results.glob(pattern.rstrip("/"))), pattern
+    for name in ("last.ckpt", "resume_key.txt"):
+        assert (results / "model/checkpoints" / name).exists(), name
+    assert list((results / "model/logs").rglob("metrics.csv"))
+    doc = (REPO / "docs/FORMATS.md").read_text(encoding="utf-8")
+    assert "metrics/<slice>.<mode>.tsv" in doc.split("```")[1] and ".metrics.tsv" not in doc  # the flow at the top
+    [model_row] = [row for row in doc.splitlines() if row.startswith("| `model/model.ckpt`")]
+    assert "export_model" in model_row  # the pipeline's model file comes from the export rule
 
 
 def test_summary_job_depends_on_the_dataset_reports(tmp_path):

@@ -5,7 +5,8 @@
   distance-row Spearman, contact precision/F1);
 - ``neighbourhoods``: kNN preservation, cell-type neighbourhood enrichment, spatial label transfer;
 - ``spatial``: Moran's I per gene;
-- ``clusters``: leiden clusters vs cell types, expression label transfer.
+- ``clusters``: leiden clusters vs cell types, expression label transfer (the cell itself does not vote);
+- ``correlation``: how correlations that are undefined (a constant side) count.
 
 ``alphastomics.evaluate`` decides which metrics apply to a sample file and on which cells.
 """
