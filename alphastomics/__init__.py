@@ -2,4 +2,10 @@
 
 __version__ = "0.1.0"
 
-MODES = ("expr_to_pos", "pos_to_expr", "joint")
+# What a model is trained for (each a regime of what is noised), and what a slice can be sampled in:
+# the training modes plus ``impute`` (held-out genes of a slice generated, everything else given).
+TRAINING_MODES = ("expr_to_pos", "pos_to_expr", "joint")
+MODES = (*TRAINING_MODES, "impute")
+# The modalities each sampling mode generates (the others are given).
+GENERATED_BY_MODE = {"expr_to_pos": ["position"], "pos_to_expr": ["expression"], "joint": ["expression", "position"],
+                     "impute": ["expression"]}

@@ -1,7 +1,9 @@
 """The single-file model checkpoint that sampling loads, and conversion from training checkpoints.
 
-Format (``torch.save`` of a dict): ``format`` ("alphastomics-model-v1"), ``config`` (Config as a
-dict), ``genes``, ``scaler`` (per-gene mean/std), ``state_dict`` (network weights only),
+Format (``torch.save`` of a dict): ``format`` ("alphastomics-model-v2"), ``config`` (Config as a
+dict), ``genes``, ``codec`` (expression code and per-gene moments, alphastomics.data.expression),
+``frame`` (coordinate frame fitted on the training slices, alphastomics.data.frames),
+``train_slices`` (the slices the model was trained on), ``state_dict`` (network weights only),
 ``training`` (steps, epochs, source checkpoint). A Lightning checkpoint file or a DeepSpeed
 checkpoint directory (ZeRO shards) can both be exported to it.
 """
@@ -15,14 +17,18 @@ from pathlib import Path
 
 import torch
 
-from alphastomics.config import config_from_dict
-from alphastomics.data.slices import ExpressionScaler
+from dataclasses import dataclass
+
+from alphastomics.config import Config, config_from_dict
+from alphastomics.data.expression import ExpressionCodec
+from alphastomics.data.frames import CoordinateFrame
 from alphastomics.diffusion.schedule import NoiseSchedule
 from alphastomics.errors import InputError
 from alphastomics.model.network import AlphaSTomicsNet
 
-FORMAT = "alphastomics-model-v1"
+FORMAT = "alphastomics-model-v2"
 NETWORK_PREFIX = "network."
+EMA_PREFIX = "ema_network."
 
 
 def atomic_torch_save(obj, path: str | Path) -> None:
@@ -58,18 +64,23 @@ def export_model(training_checkpoint: str | Path, out: str | Path) -> Path:
     hp = ckpt.get("hyper_parameters", {})
     if "config" not in hp or "genes" not in hp:
         raise InputError(f"{training_checkpoint}: not an AlphaSTomics training checkpoint (no config/genes in hyper_parameters)")
-    state = {k[len(NETWORK_PREFIX):]: v for k, v in ckpt["state_dict"].items() if k.startswith(NETWORK_PREFIX)}
+    # The moving average of the weights when training kept one, else the last weights.
+    prefix = EMA_PREFIX if any(k.startswith(EMA_PREFIX) for k in ckpt["state_dict"]) else NETWORK_PREFIX
+    state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
     atomic_torch_save(
         {
             "format": FORMAT,
             "config": hp["config"],
             "genes": hp["genes"],
-            "scaler": hp["scaler"],
+            "codec": hp["codec"],
+            "frame": hp["coordinate_frame"],
+            "train_slices": list(hp.get("train_slices") or []),
             "state_dict": state,
             "training": {
                 "global_step": ckpt.get("global_step"),
                 "epoch": ckpt.get("epoch"),
                 "source": str(training_checkpoint),
+                "weights": "moving average" if prefix == EMA_PREFIX else "last step",
             },
         },
         out,
@@ -85,8 +96,24 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu"):
-    """Returns (network in eval mode, schedule, config, genes, scaler)."""
+def build_network(config: Config, num_genes: int, codec: ExpressionCodec, frame: CoordinateFrame) -> AlphaSTomicsNet:
+    return AlphaSTomicsNet(config.model, codec.channel_genes, num_genes, config.diffusion.diffusion_steps,
+                           absolute_positions=frame.kind == "shared")
+
+
+@dataclass
+class LoadedModel:
+    network: AlphaSTomicsNet  # in eval mode, on the requested device
+    schedule: NoiseSchedule
+    config: Config
+    genes: list[str]
+    codec: ExpressionCodec
+    frame: CoordinateFrame
+    train_slices: list[str]
+    sha256: str
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"model checkpoint not found: {path}")
@@ -95,13 +122,22 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"):
     except Exception as err:  # torch raises many types for a non-checkpoint file
         raise InputError(f"{path}: not a readable checkpoint ({err})") from None
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
-        raise InputError(f"{path}: not an AlphaSTomics model file (run `alphastomics export` on a training checkpoint)")
+        found = blob.get("format") if isinstance(blob, dict) else None
+        hint = f"it is {found}, made by an older version: train again" if found else "run `alphastomics export` on a training checkpoint"
+        raise InputError(f"{path}: not an AlphaSTomics {FORMAT} model file ({hint})")
     config = config_from_dict(blob["config"])
-    network = AlphaSTomicsNet(config.model, len(blob["genes"]), config.diffusion.diffusion_steps)
-    network.load_state_dict(blob["state_dict"])
+    codec = ExpressionCodec.from_dict(blob["codec"])
+    frame = CoordinateFrame.from_dict(blob["frame"])
+    network = build_network(config, len(blob["genes"]), codec, frame)
+    try:
+        network.load_state_dict(blob["state_dict"])
+    except RuntimeError as err:
+        first = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
+        raise InputError(f"{path}: its weights do not fit this version's network ({first[:200]}); train again") from None
     network.to(device).eval()
     schedule = NoiseSchedule(config.diffusion.diffusion_steps, config.diffusion.nu_expression, config.diffusion.nu_position).to(device)
-    return network, schedule, config, list(blob["genes"]), ExpressionScaler.from_dict(blob["scaler"])
+    return LoadedModel(network, schedule, config, list(blob["genes"]), codec, frame, list(blob.get("train_slices", [])),
+                       file_sha256(path))
 
 
 def add_arguments(p) -> None:

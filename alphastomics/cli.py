@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from alphastomics import __version__
@@ -47,6 +48,9 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"alphastomics {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="CPU threads for torch and numerical libraries (default: their own, usually all cores); "
+                             "the pipeline passes each rule's threads")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     requested = next((a for a in argv if a in COMMANDS), None)
     for name, (_, help_text) in COMMANDS.items():
@@ -55,6 +59,23 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
             add_arguments, _ = _entry_points(name)
             add_arguments(p)
     return parser
+
+
+def limit_threads(threads: int) -> None:
+    """Cap the threads of torch, OpenMP and BLAS, so jobs that share a machine share its cores.
+
+    Environment variables cover libraries loaded later and child processes; threadpoolctl and
+    torch.set_num_threads cap those already loaded (the command's module was imported to build
+    its arguments).
+    """
+    threads = max(1, int(threads))
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
+        os.environ[name] = str(threads)
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(threads)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
+    if args.threads is not None:
+        limit_threads(args.threads)
     _, run = _entry_points(args.command)
     try:
         return int(run(args) or 0)

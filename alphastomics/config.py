@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from alphastomics import MODES
+from alphastomics import MODES, TRAINING_MODES
 from alphastomics.errors import ConfigError
 
 SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
@@ -39,11 +39,18 @@ class ModelConfig:
     moe_aux_loss_weight: float = 0.01
     ffn_multiplier: int = 4
     dropout: float = 0.0
+    # Message passing over each cell's k nearest neighbours in every block (0: global attention only).
+    local_neighbours: int = 8
+    # zero_aware: presence bit + magnitude per gene (exact zeros); standardised: one channel per gene.
+    expression_code: str = "zero_aware"
 
     def validate(self) -> None:
         _check_against_schema("model", self)  # bounds first: num_heads = 0 must not reach the modulo below
         _check_choice("model.time_embedding", self.time_embedding, ("sinusoidal", "learned"))
         _check_choice("model.gate_type", self.gate_type, ("headwise", "elementwise"))
+        _check_choice("model.expression_code", self.expression_code, ("zero_aware", "standardised"))
+        if self.local_neighbours < 0:
+            raise ConfigError("model.local_neighbours must be 0 (off) or positive")
         if self.hidden_dim % self.num_heads:
             raise ConfigError(f"model.hidden_dim ({self.hidden_dim}) must be divisible by model.num_heads ({self.num_heads})")
         if self.use_moe and not 1 <= self.moe_top_k <= self.num_experts:
@@ -69,7 +76,13 @@ class DiffusionConfig:
 @dataclass
 class LossConfig:
     lambda_expression: float = 1.0
+    # Coordinates: MSE of x0 in the frame of the noisy input (equivariant network: well defined),
+    # plus the rigid-invariant MSE of pairwise distances.
     lambda_position: float = 1.0
+    lambda_distance: float = 0.1
+    # Weight of each example's x0 losses by its noise level: min_snr (min(SNR, gamma)) or uniform.
+    weighting: str = "min_snr"
+    min_snr_gamma: float = 5.0
     exact_distance_max_cells: int = 4096
     distance_knn: int = 16
     distance_random_pairs_per_cell: int = 64
@@ -112,6 +125,10 @@ class TrainingConfig:
     num_nodes: int = 1
     precision: str = "32-true"
     seed: int = 0
+    # Exponential moving average of the weights, used for validation and exported for sampling (0: off).
+    ema_decay: float = 0.999
+    lr_schedule: str = "cosine"  # cosine (decay to 10% after warm-up) | constant
+    warmup_steps: int = 100
     val_every_n_epochs: int = 10
     num_workers: int = 0
     wandb: bool = False
@@ -119,9 +136,12 @@ class TrainingConfig:
 
     def validate(self) -> None:
         _check_against_schema("training", self)
-        _check_choice("training.training_mode", self.training_mode, MODES)
+        _check_choice("training.training_mode", self.training_mode, TRAINING_MODES)
         _check_choice("training.data_mode", self.data_mode, ("slice", "cell"))
         _check_choice("training.strategy", self.strategy, STRATEGIES)
+        _check_choice("training.lr_schedule", self.lr_schedule, ("cosine", "constant"))
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError("training.ema_decay must be in [0, 1) (0: no moving average)")
         if self.batch_size < 1:
             raise ConfigError("training.batch_size must be at least 1")
         if self.lr <= 0:
@@ -130,14 +150,24 @@ class TrainingConfig:
 
 @dataclass
 class SamplingConfig:
-    modes: list[str] = field(default_factory=lambda: list(MODES))
+    modes: list[str] = field(default_factory=lambda: list(TRAINING_MODES))
     steps: int = 0  # 0: all diffusion steps
+    sampler: str = "ancestral"  # ancestral | ddim (deterministic, good with few steps)
     seed: int = 0
+    # Draws per slice; the sample file keeps the first draw and the mean of all (expr_pred_mean).
+    num_samples: int = 8
+    # impute: the fraction of a slice's measured genes hidden and generated (same genes for every
+    # method: alphastomics.heldout), chosen with this seed.
+    holdout_fraction: float = 0.1
+    holdout_seed: int = 0
 
     def validate(self) -> None:
         _check_against_schema("sampling", self)
         for mode in self.modes:
             _check_choice("sampling.modes", mode, MODES)
+        if self.num_samples < 1:
+            raise ConfigError("sampling.num_samples must be at least 1")
+        _check_choice("sampling.sampler", self.sampler, ("ancestral", "ddim"))
 
 
 @dataclass

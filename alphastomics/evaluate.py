@@ -1,11 +1,20 @@
 """``alphastomics evaluate`` (one sample file -> tidy metric table + JSON) and ``alphastomics gather``.
 
-Which metrics a sample gets depends on what was generated (``uns['alphastomics']['generated']``):
+Which metrics a sample gets depends on what was generated (``uns['alphastomics']['generated']``)
+and on whether generated cell i stands for true cell i (every mode but ``joint``):
 
-- expression generated (``pos_to_expr``, ``joint``): expression errors and correlations, leiden
-  clusters of generated expression and expression label transfer (with cell types);
-- positions generated (``expr_to_pos``, ``joint``): Procrustes, RSSD, pairwise-distance metrics,
-  kNN preservation, and with cell types neighbourhood enrichment and spatial label transfer;
+- expression generated with correspondence (``pos_to_expr``): errors and correlations of the
+  first draw (``layers['expr_pred']``) and of the posterior mean (``layers['expr_pred_mean']``,
+  metrics ``expr_mean_*``), leiden clusters of generated expression and expression label transfer;
+- expression generated (``pos_to_expr``, ``joint``): the data's distribution (fraction of
+  near-zero values, per-gene spread);
+- positions generated (``expr_to_pos``, ``joint``): extent ratios per principal axis and the
+  distance-distribution distance (no correspondence needed); with correspondence (``expr_to_pos``)
+  also Procrustes, RSSD, pairwise-distance metrics, kNN preservation, neighbourhood enrichment,
+  spatial label transfer, and in a shared coordinate frame the unaligned position error;
+- ``joint`` (no correspondence): distribution metrics against the test slice (energy distance,
+  cell-type composition, neighbourhood enrichment with predicted types), beside the same figures
+  for every real training slice (reference rows, alphastomics.references; needs ``--reference``);
 - always: Moran's I of (true expression on the true-coordinate graph) vs (``layers['expr_pred']``
   on the ``obsm['spatial_pred']`` graph). By the sample format the generated side is, per mode:
   ``pos_to_expr`` generated expression on the given (= true) coordinates; ``expr_to_pos`` the true
@@ -15,7 +24,6 @@ Metrics whose cost grows faster than n log n (pairwise distances, clustering, ex
 transfer) run on a random sample of ``sample_size`` cells (seed ``seed``) when a slice has more
 than ``max_cells_exact`` cells; the JSON says which cells entered each metric.
 """
-
 from __future__ import annotations
 
 import argparse
@@ -24,7 +32,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,21 +40,26 @@ import pandas as pd
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
-from alphastomics import MODES
+from alphastomics import GENERATED_BY_MODE, MODES, references
 from alphastomics.config import EvaluationConfig, load_config
 from alphastomics.errors import InputError
-from alphastomics.metrics import clusters, expression, geometry, neighbourhoods, spatial
+from alphastomics.metrics import clusters, distribution, expression, geometry, neighbourhoods, spatial
 
 log = logging.getLogger(__name__)
 
 TABLE_COLUMNS = ["dataset", "slice", "mode", "method", "metric", "value"]
 DEFAULT_METHOD = "alphastomics"
-GENERATED_BY_MODE = {"expr_to_pos": ["position"], "pos_to_expr": ["expression"], "joint": ["expression", "position"]}
 # Label permutations behind the neighbourhood enrichment z-scores (squidpy's default is 1000; 100
 # keeps a 100,000-cell slice within budget and the z-scores stable to ~0.1).
 ENRICHMENT_PERMUTATIONS = 100
 # Neighbours that vote in kNN label transfer, spatial and expression.
 LABEL_TRANSFER_K = 15
+# Random pairs whose distances enter the distance-distribution distance.
+SHAPE_PAIRS = 20000
+# Principal components of training expression in which generated and real cells are compared.
+DISTRIBUTION_PCS = 30
+# Cells per set in the energy distance (O(n^2) pairs).
+ENERGY_MAX_CELLS = 2000
 # Hook for clustering AlphaSTomics embeddings: when a sample file carries the model's per-cell
 # embedding under this obsm key, its leiden clusters are scored like those of generated expression.
 EMBEDDING_KEY = "alphastomics_embedding"
@@ -69,6 +82,14 @@ class Sample:
     cell_types: np.ndarray | None  # None where obs['cell_type'] is absent; unknown entries are None
     embedding: np.ndarray | None
     measured_note: str
+    mean_expression: np.ndarray | None = None  # layers['expr_pred_mean']: posterior mean over draws
+    coordinate_frame: str = "per_slice"
+    train_slices: list[str] = field(default_factory=list)
+
+    @property
+    def paired(self) -> bool:
+        """Generated cell i stands for true cell i (not in joint, where both modalities are generated)."""
+        return self.mode != "joint"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -173,6 +194,10 @@ def sample_from_anndata(adata, dataset: str | None = None, method: str | None = 
     slice_ids = adata.obs["slice_id"].astype(str).unique() if "slice_id" in adata.obs else []
     slice_id = str(info.get("slice_id") or (slice_ids[0] if len(slice_ids) == 1 else Path(source).name.split(".")[0]))
     embedding = np.asarray(adata.obsm[EMBEDDING_KEY], dtype=np.float32) if EMBEDDING_KEY in adata.obsm else None
+    mean_expression = None
+    if "expr_pred_mean" in adata.layers:
+        mean_expression = _dense(adata.layers["expr_pred_mean"][:, measured]).astype(np.float32, copy=False)
+        _require_finite(mean_expression, "layers['expr_pred_mean']", source)
     return Sample(
         mode=mode,
         generated=generated,
@@ -187,6 +212,9 @@ def sample_from_anndata(adata, dataset: str | None = None, method: str | None = 
         cell_types=_cell_types(adata),
         embedding=embedding,
         measured_note=measured_note,
+        mean_expression=mean_expression,
+        coordinate_frame=str(info.get("coordinate_frame") or "per_slice"),
+        train_slices=_uns_list(info.get("train_slices")),
     )
 
 
@@ -229,8 +257,42 @@ def _timed(fn, *args, **kwargs):
 
 
 def _expression_family(sample: Sample, out: _Collector) -> None:
+    """Cell-by-cell errors and correlations of the first draw and, where present, of the posterior mean."""
     (values, how), seconds = _timed(expression.expression_metrics, sample.true_expression, sample.generated_expression)
-    out.add(values, how, seconds, measured_genes=sample.measured_note)
+    out.add(values, how, seconds, measured_genes=sample.measured_note, layer="expr_pred (first draw)")
+    if sample.mean_expression is not None:
+        (values, how), seconds = _timed(expression.expression_metrics, sample.true_expression, sample.mean_expression)
+        out.add({f"expr_mean_{k[5:]}": v for k, v in values.items()}, {f"expr_mean_{k[5:]}": v for k, v in how.items()},
+                seconds, measured_genes=sample.measured_note, layer="expr_pred_mean (mean over draws)")
+
+
+def _expression_distribution_family(true: np.ndarray, generated: np.ndarray, out: _Collector, note: str) -> None:
+    """Does generated expression have the data's distribution: zeros where the data has zeros, per-gene spread."""
+    start = time.perf_counter()
+    zero_true, zero_generated = distribution.zero_fraction(true), distribution.zero_fraction(generated)
+    values = {
+        "expr_zero_fraction_abs_diff": abs(zero_generated - zero_true),
+        "expr_std_ratio_median": distribution.std_ratio_median(true, generated),
+        "expr_negative_fraction": float(np.mean(generated < 0)),
+    }
+    how = {
+        "expr_zero_fraction_abs_diff": {"formula": f"|fraction of generated values < {distribution.NEAR_ZERO} - the same for true values|",
+                                        "generated_fraction": zero_generated, "true_fraction": zero_true},
+        "expr_std_ratio_median": {"formula": "median over genes of std(generated) / std(true), genes constant in the truth left out"},
+        "expr_negative_fraction": {"formula": "fraction of generated values below 0 (off the scale of normalised expression)"},
+    }
+    out.add(values, how, time.perf_counter() - start, layer=note)
+
+
+def _shape_family(sample: Sample, config: EvaluationConfig, out: _Collector) -> None:
+    (values, how), seconds = _timed(geometry.shape_metrics, sample.true_positions, sample.generated_positions,
+                                    SHAPE_PAIRS, config.seed)
+    out.add(values, how, seconds, cells="all")
+    if sample.coordinate_frame == "shared" and sample.paired:
+        error = np.linalg.norm(sample.true_positions - sample.generated_positions, axis=1)
+        out.add({"position_error_median": float(np.median(error))}, {"position_error_median": {
+            "formula": "median over cells of |generated - true position|, no alignment (shared coordinate frame)",
+            "units": "source units"}}, 0.0, cells="all")
 
 
 def _position_family(sample: Sample, config: EvaluationConfig, out: _Collector) -> None:
@@ -337,41 +399,98 @@ def _embedding_family(sample: Sample, config: EvaluationConfig, known, codes, na
 
 
 def evaluate_sample(adata, evaluation_config: EvaluationConfig, dataset: str | None = None, method: str | None = None,
-                    source: str = "sample") -> tuple[pd.DataFrame, dict[str, dict]]:
+                    source: str = "sample", reference_dir: str | Path | None = None) -> tuple[pd.DataFrame, dict[str, dict]]:
     """All metrics that apply to one sample AnnData (see the module docstring).
 
+    ``reference_dir``: the preprocessed dataset holding the model's training slices (named in the
+    sample's ``uns['alphastomics']['train_slices']``); with it, the table also holds reference rows
+    (alphastomics.references) and joint samples get their distribution metrics.
+
     Returns the tidy table (columns dataset, slice, mode, method, metric, value) and
-    metric name -> how it was computed.
+    metric name -> how it was computed (reference methods under ``"references"``).
     """
     sample = sample_from_anndata(adata, dataset=dataset, method=method, source=source)
+    if sample.slice_id in sample.train_slices:
+        log.warning("%s: slice %r was one of the model's training slices: these scores measure fit, not generalisation",
+                    source, sample.slice_id)
     # One BLAS/OpenMP thread: the pipeline runs several evaluate jobs side by side, and there
     # OpenBLAS's spinning worker threads made a 1,000-cell slice ~15x slower (10 s instead of 0.6 s).
     with threadpool_limits(limits=1):
         out = _evaluate(sample, evaluation_config, source)
-    table = pd.DataFrame({
-        "dataset": sample.dataset, "slice": sample.slice_id, "mode": sample.mode, "method": sample.method,
-        "metric": list(out.values), "value": list(out.values.values()),
-    }, columns=TABLE_COLUMNS)
+        references = _reference_rows(sample, evaluation_config, reference_dir, out, source)
+    frames = [pd.DataFrame({
+        "dataset": sample.dataset, "slice": sample.slice_id, "mode": sample.mode, "method": name,
+        "metric": list(collector.values), "value": list(collector.values.values()),
+    }, columns=TABLE_COLUMNS) for name, collector in [(sample.method, out), *references.items()]]
+    table = pd.concat(frames, ignore_index=True)
     common = {"mode": sample.mode, "generated": sample.generated, "n_cells": int(len(sample.true_positions)),
               "n_dims": int(sample.true_positions.shape[1]), "n_measured_genes": len(sample.genes)}
+    if sample.slice_id in sample.train_slices:
+        common["warning"] = "the model was trained on this slice"
     details = {name: {**how, "sample": common} for name, how in out.how.items()}
+    if references:
+        details["references"] = {name: collector.how for name, collector in references.items()}
     return table, details
+
+
+def _reference_rows(sample: Sample, config: EvaluationConfig, reference_dir, out: _Collector, source: str) -> dict[str, _Collector]:
+    """Reference methods (alphastomics.references); joint's distribution metrics of the generated slice go to ``out``."""
+    wanted = (sample.mode == "joint") or (sample.mode == "pos_to_expr")
+    if not wanted or reference_dir is None:
+        if sample.mode == "joint":
+            log.warning("%s: no --reference dataset: joint distribution metrics (energy distance, composition) skipped", source)
+        return {}
+    train_slices = [s for s in sample.train_slices if s != sample.slice_id]
+    if not train_slices:
+        log.warning("%s: uns['alphastomics'] names no training slice: reference rows skipped", source)
+        return {}
+    start = time.perf_counter()
+    reference = references.load_reference(reference_dir, train_slices, sample.genes, sample.true_positions.shape[1])
+    rows: dict[str, _Collector] = {}
+    if sample.mode == "pos_to_expr":
+        collector = _Collector()
+        collector.add(*references.training_mean_rows(sample.true_expression, reference), time.perf_counter() - start)
+        rows[references.TRAINING_MEAN] = collector
+        return rows
+    true_types = None
+    typed = _known_types(sample)
+    if typed is not None:
+        true_types = np.array([None if t is None else str(t) for t in sample.cell_types], dtype=object)
+    results = references.joint_rows(
+        sample.true_expression, sample.true_positions, true_types, sample.generated_expression, sample.generated_positions,
+        reference, n_pcs=DISTRIBUTION_PCS, max_cells=ENERGY_MAX_CELLS, label_k=LABEL_TRANSFER_K, morans_k=config.morans_k,
+        permutations=ENRICHMENT_PERMUTATIONS, shape_pairs=SHAPE_PAIRS, seed=config.seed)
+    seconds = time.perf_counter() - start
+    for name, (values, how) in results.items():
+        if name == "generated":
+            # The generated slice's own Moran's I agreement is already in ``out`` (same definition).
+            out.add({k: v for k, v in values.items() if k not in out.values}, how, seconds)
+        else:
+            collector = _Collector()
+            collector.add(values, how, seconds)
+            rows[name] = collector
+    return rows
 
 
 def _evaluate(sample: Sample, config: EvaluationConfig, source: str) -> _Collector:
     out = _Collector()
     if "expression" in sample.generated:
-        _expression_family(sample, out)
+        if sample.paired:
+            _expression_family(sample, out)
+        _expression_distribution_family(sample.true_expression, sample.generated_expression, out, "expr_pred (first draw)")
     if "position" in sample.generated:
-        _position_family(sample, config, out)
+        _shape_family(sample, config, out)
+        if sample.paired:
+            _position_family(sample, config, out)
     _morans_family(sample, config, out)
     typed = _known_types(sample)
     if typed is not None:
-        if "position" in sample.generated:
+        # In joint mode generated cell i has nothing to do with true cell i: no per-cell label metric.
+        if sample.paired and "position" in sample.generated:
             _cell_type_position_family(sample, config, *typed, out)
-        if "expression" in sample.generated:
+        if sample.paired and "expression" in sample.generated:
             _cell_type_expression_family(sample, config, *typed, out)
-        if sample.embedding is not None:
+        if sample.paired and sample.embedding is not None:
             _embedding_family(sample, config, *typed, out)
     else:
         log.info("%s: no obs['cell_type'] with at least two known types; cluster and cell-type metrics skipped", source)
@@ -432,13 +551,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=None, help="config YAML (its evaluation: section is used; defaults otherwise)")
     parser.add_argument("--dataset", default=None, help="dataset name in the table (default: uns['alphastomics']['dataset'])")
     parser.add_argument("--method", default=None, help=f"method name in the table (default: uns['alphastomics']['method'] or {DEFAULT_METHOD})")
+    parser.add_argument("--reference", default=None, metavar="DIR",
+                        help="preprocessed dataset (results/<dataset>) holding the model's training slices: adds reference "
+                             "rows (real training slices for joint, the training-mean predictor for pos_to_expr) and joint's "
+                             "distribution metrics")
 
 
 def main(args: argparse.Namespace) -> int:
     config = load_config(args.config).evaluation
     adata = read_sample(args.sample)
     start = time.perf_counter()
-    table, details = evaluate_sample(adata, config, dataset=args.dataset, method=args.method, source=str(args.sample))
+    table, details = evaluate_sample(adata, config, dataset=args.dataset, method=args.method, source=str(args.sample),
+                                     reference_dir=args.reference)
     table_path, json_path = write_metrics(table, details, args.out)
     log.info("%d metrics of %s in %.1f s -> %s (+ %s)", len(table), args.sample, time.perf_counter() - start, table_path, json_path.name)
     return 0

@@ -21,7 +21,9 @@ def parameter_table(config, num_genes: int) -> list[dict]:
     rows = []
     for name, changes in VARIANTS.items():
         model_config = dataclasses.replace(config.model, **changes)
-        total, active = count_parameters(AlphaSTomicsNet(model_config, num_genes, config.diffusion.diffusion_steps))
+        # every gene zero-inflated (two channels each): the upper bound for a single-cell panel
+        channel_genes = list(range(num_genes)) * 2
+        total, active = count_parameters(AlphaSTomicsNet(model_config, channel_genes, num_genes, config.diffusion.diffusion_steps))
         rows.append({"variant": name, "total": total, "active_per_cell": active, "active_fraction": active / total})
     return rows
 

@@ -178,6 +178,7 @@ class Options:
     on_invalid: str = "drop"
     max_cells_per_shard: int = DEFAULT_MAX_CELLS_PER_SHARD
     chunk_size: int = DEFAULT_CHUNK_SIZE
+    slabs: tuple[str, int] | None = None  # (axis, count): cut each slice into slabs of equal cell count
 
 
 @dataclass
@@ -216,6 +217,8 @@ def plan_file(path: Path, genes: list[str], opts: Options) -> FilePlan:
         if not keep.all():
             _handle_invalid_positions(h5ad, keep, opts)
         slice_codes, slice_ids = read_slices(h5ad, opts)
+        if opts.slabs is not None:
+            slice_codes, slice_ids = cut_into_slabs(coords, keep, slice_codes, slice_ids, *opts.slabs)
         cell_type_codes, categories = read_cell_types(h5ad, opts)
         applied = decide_normalization(matrix, opts.normalization)
         plan = FilePlan(
@@ -285,15 +288,58 @@ def _slice_codes(h5ad: H5adFile, slice_key: str | None) -> tuple[np.ndarray, lis
     return _labels_to_codes(values, h5ad.path, slice_key, allow_missing=False)
 
 
-def slice_ids_in_file(path: str | Path, slice_key: str | None) -> list[str]:
+AXES = {"x": 0, "y": 1, "z": 2}
+
+
+def slab_id(slice_id: str, index: int) -> str:
+    return f"{slice_id}_slab{index}"
+
+
+def cut_into_slabs(coords: np.ndarray, keep: np.ndarray, codes: np.ndarray, ids: list[str], axis: str, count: int
+                   ) -> tuple[np.ndarray, list[str]]:
+    """Cut every slice into ``count`` slabs of equal cell count along ``axis``: serial sections of one
+    volume (or strips of one section) that share a coordinate frame. Slab i of slice s is
+    ``s_slab<i>``, numbered from the low end of the axis."""
+    new_codes = np.full(codes.shape, -1, dtype=np.int32)
+    new_ids: list[str] = []
+    for code, slice_id in enumerate(ids):
+        cells = np.flatnonzero((codes == code) & keep)
+        if cells.size == 0:
+            continue
+        position = coords[cells, AXES[axis]]
+        rank = np.empty(cells.size, dtype=np.int64)
+        rank[np.argsort(position, kind="stable")] = np.arange(cells.size)
+        slab = (rank * count) // cells.size
+        for i in range(count):
+            new_codes[cells[slab == i]] = len(new_ids)
+            new_ids.append(slab_id(slice_id, i))
+    new_codes[~keep] = 0 if new_ids else -1  # dropped cells: never written
+    return new_codes, new_ids
+
+
+def parse_slabs(text: str | None) -> tuple[str, int] | None:
+    """``"x:4"`` -> ("x", 4)."""
+    if not text:
+        return None
+    axis, _, count = text.partition(":")
+    if axis not in AXES or not count.isdigit() or int(count) < 2:
+        raise InputError(f"--slabs {text!r}: expected AXIS:COUNT with AXIS one of x, y, z and COUNT >= 2 (e.g. x:4)")
+    return axis, int(count)
+
+
+def slice_ids_in_file(path: str | Path, slice_key: str | None, slabs: tuple[str, int] | None = None) -> list[str]:
     """Sorted slice ids of the cells of one file, exactly as preprocessing will name them.
 
     Reads only ``obs[slice_key]`` (nothing when ``slice_key`` is None: the file stem), so the
-    workflow can check the configured test and validation slices before any job runs.
+    workflow can check the configured test and validation slices before any job runs. With
+    ``slabs`` every slice becomes its slabs.
     """
     with H5adFile(path) as h5ad:
         codes, labels = _slice_codes(h5ad, slice_key)
-    return sorted(labels[c] for c in np.unique(codes))
+    ids = [labels[c] for c in np.unique(codes)]
+    if slabs is not None:
+        ids = [slab_id(s, i) for s in ids for i in range(slabs[1])]
+    return sorted(ids)
 
 
 def read_cell_types(h5ad: H5adFile, opts: Options) -> tuple[np.ndarray, list[str]]:
@@ -603,6 +649,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="auto: integer counts -> library size (1e4) + log1p, else left as is (default: auto)")
     parser.add_argument("--on-invalid", choices=("drop", "error"), default="drop",
                         help="cells with NaN/inf coordinates: drop and count them (default) or fail")
+    parser.add_argument("--slabs", default=None, metavar="AXIS:COUNT",
+                        help="cut each slice into COUNT slabs of equal cell count along AXIS (x, y or z), named "
+                             "<slice>_slab0.. from the low end: serial sections of one volume in one frame (e.g. x:4)")
     parser.add_argument("--max-cells-per-shard", type=int, default=DEFAULT_MAX_CELLS_PER_SHARD)
     parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, help="rows read at a time (default: 10000; fewer for wide panels)")
 
@@ -626,7 +675,7 @@ def main(args: argparse.Namespace) -> int:
         position_key=args.position_key, slice_key=args.slice_key, cell_type_key=args.cell_type_key,
         layer=args.layer, z_key=args.z_key, z_value=args.z_value, normalization=args.normalization,
         on_invalid=args.on_invalid, max_cells_per_shard=_positive(args.max_cells_per_shard, "--max-cells-per-shard"),
-        chunk_size=_positive(args.chunk_size, "--chunk-size"),
+        chunk_size=_positive(args.chunk_size, "--chunk-size"), slabs=parse_slabs(args.slabs),
     )
     # Snakemake cancels jobs with SIGTERM: turn it into SystemExit so the clean-up of temporaries runs
     in_main_thread = threading.current_thread() is threading.main_thread()  # only there can handlers be set

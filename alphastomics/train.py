@@ -4,9 +4,11 @@ checkpoints, logging), plus the ``alphastomics train`` command."""
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import json
 import logging
+import math
 import os
 import time
 from collections import Counter
@@ -17,15 +19,18 @@ import torch
 from torch.utils.data import DataLoader
 
 from alphastomics import __version__
+from alphastomics.checkpoint import build_network
 from alphastomics.config import Config, apply_overrides, config_from_dict, load_config, read_yaml, save_config
-from alphastomics.data.slices import ExpressionScaler, PatchDataset, SizeBucketBatchSampler, SliceDataset, collate
-from alphastomics.diffusion.losses import distance_loss, expression_mse
-from alphastomics.diffusion.sampler import SliceBatch
+from alphastomics.data.batch import SliceBatch
+from alphastomics.data.expression import ExpressionCodec
+from alphastomics.data.frames import FRAMES, CoordinateFrame
+from alphastomics.data.slices import PatchDataset, SizeBucketBatchSampler, SliceDataset, collate
+from alphastomics.diffusion.losses import distance_loss, expression_mse, noise_level_weight, position_mse, weighted_mean
 from alphastomics.diffusion.schedule import NoiseSchedule, add_noise, expression_noise, position_noise
 from alphastomics.errors import AlphaSTomicsError, ConfigError
 from alphastomics.io.manifest import load_manifest
 from alphastomics.io.shards import load_slice
-from alphastomics.model.network import AlphaSTomicsNet, masked_centre
+from alphastomics.model.network import masked_centre
 
 log = logging.getLogger(__name__)
 
@@ -39,20 +44,32 @@ class TrainingDiverged(AlphaSTomicsError):
 
 
 class DiffusionModule(L.LightningModule):
-    def __init__(self, config: dict, genes: list[str], scaler: dict):
+    # (``coordinate_frame``, not ``frame``: Lightning's save_hyperparameters drops an argument named frame.)
+    def __init__(self, config: dict, genes: list[str], codec: dict, coordinate_frame: dict, train_slices: list[str] | None = None):
         super().__init__()
         self.save_hyperparameters()
         self.config: Config = config_from_dict(config)
         c = self.config
-        self.network = AlphaSTomicsNet(c.model, len(genes), c.diffusion.diffusion_steps)
+        self.codec = ExpressionCodec.from_dict(codec)
+        self.frame = CoordinateFrame.from_dict(coordinate_frame)
+        self.centred = self.frame.kind == "per_slice"
+        self.network = build_network(c, len(genes), self.codec, self.frame)
+        # Moving average of the weights (sampling uses it: averaged weights give cleaner samples
+        # than the last step's). Off under ZeRO-3, which partitions parameters across ranks.
+        self.ema_network = None
+        if c.training.ema_decay > 0 and c.training.strategy != "deepspeed_stage_3":
+            self.ema_network = copy.deepcopy(self.network).requires_grad_(False)
         self.schedule = NoiseSchedule(c.diffusion.diffusion_steps, c.diffusion.nu_expression, c.diffusion.nu_position)
         # Learned values that replace masked features (masked diffusion), in model space.
-        self.expression_mask_value = torch.nn.Parameter(torch.zeros(len(genes)))
+        self.expression_mask_value = torch.nn.Parameter(torch.zeros(self.codec.num_channels))
         self.position_mask_value = torch.nn.Parameter(torch.zeros(3))
         self.slices_seen: Counter[str] = Counter()  # training examples per slice on this rank
         self.start_step: int | None = None
 
     # -- noising -------------------------------------------------------------------------------
+    def _clean_positions(self, batch: SliceBatch) -> torch.Tensor:
+        return masked_centre(batch.positions, batch.node_mask) if self.centred else batch.positions
+
     def _draw(self, batch: SliceBatch, generator: torch.Generator | None, regimes: torch.Tensor | None = None):
         B = batch.expression.shape[0]
         device = batch.expression.device
@@ -66,49 +83,61 @@ class DiffusionModule(L.LightningModule):
         t_expression = torch.where(generate_expression, t, torch.zeros_like(t))
         t_position = torch.where(generate_position, t, torch.zeros_like(t))
 
-        x0_expression = batch.expression
-        x0_position = masked_centre(batch.positions, batch.node_mask)
-        eps_e = expression_noise(x0_expression.shape, batch.node_mask, generator).to(device)
-        eps_p = position_noise(x0_position.shape, batch.node_mask, batch.dim_mask, generator).to(device)
-        expression_t = add_noise(x0_expression, eps_e, self.schedule.alpha_bar("expression")[t_expression])
-        position_t = add_noise(x0_position, eps_p, self.schedule.alpha_bar("position")[t_position])
+        x0_position = self._clean_positions(batch)
+        eps_e = expression_noise(batch.expression.shape, batch.node_mask.cpu(), generator).to(device)
+        eps_p = position_noise(x0_position.shape, batch.node_mask, batch.dim_mask, self.centred, generator).to(device)
+        expression_t = add_noise(batch.expression, eps_e, self.schedule.alpha_bar("expression")[t_expression])
+        position_t = add_noise(x0_position, eps_p, self.schedule.alpha_bar("position")[t_position],
+                               keep=~batch.dim_mask[:, None, :].bool())
         return expression_t, position_t, t_expression, t_position, generate_expression.float(), generate_position.float()
 
     def _feature_masks(self, batch: SliceBatch, generator):
-        """Per cell, a random subset of genes and of coordinate axes (masked diffusion)."""
+        """Per cell, a random subset of genes (all channels of a gene) and of coordinate axes (masked diffusion)."""
         m = self.config.masking
-        shape_e, shape_p = batch.expression.shape, batch.positions.shape
-        mask_e = (torch.rand(shape_e, generator=generator) < m.expression_mask_ratio).to(batch.expression.device)
-        mask_p = (torch.rand(shape_p, generator=generator) < m.position_mask_ratio).to(batch.expression.device)
-        mask_e &= batch.node_mask[..., None] & batch.gene_mask[:, None, :].bool()
+        B, N, G = batch.expression.shape[0], batch.expression.shape[1], batch.gene_mask.shape[1]
+        mask_genes = (torch.rand((B, N, G), generator=generator) < m.expression_mask_ratio).to(batch.expression.device)
+        mask_p = (torch.rand(batch.positions.shape, generator=generator) < m.position_mask_ratio).to(batch.expression.device)
+        mask_genes &= batch.node_mask[..., None] & batch.gene_mask[:, None, :].bool()
         mask_p &= batch.node_mask[..., None] & batch.dim_mask[:, None, :].bool()
+        mask_e = mask_genes[..., torch.from_numpy(self.codec.channel_genes).to(mask_genes.device)]
         return mask_e, mask_p
 
-    def compute_losses(self, batch: SliceBatch, generator: torch.Generator | None = None, regimes=None, masking: bool = False):
+    def compute_losses(self, batch: SliceBatch, generator: torch.Generator | None = None, regimes=None, masking: bool = False,
+                       network=None):
         c = self.config
+        network = network or self.network
         expression_t, position_t, t_e, t_p, w_e, w_p = self._draw(batch, generator, regimes)
         mask_e = mask_p = None
         if masking:
             mask_e, mask_p = self._feature_masks(batch, generator)
             expression_t = torch.where(mask_e, self.expression_mask_value.to(expression_t.dtype)[None, None, :], expression_t)
             position_t = torch.where(mask_p, self.position_mask_value.to(position_t.dtype)[None, None, :], position_t)
-        pred = self.network(expression_t, position_t, t_e, t_p, batch.node_mask, batch.gene_mask)
-        x0_position = masked_centre(batch.positions, batch.node_mask)
+        alpha_bar_e = self.schedule.alpha_bar("expression")[t_e]
+        alpha_bar_p = self.schedule.alpha_bar("position")[t_p]
+        pred = network(expression_t, position_t, t_e, t_p, alpha_bar_e, alpha_bar_p, batch.node_mask, batch.gene_mask,
+                       batch.dim_mask)
+        x0_position = self._clean_positions(batch)
+        # Per-example weights: 0 where the modality was given, else the noise-level weight.
+        lw_e = w_e * noise_level_weight(alpha_bar_e, c.loss.weighting, c.loss.min_snr_gamma)
+        lw_p = w_p * noise_level_weight(alpha_bar_p, c.loss.weighting, c.loss.min_snr_gamma)
+        distances = distance_loss(
+            pred.positions * batch.dim_mask[:, None, :],
+            x0_position * batch.dim_mask[:, None, :],
+            batch.node_mask,
+            w_p,
+            c.loss.exact_distance_max_cells,
+            c.loss.distance_knn,
+            c.loss.distance_random_pairs_per_cell,
+            generator,
+        )
         losses = {
-            "expression": expression_mse(pred.expression, batch.expression, batch.node_mask, batch.gene_mask, w_e),
-            "position": distance_loss(
-                pred.positions * batch.dim_mask[:, None, :],
-                x0_position,
-                batch.node_mask,
-                w_p,
-                c.loss.exact_distance_max_cells,
-                c.loss.distance_knn,
-                c.loss.distance_random_pairs_per_cell,
-                generator,
-            ),
+            "expression": weighted_mean(expression_mse(pred.expression, batch.expression, batch.expression_target, batch.node_mask), lw_e),
+            "position": weighted_mean(position_mse(pred.positions, x0_position, batch.node_mask, batch.dim_mask), lw_p),
+            "distance": weighted_mean(distances, lw_p),
             "moe_aux": pred.aux_loss,
         }
-        total = c.loss.lambda_expression * losses["expression"] + c.loss.lambda_position * losses["position"]
+        total = (c.loss.lambda_expression * losses["expression"] + c.loss.lambda_position * losses["position"]
+                 + c.loss.lambda_distance * losses["distance"])
         if c.model.use_moe:
             total = total + c.model.moe_aux_loss_weight * losses["moe_aux"]
         if masking:
@@ -119,7 +148,7 @@ class DiffusionModule(L.LightningModule):
         if w_e.sum() == 0:
             del losses["expression"]
         if w_p.sum() == 0:
-            del losses["position"]
+            del losses["position"], losses["distance"]
         if not c.model.use_moe:
             del losses["moe_aux"]
         return losses
@@ -139,32 +168,62 @@ class DiffusionModule(L.LightningModule):
             self.log(f"train/{name}", value, prog_bar=name == "loss", on_step=True, on_epoch=True, batch_size=B)
         return losses["loss"]
 
+    @torch.no_grad()
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        if self.ema_network is None:
+            return
+        # Short runs: the decay warms up so early weights do not linger (as in timm's ModelEmaV3).
+        decay = min(self.config.training.ema_decay, (1 + self.global_step) / (10 + self.global_step))
+        for average, current in zip(self.ema_network.parameters(), self.network.parameters()):
+            average.lerp_(current.detach().to(average.dtype), 1.0 - decay)
+        for average, current in zip(self.ema_network.buffers(), self.network.buffers()):
+            average.copy_(current)
+
     def validation_step(self, batch: SliceBatch, batch_idx: int):
-        # Fixed noise and every regime of the training mode, so validation losses are comparable.
+        # Fixed noise and every regime of the training mode, so validation losses are comparable;
+        # the averaged weights, which are the ones exported for sampling.
         generator = torch.Generator().manual_seed(1000 + batch_idx)
         B = batch.expression.shape[0]
         for regime in MODE_REGIMES[self.config.training.training_mode]:
-            losses = self.compute_losses(batch, generator, regimes=torch.full((B,), regime))
+            losses = self.compute_losses(batch, generator, regimes=torch.full((B,), regime), network=self.ema_network)
             for name, value in losses.items():
                 self.log(f"val/{name}", value, prog_bar=name == "loss", on_epoch=True, batch_size=B, sync_dist=True)
 
     def configure_optimizers(self):
         t = self.config.training
-        return torch.optim.AdamW(self.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        optimizer = torch.optim.AdamW([p for p in self.parameters() if p.requires_grad], lr=t.lr, weight_decay=t.weight_decay)
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        warmup = min(t.warmup_steps, total // 10)
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            if t.lr_schedule == "constant":
+                return 1.0
+            progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+            return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def transfer_batch_to_device(self, batch, device, dataloader_idx):
         return batch.to(device)
 
 
 def masked_reconstruction_loss(pred, batch: SliceBatch, x0_position, mask_e, mask_p) -> torch.Tensor:
-    """MSE over masked entries only: masked genes of expression and masked axes of coordinates."""
+    """MSE over masked entries only: masked expression channels that carry a target, and masked axes of coordinates."""
+    mask_e = mask_e * batch.expression_target
     e = ((pred.expression.float() - batch.expression.float()) ** 2 * mask_e).sum()
     p = ((pred.positions.float() - x0_position.float()) ** 2 * mask_p).sum()
     return (e + p) / (mask_e.sum() + mask_p.sum()).clamp(min=1)
 
 
+
 # -- data ----------------------------------------------------------------------------------------
 def split_slices(manifest: dict, test: list[str], validation: list[str]) -> tuple[list[str], list[str]]:
+    both = sorted(set(test) & set(validation))
+    if both:
+        raise ConfigError(f"slice(s) both test and validation: {', '.join(both)}; a test slice must stay unseen")
     known = list(manifest["slices"])
     for sid in list(test) + list(validation):
         if sid not in known:
@@ -175,14 +234,16 @@ def split_slices(manifest: dict, test: list[str], validation: list[str]) -> tupl
     return train, list(validation)
 
 
-def build_dataloaders(config: Config, data_dir: Path, train_ids: list[str], val_ids: list[str], manifest: dict):
+def build_dataloaders(config: Config, data_dir: Path, train_ids: list[str], val_ids: list[str], manifest: dict,
+                      coordinate_frame: str = "per_slice"):
     t = config.training
     train_slices = [load_slice(data_dir, s, manifest) for s in train_ids]
-    scaler = ExpressionScaler.fit(train_slices)
+    codec = ExpressionCodec.fit([s.expression for s in train_slices], [s.gene_mask for s in train_slices], config.model.expression_code)
+    frame = CoordinateFrame.fit(coordinate_frame, [(s.coords, s.n_dims) for s in train_slices])
     if t.data_mode == "cell":
-        train_set = PatchDataset(train_slices, scaler, t.cells_per_example, t.examples_per_epoch, t.seed)
+        train_set = PatchDataset(train_slices, codec, frame, t.cells_per_example, t.examples_per_epoch, t.seed)
     else:
-        train_set = SliceDataset(train_slices, scaler, t.examples_per_epoch)
+        train_set = SliceDataset(train_slices, codec, frame, t.examples_per_epoch)
     train_loader = DataLoader(
         train_set,
         batch_sampler=SizeBucketBatchSampler(train_set, t.batch_size, shuffle=True, seed=t.seed),
@@ -191,11 +252,11 @@ def build_dataloaders(config: Config, data_dir: Path, train_ids: list[str], val_
     )
     val_loader = None
     if val_ids:
-        val_set = SliceDataset([load_slice(data_dir, s, manifest) for s in val_ids], scaler)
+        val_set = SliceDataset([load_slice(data_dir, s, manifest) for s in val_ids], codec, frame)
         val_loader = DataLoader(
             val_set, batch_sampler=SizeBucketBatchSampler(val_set, t.batch_size, shuffle=False), collate_fn=collate
         )
-    return train_loader, val_loader, scaler
+    return train_loader, val_loader, codec, frame
 
 
 # -- trainer -------------------------------------------------------------------------------------
@@ -226,10 +287,12 @@ def build_trainer(config: Config, out_dir: Path, has_validation: bool, extra_cal
     t = config.training
     monitor = "val/loss" if has_validation else "train/loss_epoch"
     checkpoint = ModelCheckpoint(
-        dirpath=out_dir / "checkpoints", filename="best", monitor=monitor, mode="min", save_top_k=1, save_last=True
+        dirpath=out_dir / "checkpoints", filename="best", monitor=monitor, mode="min", save_top_k=1, save_last=True,
+        enable_version_counter=False,  # a re-run overwrites best/last instead of writing best-v1 beside a stale best
     )
     # last.ckpt after every epoch, so a killed or pre-empted job loses at most one epoch.
-    last_every_epoch = ModelCheckpoint(dirpath=out_dir / "checkpoints", save_top_k=0, save_last=True, every_n_epochs=1)
+    last_every_epoch = ModelCheckpoint(dirpath=out_dir / "checkpoints", save_top_k=0, save_last=True, every_n_epochs=1,
+                                       enable_version_counter=False)
     loggers = [CSVLogger(out_dir, name="logs", version=""), TensorBoardLogger(out_dir, name="logs", version="tensorboard")]
     if t.wandb:
         from lightning.pytorch.loggers import WandbLogger
@@ -263,6 +326,46 @@ def build_trainer(config: Config, out_dir: Path, has_validation: bool, extra_cal
     )
 
 
+class CsvHistory:
+    """Keeps the training curves of a resumed run whole.
+
+    Lightning's CSV logger rewrites ``metrics.csv`` from what it logged since it started, so after
+    ``--resume`` the file would hold only the resumed part. The rows logged before are moved aside
+    (``metrics.before_resume.csv``, which also survives a run killed again) and put back in front
+    of the new ones when training ends.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.kept = path.with_name("metrics.before_resume.csv")
+        if path.is_file():
+            import pandas as pd
+
+            earlier = pd.read_csv(self.kept) if self.kept.is_file() else None
+            current = pd.read_csv(path)
+            if earlier is not None and "step" in current and len(current):
+                earlier = earlier[earlier["step"] < current["step"].min()]
+            combined = current if earlier is None else pd.concat([earlier, current], ignore_index=True)
+            _write_csv_atomically(combined, self.kept)
+
+    def merge(self, start_step: int | None) -> None:
+        import pandas as pd
+
+        if not self.kept.is_file() or not self.path.is_file():
+            return
+        earlier, current = pd.read_csv(self.kept), pd.read_csv(self.path)
+        if "step" in earlier and start_step is not None:
+            earlier = earlier[earlier["step"] < start_step]  # rows of steps the resumed run did again
+        _write_csv_atomically(pd.concat([earlier, current], ignore_index=True), self.path)
+        self.kept.unlink()
+
+
+def _write_csv_atomically(frame, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    frame.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+
+
 def code_fingerprint() -> str:
     """Hash of the model, diffusion and data code: a checkpoint made by other code is not resumed."""
     root = Path(__file__).parent
@@ -274,26 +377,31 @@ def code_fingerprint() -> str:
     return digest.hexdigest()
 
 
-def resume_key(config: Config, genes: list[str], train_ids: list[str]) -> str:
-    payload = json.dumps({"config": config.to_dict(), "genes": genes, "train": train_ids, "code": code_fingerprint()}, sort_keys=True)
+def resume_key(config: Config, genes: list[str], train_ids: list[str], coordinate_frame: str) -> str:
+    payload = json.dumps({"config": config.to_dict(), "genes": genes, "train": train_ids, "frame": coordinate_frame,
+                          "code": code_fingerprint()}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def train(config: Config, data_dir: str | Path, out_dir: str | Path, test_ids=(), val_ids=(), resume: bool = False, export_to: str | Path | None = None) -> dict:
-    """Train on every slice of ``data_dir`` except the test and validation slices; returns a summary."""
+def train(config: Config, data_dir: str | Path, out_dir: str | Path, test_ids=(), val_ids=(), resume: bool = False,
+          export_to: str | Path | None = None, coordinate_frame: str = "per_slice") -> dict:
+    """Train on every slice of ``data_dir`` except the test and validation slices; returns a summary.
+
+    ``coordinate_frame``: ``per_slice`` or ``shared`` (see alphastomics.data.frames)."""
     started = time.time()
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(config.training.seed, workers=True, verbose=False)
     manifest = load_manifest(data_dir)
     train_ids, val_ids = split_slices(manifest, list(test_ids), list(val_ids))
-    train_loader, val_loader, scaler = build_dataloaders(config, data_dir, train_ids, val_ids, manifest)
+    train_loader, val_loader, codec, frame = build_dataloaders(config, data_dir, train_ids, val_ids, manifest, coordinate_frame)
     genes = list(manifest["genes"])
-    log.info("training on %d slices (%s), validating on %s", len(train_ids), ", ".join(train_ids), ", ".join(val_ids) or "none")
+    log.info("training on %d slices (%s), validating on %s; %s coordinate frame", len(train_ids), ", ".join(train_ids),
+             ", ".join(val_ids) or "none", coordinate_frame)
 
-    module = DiffusionModule(config.to_dict(), genes, scaler.to_dict())
+    module = DiffusionModule(config.to_dict(), genes, codec.to_dict(), frame.to_dict(), train_ids)
     save_config(config, out_dir / "config.yaml")
-    key = resume_key(config, genes, train_ids)
+    key = resume_key(config, genes, train_ids, coordinate_frame)
     key_file = out_dir / "checkpoints" / "resume_key.txt"
     last = out_dir / "checkpoints" / "last.ckpt"
     ckpt_path = None
@@ -307,7 +415,10 @@ def train(config: Config, data_dir: str | Path, out_dir: str | Path, test_ids=()
     if trainer.is_global_zero:
         key_file.parent.mkdir(parents=True, exist_ok=True)
         key_file.write_text(key + "\n")
+    history = CsvHistory(out_dir / "logs" / "metrics.csv") if ckpt_path and trainer.is_global_zero else None
     trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt_path)
+    if history is not None:
+        history.merge(module.start_step)
 
     (out_dir / "logs").mkdir(parents=True, exist_ok=True)
     (out_dir / "logs" / f"slices_seen_rank{trainer.global_rank}.json").write_text(json.dumps(dict(module.slices_seen)))
@@ -324,6 +435,7 @@ def train(config: Config, data_dir: str | Path, out_dir: str | Path, test_ids=()
         "resumed_from": ckpt_path,
         "train_slices": train_ids,
         "validation_slices": val_ids,
+        "coordinate_frame": coordinate_frame,
         "strategy": config.training.strategy,
         "devices": config.training.devices,
         "num_nodes": config.training.num_nodes,
@@ -383,6 +495,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", help="dataset name in the config's datasets: section, for its test and validation slices")
     p.add_argument("--test-slices", nargs="*", default=None, help="slices held out from training (overrides the config)")
     p.add_argument("--val-slices", nargs="*", default=None, help="validation slices (overrides the config)")
+    p.add_argument("--coordinate-frame", choices=FRAMES, default=None,
+                   help="per_slice: every slice in its own frame; shared: one frame for all slices (registered atlas, "
+                        "slabs of one specimen). Default: the dataset's coordinate_frame in the config, else per_slice")
     p.add_argument("--resume", action="store_true", help="continue from checkpoints/last.ckpt when it matches config and code")
     p.add_argument("--export", default=None, help="also write the single-file model for sampling here (default OUT/model.ckpt)")
     p.add_argument("--no-export", action="store_true", help="do not export (the pipeline exports in its own rule)")
@@ -394,16 +509,18 @@ def main(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     overrides = {key: getattr(args, flag.lstrip("-").replace("-", "_")) for flag, (key, _) in OVERRIDES.items()}
     config = apply_overrides(config, overrides)
-    test, val = [], []
+    test, val, frame = [], [], "per_slice"
     if args.dataset:
         datasets = read_yaml(args.config).get("datasets", {}) if args.config else {}
         if args.dataset not in datasets:
             raise ConfigError(f"dataset '{args.dataset}' is not in the config's datasets: ({', '.join(datasets) or 'none'})")
         test = datasets[args.dataset].get("test_slices", [])
         val = datasets[args.dataset].get("validation_slices", [])
+        frame = datasets[args.dataset].get("coordinate_frame", "per_slice")
     test = args.test_slices if args.test_slices is not None else test
     val = args.val_slices if args.val_slices is not None else val
     export_to = None if args.no_export else (args.export or str(Path(args.out) / "model.ckpt"))
-    summary = train(config, args.data, args.out, test, val, resume=args.resume, export_to=export_to)
+    frame = args.coordinate_frame or frame
+    summary = train(config, args.data, args.out, test, val, resume=args.resume, export_to=export_to, coordinate_frame=frame)
     log.info("training finished: %s", json.dumps(summary))
     return 0

@@ -82,7 +82,7 @@ def synthetic_batch(n: int, genes: int, dim: int, seed: int = 0):
     """One slice: cells in Gaussian clusters (spatial domains) whose expression depends on the cluster."""
     import torch
 
-    from alphastomics.diffusion.sampler import SliceBatch
+    from alphastomics.data.batch import SliceBatch
 
     g = torch.Generator().manual_seed(seed)
     clusters = max(4, min(64, n // 500))
@@ -99,7 +99,8 @@ def synthetic_batch(n: int, genes: int, dim: int, seed: int = 0):
     dim_mask = torch.tensor([[1.0, 1.0, 1.0 if dim == 3 else 0.0]])
     return SliceBatch(
         expression=expr[None].float(),
-        positions=pos[None].float(),
+        expression_target=torch.ones(1, n, genes),
+        positions=pos[None].float() * (3 ** 0.5 if dim == 3 else 2 ** 0.5),  # per-axis spread ~1
         node_mask=torch.ones(1, n, dtype=torch.bool),
         gene_mask=torch.ones(1, genes),
         dim_mask=dim_mask,
@@ -117,11 +118,14 @@ def build_module(variant: str, genes: int):
     elif variant == "linear_sampled":
         config.loss.exact_distance_max_cells = 0  # diagnostic: the sampled estimate even at small N
     gene_names = [f"g{i}" for i in range(genes)]
-    scaler = {"mean": [0.0] * genes, "std": [1.0] * genes}
-    module = DiffusionModule(config.to_dict(), gene_names, scaler)
+    # one channel per gene (no zero-inflated genes in the synthetic data), per-slice frame
+    codec = {"code": "zero_aware", "mean": [0.0] * genes, "std": [1.0] * genes, "floor": [-1e9] * genes,
+             "zero_inflated": [False] * genes}
+    frame = {"kind": "per_slice", "density_scale": {"2": 1.0, "3": 1.0}}
+    module = DiffusionModule(config.to_dict(), gene_names, codec, frame)
     if variant == "softmax":
         c = module.config
-        module.network = AlphaSTomicsNet(c.model, genes, c.diffusion.diffusion_steps, attention="softmax")
+        module.network = AlphaSTomicsNet(c.model, list(range(genes)), genes, c.diffusion.diffusion_steps, attention="softmax")
     module.train()
     return module
 

@@ -23,6 +23,9 @@ POSITION_METRICS = {
     "knn_preservation_k5", "knn_preservation_k10", "knn_preservation_k20",
 }
 MORAN_METRICS = {"morans_i_corr", "morans_i_abs_diff"}
+SHAPE_METRICS = {"extent_ratio_axis1", "extent_ratio_axis2", "extent_ratio_worst", "distance_wasserstein_unit_rms",
+                 "nn_distance_ratio_median", "nn_distance_wasserstein_rel"}
+DISTRIBUTION_METRICS = {"expr_zero_fraction_abs_diff", "expr_std_ratio_median", "expr_negative_fraction"}
 TYPED_POSITION_METRICS = {"nhood_enrichment_corr", "label_transfer_accuracy_spatial"}
 TYPED_EXPRESSION_METRICS = {"leiden_ari", "leiden_nmi", "leiden_accuracy", "label_transfer_accuracy_expression"}
 
@@ -71,9 +74,10 @@ def test_cli_writes_table_and_json_per_mode_with_the_right_metrics(starmap_slice
     noisy_expression = np.clip(expression + rng.normal(scale=0.7, size=expression.shape), 0, None)
     noisy_positions = rotate(positions) + rng.normal(scale=150, size=positions.shape)
     expected = {
-        "expr_to_pos": POSITION_METRICS | MORAN_METRICS | TYPED_POSITION_METRICS,
-        "pos_to_expr": EXPRESSION_METRICS | MORAN_METRICS | TYPED_EXPRESSION_METRICS,
-        "joint": EXPRESSION_METRICS | POSITION_METRICS | MORAN_METRICS | TYPED_POSITION_METRICS | TYPED_EXPRESSION_METRICS,
+        "expr_to_pos": POSITION_METRICS | SHAPE_METRICS | MORAN_METRICS | TYPED_POSITION_METRICS,
+        "pos_to_expr": EXPRESSION_METRICS | DISTRIBUTION_METRICS | MORAN_METRICS | TYPED_EXPRESSION_METRICS,
+        # joint: no cell-to-cell correspondence, so no per-cell metric (and no reference: no distribution rows)
+        "joint": SHAPE_METRICS | DISTRIBUTION_METRICS | MORAN_METRICS,
     }
     tables = []
     for mode, metrics in expected.items():
@@ -93,7 +97,7 @@ def test_cli_writes_table_and_json_per_mode_with_the_right_metrics(starmap_slice
         assert all("seconds" in how and "sample" in how for how in details.values())
         assert not list(out.parent.glob(".*tmp"))  # no temporary file left behind
         tables.append(out)
-        if "position" in GENERATED_BY_MODE[mode]:
+        if mode == "expr_to_pos":
             assert details["knn_preservation_k10"]["k"] == 10
             assert details["contact_f1_q10"]["quantile"] == 0.1 and details["contact_f1_q10"]["cells"] == "all"
             assert details["rssd_kabsch"]["reflections_allowed"] is True
@@ -113,24 +117,48 @@ def test_cli_writes_table_and_json_per_mode_with_the_right_metrics(starmap_slice
     assert not [m for m in whole["metric"].unique() if metric_direction(m) is None]
 
 
+def _both(starmap_slice, expression, positions, config):
+    """expr_to_pos metrics of ``positions`` and pos_to_expr metrics of ``expression``, in one dict."""
+    values = values_of(evaluate_sample(make_sample(starmap_slice, "expr_to_pos", generated_positions=positions), config)[0])
+    values.update(values_of(evaluate_sample(make_sample(starmap_slice, "pos_to_expr", expression), config)[0]))
+    return values
+
+
 def test_rotated_mirrored_copy_scores_perfectly_and_shuffled_cells_poorly(starmap_slice):
     expression, positions, _, _ = starmap_slice
     config = EvaluationConfig()
-    perfect = values_of(evaluate_sample(make_sample(starmap_slice, "joint", expression, rotate(positions, mirror=True)), config)[0])
+    perfect = _both(starmap_slice, expression, rotate(positions, mirror=True), config)
     assert perfect["procrustes_disparity"] == pytest.approx(0, abs=1e-6)
     assert perfect["knn_preservation_k10"] > 0.99 and perfect["distance_spearman_median"] > 0.9999
     assert perfect["contact_f1_q01"] > 0.99 and perfect["nhood_enrichment_corr"] > 0.99
+    assert perfect["extent_ratio_worst"] == pytest.approx(1.0, abs=1e-5) and perfect["distance_wasserstein_unit_rms"] < 0.01
     assert perfect["expr_mse"] == 0 and perfect["expr_pearson_gene_median"] == pytest.approx(1.0)
-    assert perfect["morans_i_abs_diff"] < 1e-3  # same expression, same graph up to float32 rounding of coordinates
+    assert perfect["expr_zero_fraction_abs_diff"] == 0 and perfect["expr_std_ratio_median"] == pytest.approx(1.0)
 
     order = np.random.default_rng(1).permutation(len(positions))
-    shuffled = values_of(evaluate_sample(make_sample(starmap_slice, "joint", expression[order], positions[order]), config)[0])
+    shuffled = _both(starmap_slice, expression[order], positions[order], config)
     assert shuffled["procrustes_disparity"] > 0.9
     assert shuffled["knn_preservation_k10"] < 0.05 and abs(shuffled["distance_spearman_median"]) < 0.1
     assert shuffled["label_transfer_accuracy_spatial"] < perfect["label_transfer_accuracy_spatial"] - 0.1
     assert shuffled["label_transfer_accuracy_expression"] < perfect["label_transfer_accuracy_expression"] - 0.3
     assert shuffled["leiden_ari"] < 0.05 < perfect["leiden_ari"]
     assert abs(shuffled["expr_pearson_cell_median"]) < perfect["expr_pearson_cell_median"] - 0.3
+    # shuffling keeps the shape and the distribution: those metrics need no correspondence and stay perfect
+    assert shuffled["extent_ratio_worst"] == pytest.approx(1.0, abs=1e-5) and shuffled["expr_zero_fraction_abs_diff"] == 0
+
+
+def test_shape_metrics_catch_a_collapsed_or_shrunk_tissue_that_ranks_distances_well(starmap_slice):
+    """The failure the distance Spearman missed: cells ordered along one axis only (3D collapsing to a
+    line), or the whole tissue at 40% of its size."""
+    expression, positions, _, _ = starmap_slice
+    centred = positions - positions.mean(0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    line = np.outer(centred @ vt[0], vt[0]) * 19 + positions.mean(0)
+    collapsed = values_of(evaluate_sample(make_sample(starmap_slice, "expr_to_pos", generated_positions=line), EvaluationConfig())[0])
+    assert collapsed["distance_spearman_median"] > 0.5  # looks fine by rank...
+    assert collapsed["extent_ratio_axis2"] < 1e-3 and collapsed["extent_ratio_axis1"] > 10  # ...but is a line
+    shrunk = values_of(evaluate_sample(make_sample(starmap_slice, "joint", expression, rotate(positions) * 0.4), EvaluationConfig())[0])
+    assert shrunk["extent_ratio_worst"] == pytest.approx(0.4, rel=1e-4) and shrunk["distance_wasserstein_unit_rms"] > 0.3
 
 
 def test_expr_to_pos_moran_compares_the_true_expression_on_both_graphs(starmap_slice):
@@ -147,18 +175,19 @@ def test_expr_to_pos_moran_compares_the_true_expression_on_both_graphs(starmap_s
 def test_big_slices_use_a_stated_seeded_sample_for_distance_and_cluster_metrics(starmap_slice):
     expression, positions, _, _ = starmap_slice
     rng = np.random.default_rng(3)
-    adata = make_sample(starmap_slice, "joint", expression + rng.normal(scale=0.5, size=expression.shape),
-                        positions + rng.normal(scale=100, size=positions.shape))
     config = EvaluationConfig(max_cells_exact=500, sample_size=300, seed=7)
-    table, details = evaluate_sample(adata, config)
-    for name in ("distance_spearman_median", "contact_f1_q01", "leiden_ari", "label_transfer_accuracy_expression"):
-        how = details[name]
+    positional = make_sample(starmap_slice, "expr_to_pos", generated_positions=positions + rng.normal(scale=100, size=positions.shape))
+    expressed = make_sample(starmap_slice, "pos_to_expr", expression + rng.normal(scale=0.5, size=expression.shape))
+    table, details = evaluate_sample(positional, config)
+    expression_details = evaluate_sample(expressed, config)[1]
+    for name, how in [(n, details[n]) for n in ("distance_spearman_median", "contact_f1_q01")] + \
+                     [(n, expression_details[n]) for n in ("leiden_ari", "label_transfer_accuracy_expression")]:
         assert how.get("sample_size", how.get("n_query_cells")) == 300, name
     assert details["distance_spearman_median"]["seed"] == 7 and details["distance_spearman_median"]["n_cells"] == 300
     assert details["knn_preservation_k10"]["n_cells"] == len(positions)  # O(n log n) metrics use every cell
-    again, _ = evaluate_sample(adata, config)
+    again, _ = evaluate_sample(positional, config)
     pd.testing.assert_frame_equal(table, again)  # fixed seed: same sample, same values
-    exact = values_of(evaluate_sample(adata, EvaluationConfig())[0])
+    exact = values_of(evaluate_sample(positional, EvaluationConfig())[0])
     assert values_of(table)["distance_spearman_median"] == pytest.approx(exact["distance_spearman_median"], abs=0.05)
 
 
@@ -181,11 +210,13 @@ def test_unknown_cell_types_are_left_out_of_label_metrics_however_spelled(starma
     types = types.astype(object).copy()
     unknown = np.arange(len(types)) % 3 == 0
     types[unknown] = spelling
-    adata = make_sample(starmap_slice, "joint", expression, rotate(positions))
-    adata.obs["cell_type"] = pd.Categorical(types) if spelling is not None else pd.Series(types, index=adata.obs_names, dtype=object)
-    path = tmp_path / "s.joint.h5ad"
-    adata.write_h5ad(path)  # through the file, as evaluate reads it
-    table, details = evaluate_sample(ad.read_h5ad(path), EvaluationConfig())
+    details = {}
+    for mode in ("expr_to_pos", "pos_to_expr"):
+        adata = make_sample(starmap_slice, mode, expression, rotate(positions))
+        adata.obs["cell_type"] = pd.Categorical(types) if spelling is not None else pd.Series(types, index=adata.obs_names, dtype=object)
+        path = tmp_path / f"s.{mode}.h5ad"
+        adata.write_h5ad(path)  # through the file, as evaluate reads it
+        details.update(evaluate_sample(ad.read_h5ad(path), EvaluationConfig())[1])
     assert details["nhood_enrichment_corr"]["n_cells_typed"] == int((~unknown).sum())
     names = details["nhood_enrichment_corr"]["zscores"]["types"]
     assert not {"None", "nan", "NaN", "", " "} & set(names) and len(names) == len(set(types[~unknown]))
@@ -255,3 +286,62 @@ def test_metric_details_example_in_the_formats_doc_matches_what_evaluate_writes(
     for metric, documented in example.items():
         assert set(documented) == set(details[metric]), metric
         assert set(documented["sample"]) == set(details[metric]["sample"])
+
+
+def _preprocessed_sample(starmap_dir, mode, expression=None, positions=None):
+    """A sample of the preprocessed BZ14 slice whose model trained on BZ5 and BZ9."""
+    from alphastomics.io.shards import load_slice
+
+    data = load_slice(starmap_dir, "20180424_BZ14_control")
+    obs = pd.DataFrame({"slice_id": data.slice_id, "cell_type": pd.Categorical(data.cell_types.astype(str))},
+                       index=data.cell_ids.astype(str))
+    adata = ad.AnnData(X=data.expression.copy(), obs=obs, var=pd.DataFrame({"measured": data.gene_mask}, index=data.genes))
+    adata.layers["expr_pred"] = (data.expression if expression is None else expression).astype(np.float32)
+    adata.obsm["spatial"] = data.coords[:, :2].astype(np.float32)
+    adata.obsm["spatial_pred"] = (data.coords[:, :2] if positions is None else positions).astype(np.float32)
+    adata.uns["alphastomics"] = {"mode": mode, "method": "alphastomics", "dataset": "starmap_mpfc", "slice_id": data.slice_id,
+                                 "generated": GENERATED_BY_MODE[mode], "coordinate_frame": "per_slice",
+                                 "train_slices": ["20180417_BZ5_control", "20180419_BZ9_control"]}
+    return adata, data
+
+
+def test_joint_gets_distribution_metrics_beside_real_training_slices(starmap_dir):
+    """The true slice itself, passed off as a joint sample, is closer to the truth than either real
+    training slice by every distribution metric; a shuffled one is further than both. No per-cell
+    metric is written, even though here the cells happen to correspond."""
+    adata, data = _preprocessed_sample(starmap_dir, "joint")
+    adata.obsm["spatial_pred"] = rotate(adata.obsm["spatial"]).astype(np.float32)
+    table, details = evaluate_sample(adata, EvaluationConfig(), reference_dir=starmap_dir)
+    methods = set(table["method"])
+    assert methods == {"alphastomics", "real:20180417_BZ5_control", "real:20180419_BZ9_control"}
+    mine = values_of(table[table["method"] == "alphastomics"])
+    assert not set(mine) & (POSITION_METRICS | EXPRESSION_METRICS | TYPED_EXPRESSION_METRICS)
+    real = [values_of(table[table["method"] == m]) for m in sorted(methods - {"alphastomics"})]
+    for metric in ("cell_type_composition_l1", "expr_energy_distance_pca", "expr_knn_two_sample_accuracy"):
+        assert mine[metric] < min(r[metric] for r in real), metric
+    assert mine["cell_type_classifier_accuracy_on_test"] > 0.5
+    assert set(details["references"]) == methods - {"alphastomics"}
+
+    rng = np.random.default_rng(0)
+    noise = np.stack([rng.permutation(col) for col in data.expression.T], axis=1)
+    shuffled, _ = _preprocessed_sample(starmap_dir, "joint", expression=noise, positions=data.coords[:, :2])
+    worse = values_of(evaluate_sample(shuffled, EvaluationConfig(), reference_dir=starmap_dir)[0].query("method == 'alphastomics'"))
+    for metric in ("cell_type_composition_l1", "expr_knn_two_sample_accuracy"):
+        assert worse[metric] > max(r[metric] for r in real), metric
+
+
+def test_pos_to_expr_scores_the_posterior_mean_and_the_training_mean_predictor(starmap_dir):
+    from alphastomics.io.shards import load_slice
+
+    train = [load_slice(starmap_dir, s) for s in ("20180417_BZ5_control", "20180419_BZ9_control")]
+    training_mean = np.concatenate([s.expression for s in train]).mean(0)
+    adata, data = _preprocessed_sample(starmap_dir, "pos_to_expr")
+    adata.layers["expr_pred"] = np.clip(data.expression + np.random.default_rng(0).normal(scale=0.5, size=data.expression.shape), 0, None)
+    adata.layers["expr_pred_mean"] = np.broadcast_to(training_mean, data.expression.shape).astype(np.float32)
+    table, _ = evaluate_sample(adata, EvaluationConfig(), reference_dir=starmap_dir)
+    mine = values_of(table[table["method"] == "alphastomics"])
+    baseline = values_of(table[table["method"] == "training_mean"])
+    # the posterior-mean layer equal to the training mean scores exactly what the baseline row scores
+    assert mine["expr_mean_mse"] == pytest.approx(baseline["expr_mse"], rel=1e-5)
+    assert baseline["expr_mse"] == pytest.approx(float(((data.expression - training_mean) ** 2).mean()), rel=1e-4)
+    assert mine["expr_mse"] != mine["expr_mean_mse"]

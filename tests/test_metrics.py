@@ -443,8 +443,9 @@ def test_expression_label_transfer_equals_brute_force_majority_of_other_cells():
 # directions
 
 
-def test_every_direction_is_higher_or_lower_and_prefixes_resolve():
-    assert set(METRIC_DIRECTION.values()) == {"higher", "lower"}
+def test_every_direction_is_higher_lower_or_one_and_prefixes_resolve():
+    assert set(METRIC_DIRECTION.values()) == {"higher", "lower", "one"}
+    assert metric_direction("extent_ratio_axis2") == "one" and metric_direction("expr_mean_mse") == "lower"
     assert metric_direction("knn_preservation_k10") == "higher"
     assert metric_direction("contact_f1_q01") == "higher"
     assert metric_direction("expr_mse") == "lower"

@@ -9,6 +9,7 @@ from scipy.spatial.transform import Rotation
 from alphastomics.config import ModelConfig
 from alphastomics.model.attention import EquivariantLinearAttention
 from alphastomics.model.moe import MixtureOfExperts
+from alphastomics.model.local import LocalMessagePassing, knn_graph
 from alphastomics.model.network import AlphaSTomicsNet, count_parameters
 
 
@@ -22,9 +23,9 @@ def float64():
     torch.set_default_dtype(previous)
 
 
-def _inputs(B=2, N=50, G=12, seed=0, n_dims=3):
+def _inputs(B=2, N=50, G=12, seed=0, n_dims=3, channels=24):
     g = torch.Generator().manual_seed(seed)
-    expression = torch.randn(B, N, G, generator=g)
+    expression = torch.randn(B, N, channels, generator=g)
     positions = torch.randn(B, N, 3, generator=g) * 3
     if n_dims == 2:
         positions[..., 2] = 0
@@ -33,11 +34,27 @@ def _inputs(B=2, N=50, G=12, seed=0, n_dims=3):
     gene_mask = torch.ones(B, G)
     gene_mask[0, :3] = 0
     t = torch.tensor([5, 80])
-    return expression, positions, t, node_mask, gene_mask
+    dim_mask = torch.tensor([[1.0, 1.0, 1.0 if n_dims == 3 else 0.0]] * B)
+    return expression, positions, t, node_mask, gene_mask, dim_mask
+
+
+def _run(net, expression, positions, t, node_mask, gene_mask, dim_mask, alpha_bar=None):
+    """Both modalities noised at step t, noise level alpha_bar (default 0.6 and 0.3)."""
+    alpha_bar = torch.tensor([0.6, 0.3])[: len(t)] if alpha_bar is None else alpha_bar
+    return net(expression, positions, t, t, alpha_bar, alpha_bar, node_mask, gene_mask, dim_mask)
+
+
+def _exercise_coordinates(net):
+    """Non-zero position weights so the coordinate path is actually exercised."""
+    for block in net.blocks:
+        torch.nn.init.normal_(block.attention.position_weight.weight, std=0.5)
+        if block.local is not None:
+            torch.nn.init.normal_(block.local.position_weight.weight, std=0.5)
 
 
 VARIANTS = {
     "dense": {},
+    "global_attention_only": {"local_neighbours": 0},
     "gated_headwise": {"use_gated_attention": True, "gate_type": "headwise"},
     "gated_elementwise": {"use_gated_attention": True, "gate_type": "elementwise"},
     "moe": {"use_moe": True, "num_experts": 4, "moe_top_k": 2},
@@ -45,49 +62,84 @@ VARIANTS = {
 }
 
 
+def _net(config, absolute_positions=False):
+    channel_genes = list(range(12)) * 2  # magnitude and presence channel of each gene
+    return AlphaSTomicsNet(config, channel_genes, num_genes=12, diffusion_steps=100, absolute_positions=absolute_positions)
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("reflect", [False, True])
 def test_rotation_translation_equivariance(variant, reflect):
     torch.manual_seed(0)
-    config = ModelConfig(hidden_dim=32, num_layers=3, num_heads=4, **VARIANTS[variant])
-    net = AlphaSTomicsNet(config, num_genes=12, diffusion_steps=100).eval()
-    # Non-zero position weights so the coordinate path is actually exercised.
-    for block in net.blocks:
-        torch.nn.init.normal_(block.attention.position_weight.weight, std=0.5)
-    expression, positions, t, node_mask, gene_mask = _inputs()
+    config = ModelConfig(hidden_dim=32, num_layers=3, num_heads=4, **{"local_neighbours": 8, **VARIANTS[variant]})
+    net = _net(config).eval()
+    _exercise_coordinates(net)
+    expression, positions, t, node_mask, gene_mask, dim_mask = _inputs()
     rotation = torch.from_numpy(Rotation.random(random_state=1).as_matrix())
     if reflect:
         rotation = rotation @ torch.diag(torch.tensor([1.0, 1.0, -1.0]))
     shift = torch.tensor([10.0, -4.0, 2.5])
     with torch.no_grad():
-        out = net(expression, positions, t, t, node_mask, gene_mask)
-        moved = net(expression, positions @ rotation.T + shift, t, t, node_mask, gene_mask)
+        out = _run(net, expression, positions, t, node_mask, gene_mask, dim_mask)
+        moved = _run(net, expression, positions @ rotation.T + shift, t, node_mask, gene_mask, dim_mask)
     m = node_mask[..., None]
     assert torch.allclose(moved.expression * m, out.expression * m, atol=1e-4)
     # Predictions are centred, so translation drops out and only the rotation remains.
     assert torch.allclose(moved.positions * m, (out.positions @ rotation.T) * m, atol=1e-4)
-    # The coordinate path changes positions: the test would catch an identity network.
-    assert (out.positions - positions).abs().max() > 1e-3
+    # The coordinate path changes positions beyond the preconditioning's shrink of the input: the
+    # test would catch a network whose output ignores its features.
+    centred = positions - (positions * m).sum(1, keepdim=True) / m.sum(1, keepdim=True)
+    c_skip = torch.tensor([0.6, 0.3]).sqrt() / (torch.tensor([0.6, 0.3]) + torch.tensor([0.4, 0.7]))
+    assert ((out.positions - c_skip[:, None, None] * centred) * m).abs().max() > 1e-3
 
 
-def test_2d_slices_stay_in_plane():
+def test_shared_frame_sees_absolute_position():
+    """In a shared frame the network may use absolute coordinates: a translation changes expression."""
     torch.manual_seed(0)
-    net = AlphaSTomicsNet(ModelConfig(hidden_dim=32, num_layers=2, num_heads=4), 12, 100).eval()
-    for block in net.blocks:
-        torch.nn.init.normal_(block.attention.position_weight.weight, std=0.5)
-    expression, positions, t, node_mask, gene_mask = _inputs(n_dims=2)
+    net = _net(ModelConfig(hidden_dim=32, num_layers=2, num_heads=4), absolute_positions=True).eval()
+    expression, positions, t, node_mask, gene_mask, dim_mask = _inputs()
     with torch.no_grad():
-        out = net(expression, positions, t, t, node_mask, gene_mask)
-    assert out.positions[..., 2].abs().max() < 1e-12
+        out = _run(net, expression, positions, t, node_mask, gene_mask, dim_mask)
+        moved = _run(net, expression, positions + torch.tensor([0.7, 0.0, 0.0]), t, node_mask, gene_mask, dim_mask)
+    assert (out.expression - moved.expression).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("absolute", [False, True])
+def test_2d_slices_keep_their_unused_axis(absolute):
+    torch.manual_seed(0)
+    net = _net(ModelConfig(hidden_dim=32, num_layers=2, num_heads=4), absolute_positions=absolute).eval()
+    _exercise_coordinates(net)
+    expression, positions, t, node_mask, gene_mask, dim_mask = _inputs(n_dims=2)
+    positions[..., 2] = 0.0 if not absolute else 1.25  # a 2D section at z = 1.25 of a shared frame
+    with torch.no_grad():
+        out = _run(net, expression, positions, t, node_mask, gene_mask, dim_mask)
+    m = node_mask
+    assert torch.all(out.positions[..., 2][m] == positions[..., 2][m])
+
+
+def test_given_modalities_pass_through_unchanged():
+    """At noise level 1 (given) the preconditioned output is the input, whatever the network computes."""
+    torch.manual_seed(0)
+    net = _net(ModelConfig(hidden_dim=32, num_layers=2, num_heads=4), absolute_positions=True).eval()
+    _exercise_coordinates(net)
+    expression, positions, t, node_mask, gene_mask, dim_mask = _inputs()
+    with torch.no_grad():
+        out = _run(net, expression, positions, torch.zeros(2, dtype=torch.long), node_mask, gene_mask, dim_mask,
+                   alpha_bar=torch.ones(2))
+    m = node_mask[..., None]
+    assert torch.equal(out.expression * m, expression * m)
+    assert torch.allclose(out.positions * m, positions * m, atol=1e-12)
 
 
 def test_padding_does_not_change_real_cells():
     torch.manual_seed(0)
-    net = AlphaSTomicsNet(ModelConfig(hidden_dim=32, num_layers=2, num_heads=4), 12, 100).eval()
-    expression, positions, t, node_mask, gene_mask = _inputs()
+    net = _net(ModelConfig(hidden_dim=32, num_layers=2, num_heads=4, local_neighbours=8)).eval()
+    _exercise_coordinates(net)
+    expression, positions, t, node_mask, gene_mask, dim_mask = _inputs()
+    ab = torch.tensor([0.3])
     with torch.no_grad():
-        full = net(expression[1:, :40], positions[1:, :40], t[1:], t[1:], node_mask[1:, :40], gene_mask[1:])
-        padded = net(expression[1:], positions[1:], t[1:], t[1:], node_mask[1:], gene_mask[1:])
+        full = net(expression[1:, :40], positions[1:, :40], t[1:], t[1:], ab, ab, node_mask[1:, :40], gene_mask[1:], dim_mask[1:])
+        padded = net(expression[1:], positions[1:], t[1:], t[1:], ab, ab, node_mask[1:], gene_mask[1:], dim_mask[1:])
     assert torch.allclose(full.expression, padded.expression[:, :40], atol=1e-8)
     assert torch.allclose(full.positions, padded.positions[:, :40], atol=1e-8)
 
@@ -106,19 +158,51 @@ def test_linear_attention_matches_explicit_weights():
     weights = torch.einsum("nhd,mhd->hnm", q[0], k[0])
     weights = weights / weights.sum(-1, keepdim=True)
     centroid = torch.einsum("hnm,mc->nhc", weights, x[0])
-    w = torch.tanh(attn.position_weight(h[0])) / 2
+    w = torch.tanh(attn.position_weight(h[0]))
     expected = (w[..., None] * (x[0][:, None, :] - centroid)).sum(1)
     assert torch.allclose(dx[0], expected, atol=1e-10)
+
+
+def test_knn_graph_and_local_layer_match_brute_force():
+    torch.manual_seed(0)
+    N, D, k = 40, 16, 5
+    x = torch.randn(1, N, 3)
+    h = torch.randn(1, N, D)
+    mask = torch.ones(1, N, dtype=torch.bool)
+    index, valid = knn_graph(x, mask, k)
+    distances = torch.cdist(x[0], x[0]) + torch.eye(N) * 1e9
+    expected = distances.topk(k, largest=False).indices
+    assert torch.equal(index[0].sort(-1).values, expected.sort(-1).values) and valid.all()
+    layer = LocalMessagePassing(D)
+    torch.nn.init.normal_(layer.position_weight.weight, std=0.5)
+    dh, dx = layer(h, x, index, valid)
+    for i in (0, 17):
+        js = index[0, i]
+        offset = x[0, i] - x[0, js]
+        d = offset.norm(dim=-1, keepdim=True)
+        geometry = torch.log(d + 1e-4) * layer.log_distance + d * layer.distance
+        message = torch.nn.functional.silu(layer.source(h[0, i]) + layer.neighbour(h[0, js]) + geometry)
+        assert torch.allclose(dh[0, i], layer.out(message.mean(0)), atol=1e-5)
+        weight = torch.tanh(layer.position_weight(message))
+        assert torch.allclose(dx[0, i], (weight * offset / (1 + d)).mean(0), atol=1e-6)
+
+
+def test_small_slices_get_all_other_cells_as_neighbours():
+    x = torch.randn(2, 6, 3)
+    mask = torch.tensor([[True] * 6, [True] * 3 + [False] * 3])
+    index, valid = knn_graph(x, mask, 8)
+    assert valid[0].sum(-1).tolist() == [5] * 6
+    assert valid[1, :3].sum(-1).tolist() == [2] * 3 and not valid[1, 3:].any()
 
 
 def test_gates_change_the_output():
     torch.manual_seed(0)
     base = ModelConfig(hidden_dim=32, num_layers=1, num_heads=4)
     gated = dataclasses.replace(base, use_gated_attention=True, gate_type="headwise")
-    a = AlphaSTomicsNet(base, 12, 100)
-    b = AlphaSTomicsNet(gated, 12, 100)
+    a = _net(base)
+    b = _net(gated)
     assert b.blocks[0].attention.gate.out_features == 4  # one gate per head
-    elementwise = AlphaSTomicsNet(dataclasses.replace(gated, gate_type="elementwise"), 12, 100)
+    elementwise = _net(dataclasses.replace(gated, gate_type="elementwise"))
     assert elementwise.blocks[0].attention.gate.out_features == 32  # one gate per element
     assert count_parameters(b)[0] - count_parameters(a)[0] == 32 * 4 + 4
 
@@ -145,7 +229,7 @@ def test_moe_routes_top_k_and_balances():
 
 def test_moe_parameter_counts():
     config = ModelConfig(hidden_dim=32, num_layers=2, num_heads=4, use_moe=True, num_experts=8, moe_top_k=2)
-    net = AlphaSTomicsNet(config, 20, 100)
+    net = AlphaSTomicsNet(config, list(range(20)) * 2, 20, 100)
     total, active = count_parameters(net)
     per_expert = sum(p.numel() for p in net.blocks[0].ffn.experts[0].parameters())
     assert total == sum(p.numel() for p in net.parameters())

@@ -327,3 +327,22 @@ def test_sigterm_cleans_up_its_temporaries(tmp_path):
     stderr = (tmp_path / "stderr.log").read_text(errors="replace")[-3000:]
     assert code == 128 + signal.SIGTERM, stderr
     assert list(out.iterdir()) == [], stderr
+
+
+def test_slabs_cut_a_volume_into_serial_sections_of_equal_size(tmp_path):
+    """A 3D volume (here the bundled BDTNP slab0) cut into 3 slabs along z: equal cell counts, disjoint
+    z ranges, ids <slice>_slab<i> from the low end, and the workflow's id check agrees."""
+    from alphastomics.preprocess import slice_ids_in_file
+
+    source = REPO / "resources/bdtnp_drosophila/bdtnp_slab0.h5ad"
+    out = tmp_path / "out"
+    assert preprocess(source, "--platform", "insitu", "--out", out, "--slice-key", "slice_id", "--normalization", "none",
+                      "--slabs", "z:3") == 0
+    manifest = load_manifest(out)
+    ids = ["slab0_slab0", "slab0_slab1", "slab0_slab2"]
+    assert sorted(manifest["slices"]) == ids == slice_ids_in_file(source, "slice_id", ("z", 3))
+    counts_ = [manifest["slices"][s]["n_cells"] for s in ids]
+    assert sum(counts_) == ad.read_h5ad(source).n_obs and max(counts_) - min(counts_) <= 1
+    z = [load_slice(out, s).coords[:, 2] for s in ids]
+    assert z[0].max() <= z[1].min() and z[1].max() <= z[2].min()
+    assert preprocess(source, "--platform", "insitu", "--out", tmp_path / "bad", "--slabs", "w:3") == 1

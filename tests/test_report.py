@@ -331,19 +331,23 @@ def built(tmp_path_factory):
 
 
 @pytest.mark.parametrize("d", [2, 3])
-def test_procrustes_matches_scipy(d):
-    from scipy.spatial import procrustes
+def test_rigid_alignment_undoes_rotation_and_translation_but_never_rescales(d):
+    """Issue 9: the report drew generated tissue after a fit *with scaling*, so a tissue of the
+    wrong size looked right. The rigid alignment keeps the generated size."""
+    from scipy.linalg import orthogonal_procrustes
 
     rng = np.random.default_rng(d)
     true = rng.normal(size=(200, d)) * [5.0, 2.0, 1.0][:d] + 40
-    pred = (true - true.mean(0)) @ _rotation(d, rng) * 0.3 + 7 + rng.normal(scale=0.2, size=true.shape)
-    aligned, disparity = plots.procrustes_align(true, pred)
-    assert disparity == pytest.approx(procrustes(true, pred)[2], rel=1e-9, abs=1e-12)
-    # aligned points are in the units of `true`: a pure similarity transform is undone exactly
-    exact = (true - true.mean(0)) @ _rotation(d, rng) * 0.01 - 3
-    back, disp0 = plots.procrustes_align(true, exact)
+    moved = (true - true.mean(0)) @ _rotation(d, rng) - 3
+    back, rmsd = plots.rigid_align(true, moved)
     np.testing.assert_allclose(back, true, atol=1e-8)
-    assert disp0 == pytest.approx(0.0, abs=1e-12)
+    assert rmsd == pytest.approx(0.0, abs=1e-8)
+    shrunk, _ = plots.rigid_align(true, moved * 0.4)
+    np.testing.assert_allclose(np.ptp(shrunk, axis=0).max() / np.ptp(true, axis=0).max(), 0.4, rtol=1e-6)
+    # the same rotation as scipy's orthogonal Procrustes on centred points
+    noisy = moved + rng.normal(scale=0.3, size=true.shape)
+    expected, _ = orthogonal_procrustes(noisy - noisy.mean(0), true - true.mean(0))
+    np.testing.assert_allclose(plots.rigid_align(true, noisy)[0], (noisy - noisy.mean(0)) @ expected + true.mean(0), atol=1e-9)
 
 
 def test_morans_i_matches_scanpy():
@@ -475,7 +479,7 @@ def test_bdtnp_3d_report_without_cell_types_or_training_log(built):
     _assert_self_contained(html)
     assert "No training log was given" in html
     assert "no cell types" in html and "xy, xz and yz projections" in html
-    assert "Only one sample was drawn" in html  # uncertainty section skipped with a note
+    assert "no positional uncertainty to show" in html  # uncertainty section skipped with a note
     assert "80 / 84" in html  # measured genes from the manifest
     assert len(_images(html)) == 1 + 2 + 1  # tissue, gene maps (most + least), Moran's I
     assert "aay" not in re.sub(r"<[^>]+>", " ", html).split()  # an unmeasured gene is never mapped
@@ -512,14 +516,14 @@ def test_missing_inputs_fail_with_the_file_named(tmp_path, built, capsys):
     assert not out.exists() and list(tmp_path.glob(".r.html.*")) == []
 
 
-def test_procrustes_ignores_non_finite_rows():
+def test_rigid_alignment_ignores_non_finite_rows():
     rng = np.random.default_rng(3)
     true = rng.normal(size=(100, 2))
-    pred = true @ _rotation(2, rng) * 2.0 + 1.0
+    pred = true @ _rotation(2, rng) + 1.0
     pred[:5] = np.nan
-    aligned, disparity = plots.procrustes_align(true, pred)
+    aligned, rmsd = plots.rigid_align(true, pred)
     np.testing.assert_allclose(aligned[5:], true[5:], atol=1e-8)
-    assert np.isnan(aligned[:5]).all() and disparity == pytest.approx(0.0, abs=1e-12)
+    assert np.isnan(aligned[:5]).all() and rmsd == pytest.approx(0.0, abs=1e-8)
 
 
 def test_report_survives_partial_cell_types_and_diverged_cells(tmp_path, built):
@@ -540,4 +544,4 @@ def test_report_survives_partial_cell_types_and_diverged_cells(tmp_path, built):
                      "--samples", str(broken), "--out", str(out)]) == 0
     html = out.read_text()
     assert len(_images(html)) == 1  # the tissue plot, with the 7 diverged cells left out
-    assert "Procrustes disparity 0.1" in html
+    assert "RMS displacement" in html

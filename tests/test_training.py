@@ -16,8 +16,10 @@ import torch
 import yaml
 
 from alphastomics.config import Config, apply_overrides, load_config
-from alphastomics.data.slices import ExpressionScaler, PatchDataset, collate
-from alphastomics.diffusion.sampler import SliceBatch
+from alphastomics.data.batch import SliceBatch
+from alphastomics.data.expression import ExpressionCodec
+from alphastomics.data.frames import CoordinateFrame
+from alphastomics.data.slices import PatchDataset, collate, make_example
 from alphastomics.errors import AlphaSTomicsError
 from alphastomics.io.shards import load_slice
 from alphastomics.model.network import Prediction
@@ -68,6 +70,24 @@ def test_train_export_and_sample_every_mode(starmap_dir, tmp_path):
             assert result.returncode == 0, result.stderr
             table = (tmp_path / "metrics.tsv").read_text()
             assert "embedding_leiden_ari" in table and "expr_mse" in table
+    # the model file records its training slices, and sampling or scoring one of them warns
+    from alphastomics.checkpoint import load_model
+
+    assert load_model(out / "model.ckpt").train_slices == ["20180417_BZ5_control", "20180419_BZ9_control"]
+    seen = tmp_path / "seen.h5ad"
+    result = _cli("sample", "--checkpoint", str(out / "model.ckpt"), "--data", str(starmap_dir), "--slice", "20180417_BZ5_control",
+                  "--mode", "pos_to_expr", "--num-samples", "2", "--out", str(seen))
+    assert result.returncode == 0 and "training slices" in result.stderr
+    assert ad.read_h5ad(seen).uns["alphastomics"]["trained_on_slice"]
+    result = _cli("evaluate", str(seen), "--out", str(tmp_path / "seen.tsv"))
+    assert result.returncode == 0 and "training slices" in result.stderr
+
+
+def test_a_slice_cannot_be_both_test_and_validation(starmap_dir, tmp_path):
+    config = load_config(small_config(tmp_path))
+    with pytest.raises(AlphaSTomicsError, match="both test and validation: 20180424_BZ14_control"):
+        train(config, starmap_dir, tmp_path / "model", test_ids=["20180424_BZ14_control"], val_ids=["20180424_BZ14_control"])
+    assert not (tmp_path / "model" / "checkpoints").exists()
 
 
 def test_sample_refuses_unknown_slice_and_bad_checkpoint(starmap_dir, tmp_path):
@@ -79,14 +99,13 @@ def test_sample_refuses_unknown_slice_and_bad_checkpoint(starmap_dir, tmp_path):
     assert not (tmp_path / "o.h5ad").exists()
 
 
-def _module_and_batch(data_dir, slices, **changes):
+def _module_and_batch(data_dir, slices, frame_kind="per_slice", **changes):
     config = apply_overrides(Config(), {"model.hidden_dim": 32, "model.num_layers": 2, **changes})
     loaded = [load_slice(data_dir, s) for s in slices]
-    scaler = ExpressionScaler.fit(loaded)
-    from alphastomics.data.slices import make_example
-
-    batch = collate([make_example(s, scaler) for s in loaded])
-    return DiffusionModule(config.to_dict(), loaded[0].genes, scaler.to_dict()), batch
+    codec = ExpressionCodec.fit([s.expression for s in loaded], [s.gene_mask for s in loaded])
+    frame = CoordinateFrame.fit(frame_kind, [(s.coords, s.n_dims) for s in loaded])
+    batch = collate([make_example(s, codec, frame) for s in loaded])
+    return DiffusionModule(config.to_dict(), loaded[0].genes, codec.to_dict(), frame.to_dict(), list(slices)), batch
 
 
 def test_batches_pad_slices_of_different_size_and_losses_are_finite(bdtnp_dir):
@@ -118,7 +137,8 @@ def test_training_modes_noise_the_right_modality(starmap_dir):
 
 def test_masked_reconstruction_counts_masked_entries_only():
     B, N, G = 1, 4, 3
-    target = SliceBatch(torch.zeros(B, N, G), torch.zeros(B, N, 3), torch.ones(B, N, dtype=torch.bool), torch.ones(B, G), torch.ones(B, 3))
+    target = SliceBatch(torch.zeros(B, N, G), torch.ones(B, N, G), torch.zeros(B, N, 3), torch.ones(B, N, dtype=torch.bool),
+                        torch.ones(B, G), torch.ones(B, 3))
     pred_e = torch.full((B, N, G), 100.0)  # large error everywhere...
     pred_e[0, 0, 1] = 2.0  # ...except the masked entries, which have error 2 and 3
     pred_e[0, 2, 0] = 3.0
@@ -151,19 +171,24 @@ def test_feature_masks_replace_inputs_with_learned_values(starmap_dir):
     x = seen["x"]
     masked_fraction = (x == 7.5).float().mean()
     assert 0.25 < masked_fraction < 0.35
+    # both channels of a masked gene (magnitude and presence) are masked together
+    G = batch.gene_mask.shape[1]
+    zero_inflated = torch.from_numpy(module.codec.zero_inflated)
+    assert zero_inflated.any() and torch.equal(x[..., :G][..., zero_inflated] == 7.5, x[..., G:] == 7.5)
 
 
 def test_cell_mode_patches_are_spatially_contiguous(starmap_dir):
     s = load_slice(starmap_dir, "20180417_BZ5_control")
-    patches = PatchDataset([s], ExpressionScaler.fit([s]), cells_per_example=100, length=5, seed=0)
+    codec = ExpressionCodec.fit([s.expression], [s.gene_mask])
+    frame = CoordinateFrame.fit("per_slice", [(s.coords, s.n_dims)])
+    patches = PatchDataset([s], codec, frame, cells_per_example=100, length=5, seed=0)
     example = patches[3]
     assert example.n_cells == 100
-    # Rebuild which cells were taken: a contiguous patch has a small radius compared to the slice.
-    assert np.sqrt((example.positions ** 2).sum(1).mean()) == pytest.approx(1.0, rel=1e-4)  # normalised frame
+    # A patch of n cells is scaled like a slice of n cells at the training density: per-axis spread ~1.
+    assert 0.5 < np.sqrt((example.positions[:, :2] ** 2).mean()) < 2.0
     # The patch is exactly the 100 nearest cells of one cell of the slice: find that cell by
-    # matching the patch's standardised expression rows back to the slice.
-    scaler = patches.scaler
-    full = scaler.transform(s.expression) * s.gene_mask
+    # matching the patch's expression channels back to the slice.
+    full, _ = codec.encode(s.expression, s.gene_mask)
     rows = [int(np.argmin(np.abs(full - row).sum(1))) for row in example.expression]
     patch_cells = set(rows)
     assert len(patch_cells) == 100
@@ -225,6 +250,13 @@ def test_killed_training_resumes_from_last_checkpoint(starmap_dir, tmp_path):
     assert summary["resumed_from"].endswith("last.ckpt")
     assert summary["start_step"] == step_at_kill  # continued, not restarted from 0
     assert summary["global_step"] == 24
+    # the training curves keep the steps logged before the kill (Lightning's CSV logger alone
+    # rewrote metrics.csv with the resumed part only)
+    import pandas as pd
+
+    steps = pd.read_csv(out / "logs/metrics.csv")["step"].dropna()
+    assert steps.min() < step_at_kill and steps.max() >= 20 and steps.is_monotonic_increasing
+    assert not (out / "logs/metrics.before_resume.csv").exists()
 
 
 def test_resume_ignores_checkpoint_of_other_settings(starmap_dir, tmp_path):
@@ -281,3 +313,50 @@ def test_ddp_and_fsdp_strategies_built_from_config():
     ddp = build_strategy(apply_overrides(Config(), {"training.strategy": "auto", "training.devices": 2}))
     assert isinstance(ddp, DDPStrategy) and ddp._ddp_kwargs.get("find_unused_parameters") is True
     assert build_strategy(Config()) == "auto"
+
+
+@pytest.fixture(scope="module")
+def small_model(starmap_dir, tmp_path_factory):
+    """A small model trained for a few steps on two STARmap slices (BZ14 held out)."""
+    tmp = tmp_path_factory.mktemp("small_model")
+    config = load_config(small_config(tmp))
+    train(config, starmap_dir, tmp / "model", test_ids=["20180424_BZ14_control"], export_to=tmp / "model.ckpt")
+    return tmp / "model.ckpt"
+
+
+@pytest.mark.parametrize("mode", ["expr_to_pos", "pos_to_expr"])
+def test_hidden_truth_does_not_reach_the_sample(small_model, starmap_dir, mode):
+    """Leakage: changing what a mode must generate (coordinates in expr_to_pos, expression in
+    pos_to_expr) leaves the sample bitwise unchanged for the same seed; changing what it is given
+    changes it."""
+    import dataclasses
+
+    from alphastomics.checkpoint import load_model
+    from alphastomics.sample import draw_samples
+
+    model = load_model(small_model)
+    data = load_slice(starmap_dir, "20180424_BZ14_control")
+    rng = np.random.default_rng(0)
+    hidden, given = ("coords", "expression") if mode == "expr_to_pos" else ("expression", "coords")
+
+    def perturbed(field):
+        value = getattr(data, field).copy()
+        if field == "coords":
+            value[:, :2] = value[rng.permutation(len(value)), :2] * 1.7 + 300.0
+        else:
+            value = value[rng.permutation(len(value))]
+        return dataclasses.replace(data, **{field: value})
+
+    def draw(slice_data):
+        batch = collate([make_example(slice_data, model.codec, model.frame)])
+        return draw_samples(model, batch, mode, num_samples=2, seed=3, steps=5, progress=False)
+
+    original = draw(data)
+    changed_truth = draw(perturbed(hidden))
+    assert np.array_equal(original.coordinates, changed_truth.coordinates)
+    assert np.array_equal(original.expression, changed_truth.expression)
+    changed_input = draw(perturbed(given))
+    generated = original.coordinates if mode == "expr_to_pos" else original.expression
+    assert not np.array_equal(generated, changed_input.coordinates if mode == "expr_to_pos" else changed_input.expression)
+    again = draw(data)  # the same seed gives the same sample
+    assert np.array_equal(original.coordinates, again.coordinates) and np.array_equal(original.expression, again.expression)

@@ -1,4 +1,10 @@
-"""Training losses: masked expression MSE and the pairwise-distance loss on coordinates.
+"""Training losses: masked expression MSE, coordinate MSE and the pairwise-distance loss.
+
+The coordinate MSE compares predicted and true x0 in the frame of the noisy input: the noise was
+added to the true coordinates in that frame and the network is equivariant, so no alignment is
+needed, and the prediction stays anchored to the orientation the sampler is building (a rigid-
+invariant loss alone leaves each step free to rotate the tissue, and averaging differently rotated
+predictions over the steps of a sampler shrinks it).
 
 The distance loss compares all pairwise distances of predicted and true coordinates, so it is
 invariant to rotations, reflections and translations of the prediction. It is exact up to
@@ -18,16 +24,39 @@ import torch
 from scipy.spatial import cKDTree
 
 
-def expression_mse(pred, target, node_mask, gene_mask, example_weight=None) -> torch.Tensor:
-    """Mean squared error over real cells and measured genes (unmeasured genes carry no signal).
+def expression_mse(pred, target, target_mask, node_mask) -> torch.Tensor:
+    """Per example (B,), the mean squared error over real cells and the channels that carry a
+    target (measured genes; magnitudes of expressed entries only). pred/target/target_mask (B, N, C)."""
+    weight = node_mask[..., None].float() * target_mask.float()
+    return ((pred.float() - target.float()) ** 2 * weight).sum((1, 2)) / weight.sum((1, 2)).clamp(min=1)
 
-    pred/target (B, N, G); node_mask (B, N); gene_mask (B, G); example_weight (B,) selects the
-    examples whose expression was generated (the others were given).
+
+def position_mse(pred, target, node_mask, dim_mask) -> torch.Tensor:
+    """Per example (B,), the mean over real cells and used axes of the squared coordinate error."""
+    weight = node_mask[..., None].float() * dim_mask[:, None, :].float()
+    return ((pred.float() - target.float()) ** 2 * weight).sum((1, 2)) / weight.sum((1, 2)).clamp(min=1)
+
+
+def weighted_mean(per_example: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """sum_b w_b l_b / (number of examples with w_b > 0): w selects and weights examples (0 = given modality)."""
+    count = (weight > 0).sum().clamp(min=1)
+    return (per_example * weight).sum() / count
+
+
+def noise_level_weight(alpha_bar: torch.Tensor, weighting: str, gamma: float) -> torch.Tensor:
+    """Weight of an x0 loss at each example's noise level.
+
+    ``min_snr``: min(1 + SNR, gamma), SNR = alpha_bar / (1 - alpha_bar): the weight of a
+    v-prediction loss (1 + SNR in x0 terms), truncated at ``gamma`` as in Min-SNR (Hang et al.
+    2023), so steps near the data (fine detail) count up to ``gamma`` times more while noisy steps
+    keep weight 1: they are where the model learns what is expressed where (the conditional mean),
+    and Min-SNR's own min(SNR, gamma), which fades them out, lost that (BDTNP pos_to_expr per-gene
+    Pearson 0.37 -> 0.19). ``uniform``: 1.
     """
-    weight = node_mask[..., None].float() * gene_mask[:, None, :].float()
-    if example_weight is not None:
-        weight = weight * example_weight[:, None, None]
-    return ((pred.float() - target.float()) ** 2 * weight).sum() / weight.sum().clamp(min=1)
+    if weighting == "uniform":
+        return torch.ones_like(alpha_bar)
+    snr = alpha_bar / (1 - alpha_bar).clamp(min=1e-8)
+    return (1.0 + snr).clamp(max=gamma)
 
 
 def _pair_distance(x, i, j):
@@ -88,11 +117,11 @@ def distance_loss(
     pairs_per_cell: int = 64,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Per-example distance loss averaged over the examples whose positions were generated."""
-    losses, weights = [], []
+    """Per example (B,), the distance loss; 0 (not computed) where ``example_weight`` is 0."""
+    losses = []
     for b in range(pred.shape[0]):
-        w = 1.0 if example_weight is None else float(example_weight[b])
-        if w == 0.0:
+        if example_weight is not None and float(example_weight[b]) == 0.0:
+            losses.append(pred.new_zeros(()).float())
             continue
         n = int(node_mask[b].sum())
         p, t = pred[b, :n], target[b, :n]
@@ -100,8 +129,4 @@ def distance_loss(
             losses.append(exact_distance_loss(p, t))
         else:
             losses.append(sampled_distance_loss(p, t, k, pairs_per_cell, generator))
-        weights.append(w)
-    if not losses:
-        return pred.new_zeros(()).float()
-    w = torch.tensor(weights, device=pred.device)
-    return (torch.stack(losses) * w).sum() / w.sum()
+    return torch.stack(losses)

@@ -1,38 +1,26 @@
-"""Ancestral sampling with an x0-predicting network: a plain function of (model, schedule, known
-values, what to generate, generator).
+"""Samplers for an x0-predicting network: plain functions of (model, schedule, known values, what
+to generate, generator).
 
-Between two steps t > s of a (possibly strided) grid, x_s is drawn from the DDPM posterior
-q(x_s | x_t, x0_hat): with a = alpha_bar_t / alpha_bar_s,
-mean = sqrt(alpha_bar_s) (1 - a) / (1 - alpha_bar_t) x0_hat + sqrt(a) (1 - alpha_bar_s) / (1 - alpha_bar_t) x_t,
-var = (1 - a) (1 - alpha_bar_s) / (1 - alpha_bar_t). Given modalities stay fixed at their clean
-values and are shown to the network at step 0.
+Between two steps t > s of a (possibly strided) grid:
+
+- ``ancestral``: x_s is drawn from the DDPM posterior q(x_s | x_t, x0_hat): with a = alpha_bar_t / alpha_bar_s,
+  mean = sqrt(alpha_bar_s) (1 - a) / (1 - alpha_bar_t) x0_hat + sqrt(a) (1 - alpha_bar_s) / (1 - alpha_bar_t) x_t,
+  var = (1 - a) (1 - alpha_bar_s) / (1 - alpha_bar_t);
+- ``ddim`` (Song et al. 2021, eta = 0): deterministic, x_s = sqrt(alpha_bar_s) x0_hat + sqrt(1 - alpha_bar_s) eps_hat
+  with eps_hat = (x_t - sqrt(alpha_bar_t) x0_hat) / sqrt(1 - alpha_bar_t); good with few steps.
+
+Given modalities (and given axes, such as z of a 2D section in a shared frame) stay fixed at their
+clean values and are shown to the network at step 0.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 from tqdm.auto import tqdm
 
+from alphastomics.data.batch import SliceBatch
 from alphastomics.diffusion.schedule import NoiseSchedule, expression_noise, position_noise
 from alphastomics.model.network import masked_centre
-
-
-@dataclass
-class SliceBatch:
-    """Model-space tensors of a batch of slices (see alphastomics.data)."""
-
-    expression: torch.Tensor  # (B, N, G) standardised expression
-    positions: torch.Tensor  # (B, N, 3) centred, unit-RMS-radius coordinates
-    node_mask: torch.Tensor  # (B, N) bool
-    gene_mask: torch.Tensor  # (B, G) float, 1 where measured
-    dim_mask: torch.Tensor  # (B, 3) float, 1 for the axes the slice uses
-    slice_ids: tuple[str, ...] = field(default=())
-
-    def to(self, device) -> "SliceBatch":
-        tensors = (self.expression, self.positions, self.node_mask, self.gene_mask, self.dim_mask)
-        return SliceBatch(*(t.to(device) for t in tensors), slice_ids=self.slice_ids)
 
 
 def timestep_grid(total_steps: int, steps: int | None) -> list[int]:
@@ -42,11 +30,19 @@ def timestep_grid(total_steps: int, steps: int | None) -> list[int]:
     return grid + [0]
 
 
-def _posterior_step(x_t, x0_hat, ab_t, ab_s, noise):
+SAMPLERS = ("ancestral", "ddim")
+
+
+def _ancestral_step(x_t, x0_hat, ab_t, ab_s, noise):
     a = ab_t / ab_s
     mean = (ab_s.sqrt() * (1 - a) / (1 - ab_t)) * x0_hat + (a.sqrt() * (1 - ab_s) / (1 - ab_t)) * x_t
     var = (1 - a) * (1 - ab_s) / (1 - ab_t)
     return mean + var.clamp(min=0).sqrt() * noise
+
+
+def _ddim_step(x_t, x0_hat, ab_t, ab_s):
+    eps_hat = (x_t - ab_t.sqrt() * x0_hat) / (1 - ab_t).clamp(min=1e-8).sqrt()
+    return ab_s.sqrt() * x0_hat + (1 - ab_s).sqrt() * eps_hat
 
 
 @torch.no_grad()
@@ -56,23 +52,36 @@ def sample(
     known: SliceBatch,
     generate_expression: bool,
     generate_position: bool,
+    centred_positions: bool,
     steps: int | None = None,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
     progress: bool = True,
+    sampler: str = "ancestral",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Generate the requested modalities for ``known``; returns (expression, positions) in model space."""
+    """Generate the requested modalities for ``known``; returns (expression, positions) in model space.
+
+    ``centred_positions``: per-slice frames, where coordinates live in the zero-centroid subspace.
+    ``generator``: one, or one per example of the batch (each draw reproducible alone).
+    """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r} (one of {', '.join(SAMPLERS)})")
     device = known.expression.device
-    B, N, G = known.expression.shape
+    B, N, C = known.expression.shape
     mask = known.node_mask
+    generated_axes = known.dim_mask[:, None, :].bool()
     expression = known.expression.clone()
-    positions = masked_centre(known.positions.clone(), mask)
+    positions = masked_centre(known.positions, mask) if centred_positions else known.positions.clone()
+    given_positions = positions.clone()
     if generate_expression:
-        expression = expression_noise((B, N, G), mask, generator).to(device)
+        expression = expression_noise((B, N, C), mask.cpu(), generator).to(device)
     if generate_position:
-        positions = position_noise((B, N, 3), mask, known.dim_mask, generator).to(device)
+        noise = position_noise((B, N, 3), mask, known.dim_mask, centred_positions, generator).to(device)
+        positions = torch.where(generated_axes, noise, given_positions)
 
     grid = timestep_grid(schedule.steps, steps)
     zeros = torch.zeros(B, dtype=torch.long, device=device)
+    ones = torch.ones(B, device=device)
+    ab_e, ab_p = schedule.alpha_bar("expression"), schedule.alpha_bar("position")
     for t, s in tqdm(list(zip(grid[:-1], grid[1:])), desc="sampling", disable=not progress, leave=False):
         t_vec = torch.full((B,), t, dtype=torch.long, device=device)
         pred = model(
@@ -80,23 +89,32 @@ def sample(
             positions,
             t_vec if generate_expression else zeros,
             t_vec if generate_position else zeros,
+            ab_e[t] * ones if generate_expression else ones,
+            ab_p[t] * ones if generate_position else ones,
             mask,
             known.gene_mask,
+            known.dim_mask,
         )
         if generate_expression:
-            ab = schedule.alpha_bar("expression")
             x0 = pred.expression.float()
             if s == 0:
                 expression = x0 * mask[..., None]
+            elif sampler == "ddim":
+                expression = _ddim_step(expression, x0, ab_e[t], ab_e[s]) * mask[..., None]
             else:
-                noise = expression_noise((B, N, G), mask, generator).to(device)
-                expression = _posterior_step(expression, x0, ab[t], ab[s], noise) * mask[..., None]
+                noise = expression_noise((B, N, C), mask.cpu(), generator).to(device)
+                expression = _ancestral_step(expression, x0, ab_e[t], ab_e[s], noise) * mask[..., None]
         if generate_position:
-            ab = schedule.alpha_bar("position")
-            x0 = masked_centre(pred.positions.float() * known.dim_mask[:, None, :], mask)
+            x0 = pred.positions.float()
             if s == 0:
-                positions = x0
+                positions = torch.where(generated_axes, x0, given_positions)
             else:
-                noise = position_noise((B, N, 3), mask, known.dim_mask, generator).to(device)
-                positions = masked_centre(_posterior_step(positions, x0, ab[t], ab[s], noise), mask)
+                if sampler == "ddim":
+                    step = _ddim_step(positions, x0, ab_p[t], ab_p[s])
+                else:
+                    noise = position_noise((B, N, 3), mask, known.dim_mask, centred_positions, generator).to(device)
+                    step = _ancestral_step(positions, x0, ab_p[t], ab_p[s], noise)
+                positions = torch.where(generated_axes, step, given_positions) * mask[..., None]
+                if centred_positions:
+                    positions = masked_centre(positions, mask)
     return expression, positions

@@ -36,19 +36,33 @@ class NoiseSchedule(nn.Module):
         return self.alpha_bar_expression if modality == "expression" else self.alpha_bar_position
 
 
-def position_noise(shape, node_mask, dim_mask, generator=None, device=None) -> torch.Tensor:
-    """Gaussian noise on the real cells, restricted to the slice's used axes and centred, so the
-    noised coordinates stay in the zero-centroid subspace the network works in."""
-    eps = torch.randn(shape, generator=generator, device=device)
-    eps = eps * dim_mask[:, None, :]
-    return masked_centre(eps, node_mask)
+def randn(shape, generator=None) -> torch.Tensor:
+    """Standard normal noise on the CPU. ``generator`` may be one generator or a list with one per
+    example of the batch (dimension 0), so that each draw of a batch is reproducible on its own."""
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != shape[0]:
+            raise ValueError(f"{len(generator)} generators for a batch of {shape[0]}")
+        return torch.stack([torch.randn(tuple(shape[1:]), generator=g) for g in generator])
+    return torch.randn(shape, generator=generator)
 
 
-def expression_noise(shape, node_mask, generator=None, device=None) -> torch.Tensor:
-    return torch.randn(shape, generator=generator, device=device) * node_mask[..., None]
+def position_noise(shape, node_mask, dim_mask, centred: bool, generator=None) -> torch.Tensor:
+    """Gaussian noise on the real cells, restricted to the slice's used axes; ``centred`` (per-slice
+    frames) keeps the noised coordinates in the zero-centroid subspace the network works in."""
+    eps = randn(shape, generator)
+    eps = eps * dim_mask[:, None, :].cpu()
+    return masked_centre(eps, node_mask.cpu()) if centred else eps * node_mask[..., None].cpu()
 
 
-def add_noise(x0: torch.Tensor, eps: torch.Tensor, alpha_bar_t: torch.Tensor) -> torch.Tensor:
-    """x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps, alpha_bar_t of shape (B,)."""
+def expression_noise(shape, node_mask, generator=None) -> torch.Tensor:
+    return randn(shape, generator) * node_mask[..., None].cpu()
+
+
+def add_noise(x0: torch.Tensor, eps: torch.Tensor, alpha_bar_t: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps, alpha_bar_t of shape (B,).
+
+    ``keep`` (broadcastable bool) marks entries that stay at x0 (given axes, e.g. z of a 2D section
+    in a shared frame)."""
     a = alpha_bar_t.reshape(-1, *([1] * (x0.dim() - 1)))
-    return a.sqrt() * x0 + (1 - a).sqrt() * eps
+    noised = a.sqrt() * x0 + (1 - a).sqrt() * eps
+    return noised if keep is None else torch.where(keep, x0, noised)

@@ -6,20 +6,39 @@
 - ``neighbourhoods``: kNN preservation, cell-type neighbourhood enrichment, spatial label transfer;
 - ``spatial``: Moran's I per gene;
 - ``clusters``: leiden clusters vs cell types, expression label transfer (the cell itself does not vote);
-- ``correlation``: how correlations that are undefined (a constant side) count.
+- ``correlation``: how correlations that are undefined (a constant side) count;
+- ``distribution``: sets of cells with no cell-to-cell correspondence (energy distance, kNN
+  two-sample test, cell-type composition, zero fraction, per-gene spread).
 
 ``alphastomics.evaluate`` decides which metrics apply to a sample file and on which cells.
 """
 
 from __future__ import annotations
 
-# Which value of a metric is better. Keys are exact metric names or prefixes (``metric_direction``
-# picks the exact name, else the longest matching prefix).
+# Which value of a metric is better: "higher", "lower", or "one" (a ratio, best at 1, judged in log
+# scale). Keys are exact metric names or prefixes (``metric_direction`` picks the exact name, else
+# the longest matching prefix).
 METRIC_DIRECTION: dict[str, str] = {
     "expr_mse": "lower",
     "expr_mae": "lower",
     "expr_pearson_": "higher",
     "expr_spearman_": "higher",
+    "expr_mean_mse": "lower",
+    "expr_mean_mae": "lower",
+    "expr_mean_pearson_": "higher",
+    "expr_mean_spearman_": "higher",
+    "expr_zero_fraction_abs_diff": "lower",
+    "expr_negative_fraction": "lower",
+    "expr_std_ratio_median": "one",
+    "expr_energy_distance_pca": "lower",
+    "expr_knn_two_sample_accuracy": "lower",
+    "cell_type_composition_l1": "lower",
+    "cell_type_classifier_accuracy_on_test": "higher",
+    "extent_ratio_": "one",
+    "distance_wasserstein_unit_rms": "lower",
+    "nn_distance_ratio_median": "one",
+    "nn_distance_wasserstein_rel": "lower",
+    "position_error_median": "lower",
     "procrustes_disparity": "lower",
     "rssd_kabsch": "lower",
     "distance_matrix_mse_unit_rms": "lower",
@@ -37,7 +56,7 @@ METRIC_DIRECTION: dict[str, str] = {
 
 
 def metric_direction(name: str) -> str | None:
-    """``"higher"``/``"lower"`` for a metric name, None when unknown."""
+    """``"higher"``, ``"lower"`` or ``"one"`` for a metric name, None when unknown."""
     if name in METRIC_DIRECTION:
         return METRIC_DIRECTION[name]
     prefixes = [key for key in METRIC_DIRECTION if name.startswith(key)]

@@ -198,3 +198,85 @@ def coordinate_metrics(true: np.ndarray, generated: np.ndarray) -> tuple[dict[st
         },
     }
     return values, how
+
+
+def extent_ratios(true: np.ndarray, generated: np.ndarray) -> np.ndarray:
+    """Singular values of the centred generated coordinates over those of the centred true ones,
+    principal axis by principal axis (largest first), in source units: 1 everywhere for a tissue of
+    the right size and shape, a small ratio for an axis that collapsed."""
+    s_true = np.linalg.svd(np.asarray(true, np.float64) - np.mean(true, axis=0), compute_uv=False)
+    s_generated = np.linalg.svd(np.asarray(generated, np.float64) - np.mean(generated, axis=0), compute_uv=False)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(s_true > 0, s_generated / s_true, np.nan)
+
+
+def sampled_pair_distances(points: np.ndarray, n_pairs: int, rng: np.random.Generator) -> np.ndarray:
+    """Distances of ``n_pairs`` uniformly drawn pairs of distinct points."""
+    n = len(points)
+    i = rng.integers(0, n, n_pairs)
+    j = rng.integers(0, n - 1, n_pairs)
+    j = j + (j >= i)
+    return np.sqrt(((np.asarray(points[i], np.float64) - points[j]) ** 2).sum(1))
+
+
+def distance_distribution_distance(true: np.ndarray, generated: np.ndarray, n_pairs: int, seed: int) -> float:
+    """1-D Wasserstein distance between the pairwise distances of the true and of the generated
+    points (``n_pairs`` random pairs each, drawn independently: no cell correspondence is needed),
+    in units of the true RMS radius. 0 for a tissue of the same size and shape, ~0.5 for one twice
+    too big or shrunk to half."""
+    from scipy.stats import wasserstein_distance
+
+    rng = np.random.default_rng(seed)
+    true = np.asarray(true, np.float64)
+    radius = np.sqrt(np.mean(((true - true.mean(0)) ** 2).sum(1)))
+    d_true = sampled_pair_distances(true, n_pairs, rng)
+    d_generated = sampled_pair_distances(np.asarray(generated, np.float64), n_pairs, rng)
+    return float(wasserstein_distance(d_true, d_generated) / radius) if radius > 0 else float("nan")
+
+
+def nearest_neighbour_distances(points: np.ndarray) -> np.ndarray:
+    from scipy.spatial import cKDTree
+
+    points = np.asarray(points, np.float64)
+    return cKDTree(points).query(points, k=2)[0][:, 1]
+
+
+def spacing_metrics(true: np.ndarray, generated: np.ndarray) -> tuple[dict[str, float], dict[str, dict]]:
+    """Does generated tissue have the cell spacing of real tissue: no piles of overlapping cells, no
+    gaps. Median nearest-neighbour distance, generated over true, and the 1-D Wasserstein distance
+    between the two nearest-neighbour distance distributions in units of the true median."""
+    from scipy.stats import wasserstein_distance
+
+    d_true, d_generated = nearest_neighbour_distances(true), nearest_neighbour_distances(generated)
+    median = float(np.median(d_true))
+    values = {
+        "nn_distance_ratio_median": float(np.median(d_generated) / median) if median > 0 else float("nan"),
+        "nn_distance_wasserstein_rel": float(wasserstein_distance(d_true, d_generated) / median) if median > 0 else float("nan"),
+    }
+    how = {
+        "nn_distance_ratio_median": {"formula": "median distance of each generated cell to its nearest other cell / the same for true cells"},
+        "nn_distance_wasserstein_rel": {"formula": "1-D Wasserstein distance between nearest-neighbour distances of generated and true cells / "
+                                                   "the true median nearest-neighbour distance"},
+    }
+    return values, how
+
+
+def shape_metrics(true: np.ndarray, generated: np.ndarray, n_pairs: int, seed: int) -> tuple[dict[str, float], dict[str, dict]]:
+    """Extent ratios per principal axis, the distance-distribution distance and the cell spacing;
+    none needs a cell correspondence."""
+    ratios = extent_ratios(true, generated)
+    values: dict[str, float] = {f"extent_ratio_axis{k + 1}": float(r) for k, r in enumerate(ratios)}
+    how: dict[str, dict] = {name: {
+        "formula": "k-th singular value of the centred generated coordinates / k-th singular value of the centred true ones",
+        "units": "source units, no scaling or alignment", "axis": k + 1} for k, name in enumerate(values)}
+    finite = ratios[np.isfinite(ratios) & (ratios > 0)]
+    values["extent_ratio_worst"] = float(finite[np.argmax(np.abs(np.log(finite)))]) if finite.size else float("nan")
+    how["extent_ratio_worst"] = {"formula": "the extent ratio farthest from 1 (in log scale) over principal axes"}
+    values["distance_wasserstein_unit_rms"] = distance_distribution_distance(true, generated, n_pairs, seed)
+    how["distance_wasserstein_unit_rms"] = {
+        "formula": "1-D Wasserstein distance between pairwise distances of true and generated coordinates / true RMS radius",
+        "pairs": f"{n_pairs} uniformly drawn pairs per set, drawn independently", "seed": seed}
+    spacing_values, spacing_how = spacing_metrics(true, generated)
+    values.update(spacing_values)
+    how.update(spacing_how)
+    return values, how

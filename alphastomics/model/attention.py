@@ -71,8 +71,9 @@ class EquivariantLinearAttention(nn.Module):
             attended = attended * torch.sigmoid(self.gate(h)).float().reshape(B, N, H, Dh)
         features = torch.cat([attended.reshape(B, N, D), torch.log1p(sq_dist)], dim=-1).to(h.dtype)
         dh = self.dropout(self.out(features))
-        # Bounded per-head step sizes keep coordinates stable over many layers.
-        w = torch.tanh(self.position_weight(h)).float() / H  # (B, N, H)
+        # Bounded per-head step sizes keep coordinates stable over many layers; the network's output
+        # preconditioning (see network.py) sets the overall scale of the move.
+        w = torch.tanh(self.position_weight(h)).float()  # (B, N, H)
         dx = (w[..., None] * offset).sum(dim=2) * node_mask[..., None]
         return dh, dx.to(x.dtype)
 

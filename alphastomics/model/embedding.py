@@ -39,14 +39,31 @@ class TimeEmbedding(nn.Module):
 
 
 class ExpressionEmbedding(nn.Module):
-    """Embeds a cell's (standardised) expression vector; unmeasured genes are zeroed and flagged
-    through the slice's measured-gene mask, so the model can tell 'absent' from 'zero'."""
+    """Embeds a cell's expression channels; unmeasured genes are zeroed and flagged through the
+    slice's measured-gene mask, so the model can tell 'absent' from 'zero'."""
 
-    def __init__(self, num_genes: int, dim: int):
+    def __init__(self, channel_genes: torch.Tensor, num_genes: int, dim: int):
         super().__init__()
-        self.values = nn.Sequential(nn.Linear(num_genes, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.register_buffer("channel_genes", torch.as_tensor(channel_genes, dtype=torch.long).clone(), persistent=False)
+        self.values = nn.Sequential(nn.Linear(len(channel_genes), dim), nn.SiLU(), nn.Linear(dim, dim))
         self.measured = nn.Linear(num_genes, dim, bias=False)
 
     def forward(self, expression: torch.Tensor, gene_mask: torch.Tensor) -> torch.Tensor:
-        # expression (B, N, G); gene_mask (B, G) float
-        return self.values(expression * gene_mask[:, None, :]) + self.measured(gene_mask)[:, None, :]
+        # expression (B, N, C); gene_mask (B, G) float
+        channel_mask = gene_mask[:, self.channel_genes]
+        return self.values(expression * channel_mask[:, None, :]) + self.measured(gene_mask)[:, None, :]
+
+
+class FourierPositionEmbedding(nn.Module):
+    """Absolute coordinates (model frame, spread ~1) as sines and cosines at octave frequencies,
+    from a period of about 25 (whole atlas) down to about 0.1 (neighbouring cells), then a linear map."""
+
+    def __init__(self, dim: int, octaves: int = 8):
+        super().__init__()
+        self.register_buffer("frequencies", 0.25 * 2.0 ** torch.arange(octaves, dtype=torch.float32), persistent=False)
+        self.linear = nn.Linear(3 * 2 * octaves, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, N, 3) -> (B, N, dim)
+        angles = x.float()[..., None] * self.frequencies  # (B, N, 3, octaves)
+        features = torch.cat([angles.sin(), angles.cos()], dim=-1).flatten(-2)
+        return self.linear(features.to(x.dtype))

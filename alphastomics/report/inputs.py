@@ -15,14 +15,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from alphastomics import MODES
+from alphastomics import GENERATED_BY_MODE, MODES
 from alphastomics.errors import InputError
-from alphastomics.evaluate import (
-    DEFAULT_METHOD,
-    GENERATED_BY_MODE,
-    TABLE_COLUMNS,
-    cell_type_labels,
-)
+from alphastomics.evaluate import DEFAULT_METHOD, TABLE_COLUMNS, cell_type_labels
 from alphastomics.report.plots import UNKNOWN_LABEL
 
 METRIC_COLUMNS = TABLE_COLUMNS

@@ -75,27 +75,19 @@ def _palette_png(data: bytes) -> bytes:
 # geometry
 
 
-def procrustes_align(true: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, float]:
-    """Map ``pred`` onto ``true`` by the best translation, uniform scaling and orthogonal transform.
-
-    Reflections are allowed, as in :func:`scipy.spatial.procrustes`; the returned disparity equals
-    the one scipy reports (sum of squared differences after both sets are standardised). The
-    aligned points are in the units of ``true``.
-    """
+def rigid_align(true: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, float]:
+    """Map ``pred`` onto ``true`` by the best translation and orthogonal transform (rotation or
+    reflection), with no scaling: a tissue of the wrong size stays the wrong size. Returns the
+    aligned points and their RMS distance to the true ones."""
     true = np.asarray(true, dtype=np.float64)
     pred = np.asarray(pred, dtype=np.float64)
-    ok = np.isfinite(true).all(1) & np.isfinite(pred).all(1)  # a diverged sample may hold NaN rows
+    ok = np.isfinite(true).all(1) & np.isfinite(pred).all(1)
     if ok.sum() < true.shape[1] + 1:
         return np.full_like(true, np.nan), float("nan")
     mu_t, mu_p = true[ok].mean(0), pred[ok].mean(0)
-    a, b = true[ok] - mu_t, pred[ok] - mu_p
-    norm_a, norm_b = np.linalg.norm(a), np.linalg.norm(b)
-    if norm_a == 0 or norm_b == 0:
-        return np.broadcast_to(mu_t, true.shape).copy(), float("nan")
-    rot, s = orthogonal_procrustes(b / norm_b, a / norm_a)
-    aligned = (pred - mu_p) / norm_b @ rot * s * norm_a + mu_t
-    disparity = float(1.0 - s**2)
-    return aligned, disparity
+    rot, _ = orthogonal_procrustes(pred[ok] - mu_p, true[ok] - mu_t)
+    aligned = (pred - mu_p) @ rot + mu_t
+    return aligned, float(np.sqrt(np.mean(np.sum((aligned[ok] - true[ok]) ** 2, axis=1))))
 
 
 def knn_graph(coords: np.ndarray, k: int = 10) -> sparse.csr_matrix:
@@ -191,8 +183,9 @@ def tissue_figure(
     labels: Sequence[str] | None,
     palette: Mapping[str, str] | None,
     units: str = "source units",
+    generated_title: str = "generated (aligned)",
 ) -> str:
-    """True vs Procrustes-aligned generated coordinates.
+    """True vs aligned generated coordinates of the same cells.
 
     Coloured by cell type when ``labels`` is given; otherwise by each cell's true position along
     the principal axis of the slice, so that a cell keeps its colour in both panels and misplaced
@@ -216,11 +209,11 @@ def tissue_figure(
         r = _ratio([t, g], 0, 1)
         fig, axes, h = _panel_grid(1, [r, r, r], extra_w=extra + 1.0, h_max=4.0, w_avail=10.5)
         axes = axes[0]
-        grid = [[(axes[0], t, "true"), (axes[1], g, "generated (aligned)")]]
+        grid = [[(axes[0], t, "true"), (axes[1], g, generated_title)]]
     else:
         ratios = [_ratio([t, g], a, b) for a, b in projections]
         fig, axes, h = _panel_grid(2, ratios, extra_w=extra, h_max=3.6, w_avail=10.5)
-        grid = [[(axes[r, c], pts, name) for c in range(3)] for r, (pts, name) in enumerate(((t, "true"), (g, "generated (aligned)")))]
+        grid = [[(axes[r, c], pts, name) for c in range(3)] for r, (pts, name) in enumerate(((t, "true"), (g, generated_title)))]
     size = point_size(idx.size, h, float(np.mean(ratios if d == 3 else [r])))
 
     mappable = None
@@ -256,6 +249,54 @@ def tissue_figure(
     elif mappable is not None:
         target = axes if d == 3 else list(axes[:2])
         fig.colorbar(mappable, ax=target, shrink=0.7 if d == 3 else 0.9, label="true position along principal axis")
+    return to_data_uri(fig)
+
+
+def side_by_side_figure(
+    true: np.ndarray,
+    generated: np.ndarray,
+    true_colour: np.ndarray,
+    generated_colour: np.ndarray,
+    palette: Mapping[str, str] | None,
+    colour_label: str,
+    units: str = "source units",
+) -> str:
+    """A real slice and a generated one, each in its own frame (no alignment: the generated cells
+    are not the real ones), on the same scale. Colours are cell-type labels (with ``palette``) or
+    a continuous value shared by both panels."""
+    d = true.shape[1]
+    ti, gi = subsample(len(true)), subsample(len(generated))
+    t, g = true[ti] - true[ti].mean(0), generated[gi] - generated[gi].mean(0)
+    projections = [(0, 1)] if d == 2 else list(PROJECTIONS_3D)
+    span = max(np.ptp(t, axis=0).max(), np.ptp(g, axis=0).max(), 1e-9) / 2 * 1.05
+    categorical = palette is not None
+    fig, axes, h = _panel_grid(2, [1.0] * len(projections), extra_w=2.2 if categorical else 1.2, h_max=3.6,
+                               w_avail=3.6 * len(projections) if d == 3 else 4.2)
+    size = point_size(max(ti.size, gi.size), h, 1.0)
+    mappable = None
+    values = np.r_[np.asarray(true_colour)[ti], np.asarray(generated_colour)[gi]] if not categorical else None
+    vmin, vmax = (float(np.nanpercentile(values, 1)), float(np.nanpercentile(values, 99))) if values is not None else (None, None)
+    for r, (pts, colour, idx, name) in enumerate(((t, true_colour, ti, "true slice"), (g, generated_colour, gi, "generated slice"))):
+        for c, (a, b) in enumerate(projections):
+            ax = axes[r, c]
+            if categorical:
+                _scatter_labels(ax, pts, np.asarray(colour)[idx], palette, a, b, size)
+            else:
+                mappable = ax.scatter(pts[:, a], pts[:, b], c=np.asarray(colour)[idx], cmap="viridis", vmin=vmin, vmax=vmax,
+                                      s=size, linewidths=0, rasterized=True)
+            ax.set_xlim(-span, span)
+            ax.set_ylim(-span, span)
+            ax.set_aspect("equal", adjustable="box")
+            ax.set_xlabel(f"{AXIS_NAMES[a]} ({units}, centred)")
+            ax.set_ylabel(f"{AXIS_NAMES[b]} ({units}, centred)")
+            ax.set_title(name if d == 2 else f"{name}: {AXIS_NAMES[a]}{AXIS_NAMES[b]} projection")
+    if categorical:
+        present = set(np.asarray(true_colour).astype(str)) | set(np.asarray(generated_colour).astype(str))
+        handles = [Line2D([], [], marker="o", ls="", color=palette[n], markersize=7, label=n) for n in palette if n in present]
+        fig.legend(handles=handles, title=colour_label, loc="outside right center", frameon=False,
+                   ncols=1 if len(handles) <= 22 else 2)
+    elif mappable is not None:
+        fig.colorbar(mappable, ax=axes, shrink=0.8, label=colour_label)
     return to_data_uri(fig)
 
 
@@ -370,7 +411,7 @@ def uncertainty_figure(
     n_samples: int,
     units: str = "source units",
 ) -> str:
-    """Per-cell positional spread across samples, drawn at the true and at the mean generated position."""
+    """Per-cell positional spread across samples, drawn at the true and at a generated position."""
     n, d = true.shape
     idx = subsample(n)
     t, m, s = true[idx], mean_aligned[idx], spread[idx]
@@ -379,7 +420,7 @@ def uncertainty_figure(
     if d == 2:
         ratios = [_ratio([t, m], 0, 1)] * 2
         fig, axes, h = _panel_grid(1, ratios, extra_w=1.3, h_max=4.0, w_avail=9.0)
-        cells = [(axes[0, 0], t, "at true position", (0, 1)), (axes[0, 1], m, "at mean generated position", (0, 1))]
+        cells = [(axes[0, 0], t, "at true position", (0, 1)), (axes[0, 1], m, "at generated position", (0, 1))]
     else:
         ratios = [_ratio([t, m], a, b) for a, b in projections]
         fig, axes, h = _panel_grid(1, ratios, extra_w=1.3, h_max=3.8, w_avail=10.5)

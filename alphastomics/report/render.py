@@ -102,7 +102,7 @@ def render_report(
     summary = dataset_summary(man)
     tables = metric_tables(df)
     training = training_section(training_log)
-    tissue = tissue_section(groups, palette)
+    tissue = tissue_section(groups, palette, dataset_dir=Path(manifest).parent)
     gene_maps, moran_panels = expression_sections(groups)
     morans = moran_figures(moran_panels)
     uncertainty, uncertainty_note = uncertainty_section(groups)

@@ -37,27 +37,63 @@ def _measured_mask(adata) -> np.ndarray:
     return np.ones(adata.n_vars, dtype=bool)
 
 
-def tissue_section(groups, palette) -> list[dict]:
+def frame_of(sample) -> str:
+    return str(sample.meta.get("coordinate_frame") or "per_slice")
+
+
+def joint_colours(sample, dataset_dir: Path | None, palette: dict) -> tuple[np.ndarray, np.ndarray, dict | None, str]:
+    """Colours of the true and the generated cells of a joint sample: cell types (the generated
+    cells typed by the kNN classifier of the metrics, trained on the model's training slices) where
+    the data has them, else the first principal component of expression (the true slice's PCA)."""
+    from alphastomics.references import CellTyper, load_reference
+
+    ad = sample.adata
+    mask = _measured_mask(ad)
+    x_true = _dense(ad.X)[:, mask]
+    x_gen = _dense(ad.layers["expr_pred"])[:, mask]
+    train = [t for t in np.atleast_1d(sample.meta.get("train_slices") or []) if str(t) != sample.slice_id]
+    if sample.cell_types is not None and dataset_dir is not None and train:
+        try:
+            reference = load_reference(dataset_dir, [str(t) for t in train], [str(g) for g in ad.var_names[mask]],
+                                       sample.true_pos.shape[1])
+            typer = CellTyper(reference, 30, 15, 0)
+            if typer.classifier is not None:
+                return sample.cell_types, typer.predict(x_gen), palette, "cell type (generated cells: predicted)"
+        except Exception as err:  # noqa: BLE001 - a figure must not stop the report
+            log.warning("%s: cell types of generated cells not predicted (%s); coloured by expression PC1", sample.label, err)
+    from sklearn.decomposition import PCA
+
+    pca = PCA(n_components=1, random_state=0).fit(x_true)
+    return pca.transform(x_true)[:, 0], pca.transform(x_gen)[:, 0], None, "expression PC1 (PCA of the true slice)"
+
+
+def tissue_section(groups, palette, dataset_dir: Path | None = None) -> list[dict]:
     items = []
     for (sl, mode, method), ss in groups.items():
         s = ss[0]
         if not s.gen_positions:
             continue
-        aligned, disparity = plots.procrustes_align(s.true_pos, s.pred_pos)
         labels = s.cell_types
-        img = plots.tissue_figure(s.true_pos, aligned, labels, palette if labels is not None else None)
-        rmsd = float(np.sqrt(np.mean(np.sum((aligned - s.true_pos) ** 2, axis=1))))
-        items.append({
-            "title": s.label,
-            "img": img,
-            "n_cells": int(s.true_pos.shape[0]),
-            "n_dims": int(s.true_pos.shape[1]),
-            "disparity": fmt_value(disparity),
-            "rmsd": fmt_value(rmsd),
-            "coloured_by": "cell type" if labels is not None else "true position along the slice's principal axis (no cell types)",
-            "seed": s.seed,
-            "file": s.path.name,
-        })
+        common = {"title": s.label, "n_cells": int(s.true_pos.shape[0]), "n_dims": int(s.true_pos.shape[1]),
+                  "seed": s.seed, "file": s.path.name, "mode": mode}
+        if mode == "joint":
+            true_colour, gen_colour, used_palette, colour_label = joint_colours(s, dataset_dir, palette)
+            img = plots.side_by_side_figure(s.true_pos, s.pred_pos, true_colour, gen_colour, used_palette, colour_label)
+            items.append({**common, "img": img, "coloured_by": colour_label,
+                          "how": "the generated slice beside the true one, each centred in its own frame, no alignment "
+                                 "(generated cells are new cells, not the true ones)"})
+            continue
+        if frame_of(s) == "shared":
+            aligned, how, title = s.pred_pos, "no alignment: a shared coordinate frame, generated coordinates are absolute", "generated"
+            rmsd = float(np.sqrt(np.nanmean(np.sum((aligned - s.true_pos) ** 2, axis=1))))
+        else:
+            aligned, rmsd = plots.rigid_align(s.true_pos, s.pred_pos)
+            how = ("rotation or reflection and translation onto the true coordinates, no scaling: "
+                   "a tissue of the wrong size is drawn at its wrong size")
+            title = "generated (rigidly aligned)"
+        img = plots.tissue_figure(s.true_pos, aligned, labels, palette if labels is not None else None, generated_title=title)
+        items.append({**common, "img": img, "how": how, "rmsd": fmt_value(rmsd),
+                      "coloured_by": "cell type" if labels is not None else "true position along the slice's principal axis (no cell types)"})
     return items
 
 
@@ -79,7 +115,9 @@ def expression_sections(groups) -> tuple[list[dict], list[dict]]:
             graphs[key] = plots.knn_graph(s.true_pos, MORAN_K)
         w = graphs[key]
         mi_true = plots.morans_i(w, x_true)
-        mi_gen = plots.morans_i(w, x_gen)
+        # generated expression on the graph of the coordinates it was generated at
+        w_gen = plots.knn_graph(s.pred_pos, MORAN_K) if s.gen_positions else w
+        mi_gen = plots.morans_i(w_gen, x_gen)
         ok = np.flatnonzero(np.isfinite(mi_true))
         if ok.size == 0:
             continue
@@ -88,8 +126,9 @@ def expression_sections(groups) -> tuple[list[dict], list[dict]]:
         top, bottom = list(order[:n_show]), list(order[::-1][:n_show])
         bottom = [g for g in bottom if g not in top]
         if s.gen_positions:
-            gen_coords, _ = plots.procrustes_align(s.true_pos, s.pred_pos)
-            gen_label = "generated (at aligned generated position)"
+            # generated cells at their generated positions, centred on the true slice's centre (no alignment)
+            gen_coords = s.pred_pos - s.pred_pos.mean(0) + s.true_pos.mean(0)
+            gen_label = "generated (at generated position)"
         else:
             gen_coords, gen_label = s.true_pos, "generated"
         panels = []
@@ -121,29 +160,40 @@ def moran_figures(moran_panels: list[dict]) -> list[dict]:
 
 
 def uncertainty_section(groups) -> tuple[list[dict], str]:
+    """Per-cell positional uncertainty: ``obs['position_uncertainty']`` of a sample file (spread of its
+    draws, see alphastomics.sample), else the spread over several sample files of different seeds."""
     items = []
     for (sl, mode, method), ss in groups.items():
         ss = [s for s in ss if s.gen_positions]
-        seeds = {str(s.seed) for s in ss}
-        if len(ss) < 2 or len(seeds) < 2:
+        if not ss:
             continue
-        n = ss[0].true_pos.shape[0]
-        if any(s.true_pos.shape != ss[0].true_pos.shape for s in ss):
-            log.warning("samples of %s differ in cell count; no uncertainty map", ss[0].label)
-            continue
-        aligned = np.stack([plots.procrustes_align(s.true_pos, s.pred_pos)[0] for s in ss])
-        mean = aligned.mean(0)
-        spread = np.sqrt(np.mean(np.sum((aligned - mean) ** 2, axis=2), axis=0))
-        img = plots.uncertainty_figure(ss[0].true_pos, mean, spread, len(ss))
+        first = ss[0]
+        if "position_uncertainty" in first.adata.obs:
+            spread = np.asarray(first.adata.obs["position_uncertainty"], dtype=np.float64)
+            n_draws = int(first.meta.get("num_samples") or 0)
+            seeds = ", ".join(str(v) for v in np.atleast_1d(first.meta.get("seeds", [])))
+            shown = first.pred_pos if frame_of(first) == "shared" else plots.rigid_align(first.true_pos, first.pred_pos)[0]
+        else:
+            seeds = ", ".join(sorted({str(s.seed) for s in ss}))
+            if len(ss) < 2 or len({str(s.seed) for s in ss}) < 2:
+                continue
+            if any(s.true_pos.shape != first.true_pos.shape for s in ss):
+                log.warning("samples of %s differ in cell count; no uncertainty map", first.label)
+                continue
+            aligned = np.stack([plots.rigid_align(first.pred_pos, s.pred_pos)[0] for s in ss])
+            mean = aligned.mean(0)
+            spread = np.sqrt(np.mean(np.sum((aligned - mean) ** 2, axis=2), axis=0))
+            shown, n_draws = plots.rigid_align(first.true_pos, mean)[0], len(ss)
+        img = plots.uncertainty_figure(first.true_pos, shown, spread, n_draws)
         items.append({
-            "title": ss[0].label, "img": img, "n_samples": len(ss), "seeds": ", ".join(sorted(seeds)),
-            "median_spread": fmt_value(float(np.median(spread))), "n_cells": int(n),
+            "title": first.label, "img": img, "n_samples": n_draws, "seeds": seeds,
+            "median_spread": fmt_value(float(np.median(spread))), "n_cells": int(first.true_pos.shape[0]),
         })
     note = ""
     if not items:
-        note = ("Only one sample was drawn per slice, mode and method (no two sample files share slice, mode and "
-                "method with different seeds), so there is no positional uncertainty to show. Draw several samples "
-                "with different seeds to get this section.")
+        note = ("No sample file holds several draws of its generated coordinates (obs['position_uncertainty'], "
+                "sampling.num_samples > 1), and no two sample files share slice, mode and method with different "
+                "seeds, so there is no positional uncertainty to show.")
     return items, note
 
 

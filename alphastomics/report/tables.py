@@ -15,6 +15,7 @@ import pandas as pd
 
 from alphastomics import MODES
 from alphastomics.metrics import metric_direction
+from alphastomics.references import REAL_PREFIX
 from alphastomics.report.inputs import MAIN_METHOD
 
 DIRECTION_SOURCE = "alphastomics.metrics.METRIC_DIRECTION"
@@ -25,20 +26,26 @@ MODE_DESCRIPTION = {
     "joint": "expression and coordinates both generated",
 }
 
+# (category, pattern): the first matching pattern names a metric's category (expression first, so
+# that expr_energy_distance is not read as a coordinate distance).
 CATEGORIES: list[tuple[str, str]] = [
-    ("Coordinates", r"procrustes|rssd|kabsch|distance|dist_|contact|position"),
+    ("Expression", r"^expr_"),
+    ("Coordinates", r"procrustes|rssd|kabsch|^distance|dist_|contact|^position|extent|^nn_distance"),
     ("Neighbourhoods", r"knn|neighbo|enrichment"),
     ("Spatial patterns", r"moran"),
-    ("Clusters and labels", r"\bari\b|ari_|_ari|nmi|accuracy|leiden|label|cluster|transfer"),
-    ("Expression", r"mse|mae|pearson|spearman|pcc|scc|expr"),
+    ("Clusters and labels", r"\bari\b|ari_|_ari|nmi|leiden|label|cluster|transfer|composition|cell_type"),
+    ("Expression", r"mse|mae|pearson|spearman|pcc|scc"),
 ]
+CATEGORY_ORDER = ["Coordinates", "Neighbourhoods", "Spatial patterns", "Clusters and labels", "Expression", "Other"]
 
 # Headline columns of summary.html: (label, patterns tried in order; the first metric name found wins).
 HEADLINE: list[tuple[str, list[str]]] = [
     ("distance Spearman (median over cells)", [r"^distance_spearman_median$", r"dist.*spearman.*median"]),
     ("kNN preservation (k = 10)", [r"^knn_preservation_k10$", r"knn.*(_k10\b|_10\b)"]),
     ("Procrustes disparity", [r"^procrustes_disparity$", r"procrustes"]),
-    ("expression Pearson per gene (median)", [r"^expr_pearson_gene_median$", r"pearson.*gene.*median"]),
+    ("extent ratio, worst principal axis", [r"^extent_ratio_worst$"]),
+    ("expression Pearson per gene (median; posterior mean where drawn)", [r"^expr_mean_pearson_gene_median$", r"^expr_pearson_gene_median$"]),
+    ("cell-type composition L1 (joint)", [r"^cell_type_composition_l1$"]),
     ("Moran's I true vs generated (correlation)", [r"^morans_i_corr$", r"moran.*(corr|pearson)"]),
     ("ARI of leiden clusters vs cell types", [r"^leiden_ari$", r"(^|_)ari($|_)"]),
 ]
@@ -63,8 +70,9 @@ def fmt_value(v: float) -> str:
 
 
 def order_methods(methods) -> list[str]:
-    methods = sorted(set(methods))
-    return ([MAIN_METHOD] if MAIN_METHOD in methods else []) + [m for m in methods if m != MAIN_METHOD]
+    """AlphaSTomics first, then the other methods, then reference rows (real slices)."""
+    methods = sorted(set(methods), key=lambda m: (m != MAIN_METHOD, is_reference(m), m))
+    return methods
 
 
 def order_modes(modes) -> list[str]:
@@ -72,10 +80,18 @@ def order_modes(modes) -> list[str]:
     return [m for m in MODES if m in modes] + sorted(modes - set(MODES))
 
 
+def is_reference(method: str) -> bool:
+    """Reference rows (a real training slice scored like a generated one) give context; they do not compete."""
+    return method.startswith(REAL_PREFIX)
+
+
 def _best_flags(values: dict[str, float], direction: str | None) -> set[str]:
-    finite = {m: v for m, v in values.items() if v is not None and np.isfinite(v)}
-    if direction not in ("higher", "lower") or len(finite) < 2:
+    finite = {m: v for m, v in values.items() if v is not None and np.isfinite(v) and not is_reference(m)}
+    if direction not in ("higher", "lower", "one") or len(finite) < 2:
         return set()
+    if direction == "one":  # a ratio: closest to 1 in log scale
+        finite = {m: -abs(np.log(v)) if v > 0 else -np.inf for m, v in finite.items()}
+        direction = "higher"
     best = max(finite.values()) if direction == "higher" else min(finite.values())
     tol = 1e-12 * max(1.0, abs(best))
     return {m for m, v in finite.items() if abs(v - best) <= tol}
@@ -102,8 +118,7 @@ def metric_tables(df: pd.DataFrame) -> list[dict]:
                 )
                 cells.append({"text": fmt_value(vals[m]), "best": m in best, "title": tip})
             groups[metric_category(metric)].append({"metric": metric, "direction": direction, "cells": cells})
-        order = [c for c, _ in CATEGORIES] + ["Other"]
-        rows = [{"category": c, "rows": groups[c]} for c in sorted(groups, key=order.index)]
+        rows = [{"category": c, "rows": groups[c]} for c in sorted(groups, key=CATEGORY_ORDER.index)]
         slice_rows = []
         for (metric, method, sl), v in per_slice.items():
             slice_rows.append({"metric": metric, "method": method, "slice": sl, "value": fmt_value(float(v))})

@@ -24,6 +24,12 @@ MODES = config.get("sampling", {}).get("modes", ["expr_to_pos", "pos_to_expr", "
 ENV = "../../envs/alphastomics.yaml"
 
 
+def slabs_option(platform_spec):
+    """(axis, count) of a platform's `slabs:` setting, or None."""
+    slabs = platform_spec.get("slabs")
+    return (slabs["axis"], slabs["count"]) if slabs else None
+
+
 def _check_config_values():
     """Typed checks beyond the schema (same code as `alphastomics train`), and input files that
     must exist, each error naming the key or file."""
@@ -66,7 +72,7 @@ def _check_named_slices_exist(dataset, spec):
     for platform, p in spec["platforms"].items():
         for path in p["files"]:
             try:
-                ids = slice_ids_in_file(REPO / path, p.get("slice_key"))
+                ids = slice_ids_in_file(REPO / path, p.get("slice_key"), slabs_option(p))
             except AlphaSTomicsError as err:
                 raise WorkflowError(f"config: datasets.{dataset}.platforms.{platform}.files: {err}")
             for slice_id in ids:
@@ -145,6 +151,7 @@ def preprocess_options(wildcards):
         "--z-value": p.get("z_values", {}).get(platform_files(wildcards.dataset, wildcards.platform)[wildcards.file_id], p.get("z_value")),
         "--on-invalid": p.get("on_invalid"),
         "--max-cells-per-shard": p.get("max_cells_per_shard"),
+        "--slabs": f"{p['slabs']['axis']}:{p['slabs']['count']}" if p.get("slabs") else None,
     }
     return [str(item) for flag, value in flags.items() if value is not None for item in (flag, value)]
 
@@ -193,8 +200,8 @@ STAGE_CODE = {
     "preprocess": ["preprocess.py", "io", "errors.py"],
     "train": ["train.py", "config.py", "model", "diffusion", "data", *SLICE_READING],
     "export": ["checkpoint.py"],
-    "sample": ["sample.py", "diffusion/sampler.py", "data", "checkpoint.py", *SLICE_READING],
-    "evaluate": ["evaluate.py", "metrics"],
+    "sample": ["sample.py", "diffusion", "model", "data", "checkpoint.py", "config.py", *SLICE_READING],
+    "evaluate": ["evaluate.py", "references.py", "metrics", *SLICE_READING],
     "report": ["report"],
 }
 

@@ -8,13 +8,17 @@ rule sample:
         slice_id=slice_id,
         data=lambda w: f"results/{w.dataset}",
         steps=config.get("sampling", {}).get("steps", 0),
+        sampler=config.get("sampling", {}).get("sampler", "ancestral"),
+        num_samples=config.get("sampling", {}).get("num_samples", 8),
         seed=config.get("sampling", {}).get("seed", 0),
         code=code_fingerprint("sample"),
     log:
         "logs/{dataset}/sample/{slice}.{mode}.log",
+    threads: 1
     conda:
         ENV
     shell:
-        "alphastomics sample --checkpoint {input.model:q} --data {params.data:q} --slice {params.slice_id:q}"
-        " --mode {wildcards.mode:q} --steps {params.steps:q} --seed {params.seed:q} --dataset {wildcards.dataset:q}"
+        "alphastomics --threads {threads} sample --checkpoint {input.model:q} --data {params.data:q} --slice {params.slice_id:q}"
+        " --mode {wildcards.mode:q} --steps {params.steps:q} --sampler {params.sampler:q}"
+        " --num-samples {params.num_samples:q} --seed {params.seed:q} --dataset {wildcards.dataset:q}"
         " --out {output:q} > {log:q} 2>&1"

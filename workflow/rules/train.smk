@@ -22,6 +22,7 @@ rule train:
         out=lambda w: f"results/{w.dataset}/model",
         test=lambda w: test_slices(w.dataset),
         validation=lambda w: validation_slices(w.dataset),
+        frame=lambda w: config["datasets"][w.dataset].get("coordinate_frame", "per_slice"),
         # On SLURM the profile sets mpi="srun" and tasks_per_node = GPUs per node, so srun starts
         # one process per GPU and Lightning reads world size and ranks from SLURM. The task
         # geometry is passed explicitly: the plugin's job step strips SLURM_* variables, and a
@@ -37,13 +38,14 @@ rule train:
         code=code_fingerprint("train"),
     log:
         "logs/{dataset}/train.log",
+    threads: 1
     conda:
         ENV
     shell:
         # --resume: a retried (failed or pre-empted) job continues from its last checkpoint when
         # that checkpoint was made with the same settings and code.
-        "{params.launcher:q} alphastomics train --data {params.data:q} --config {input.settings:q}"
-        " --test-slices {params.test:q} --val-slices {params.validation:q}"
+        "{params.launcher:q} alphastomics --threads {threads} train --data {params.data:q} --config {input.settings:q}"
+        " --test-slices {params.test:q} --val-slices {params.validation:q} --coordinate-frame {params.frame:q}"
         " --devices {params.devices:q} --num-nodes {params.nodes:q}"
         " --out {params.out:q} --resume --no-export > {log:q} 2>&1"
 

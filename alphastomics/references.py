@@ -1,0 +1,200 @@
+"""Reference rows of a metric table: what real data, or the simplest predictor, scores on the same
+metrics as a generated sample, so that every number can be read against something.
+
+- ``joint`` (a virtual tissue has no cell-to-cell correspondence with the test slice): each
+  training slice, scored against the test slice by the same distribution metrics as the generated
+  cells (method ``real:<slice>``): the spread between real tissues;
+- ``pos_to_expr``: the training-mean predictor (method ``training_mean``), every cell given the
+  mean training expression: the floor a model of expression at given coordinates must beat.
+
+The reference cells are the model's training slices, read from the dataset's shards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from alphastomics.errors import InputError
+from alphastomics.metrics import distribution, expression, geometry, neighbourhoods, spatial
+
+TRAINING_MEAN = "training_mean"
+REAL_PREFIX = "real:"
+
+
+@dataclass
+class ReferenceSlice:
+    slice_id: str
+    expression: np.ndarray  # (n, g) over the sample's measured genes, in the sample's gene order
+    coords: np.ndarray  # (n, d)
+    cell_types: np.ndarray | None  # (n,) str; None where the slice has none; unknown entries None
+
+
+def load_reference(data_dir: str | Path, slice_ids: list[str], genes: list[str], n_dims: int) -> list[ReferenceSlice]:
+    """The given slices of a preprocessed dataset, restricted to ``genes`` (the sample's measured genes)."""
+    from alphastomics.io.manifest import load_manifest
+    from alphastomics.io.shards import load_slice
+
+    manifest = load_manifest(data_dir)
+    position = {g: i for i, g in enumerate(manifest["genes"])}
+    missing = [g for g in genes if g not in position]
+    if missing:
+        raise InputError(f"{data_dir}: reference dataset lacks {len(missing)} gene(s) of the sample, e.g. {missing[:3]}")
+    columns = np.array([position[g] for g in genes])
+    out = []
+    for sid in slice_ids:
+        data = load_slice(data_dir, sid, manifest)
+        types = None
+        if data.cell_types is not None:
+            types = np.array([None if t is None or str(t) in ("", "None", "nan") else str(t) for t in data.cell_types], dtype=object)
+        out.append(ReferenceSlice(sid, data.expression[:, columns], data.coords[:, :n_dims], types))
+    return out
+
+
+class CellTyper:
+    """Types cells by a kNN vote of the reference cells with known types, in the PCA space of the
+    reference expression: how generated cells (which carry no label) are given a cell type."""
+
+    def __init__(self, reference: list[ReferenceSlice], n_pcs: int, k: int, seed: int):
+        pooled = np.concatenate([r.expression for r in reference])
+        self.pca = distribution.fit_pca(pooled, n_pcs, seed)
+        labelled = [r for r in reference if r.cell_types is not None]
+        self.classifier = None
+        self.types: list[str] = []
+        if labelled:
+            known = [np.array([t is not None for t in r.cell_types]) for r in labelled]
+            train_x = np.concatenate([r.expression[k_] for r, k_ in zip(labelled, known)])
+            train_y = np.concatenate([r.cell_types[k_] for r, k_ in zip(labelled, known)]).astype(str)
+            if len(set(train_y)) >= 2:
+                self.types = sorted(set(train_y))
+                self.classifier = distribution.cell_type_classifier(train_x, train_y, self.pca, k)
+        self.k = k
+
+    def project(self, expression: np.ndarray) -> np.ndarray:
+        return self.pca.transform(np.asarray(expression, np.float64))
+
+    def predict(self, expression: np.ndarray) -> np.ndarray:
+        if self.classifier is None:
+            raise ValueError("the reference slices carry no cell types")
+        return self.classifier.predict(self.project(expression))
+
+
+def training_mean_rows(true_expression: np.ndarray, reference: list[ReferenceSlice]) -> tuple[dict, dict]:
+    mean = np.concatenate([r.expression for r in reference]).mean(0)
+    prediction = np.broadcast_to(mean, true_expression.shape)
+    values, how = expression.expression_metrics(true_expression, prediction)
+    note = {"method": "every cell predicted as the mean expression of the training cells",
+            "training_slices": [r.slice_id for r in reference]}
+    return values, {k: {**v, **note} for k, v in how.items()}
+
+
+def _zscore_correlation(z_a: np.ndarray, z_b: np.ndarray) -> float:
+    ok = np.isfinite(z_a) & np.isfinite(z_b)
+    if ok.sum() < 2 or np.ptp(z_a[ok]) == 0 or np.ptp(z_b[ok]) == 0:
+        return float("nan")
+    return float(np.corrcoef(z_a[ok], z_b[ok])[0, 1])
+
+
+def _enrichment(points: np.ndarray, codes: np.ndarray, n_types: int, k: int, permutations: int, seed: int) -> np.ndarray:
+    neighbours = neighbourhoods.knn_indices(points, min(k, len(points) - 1))
+    return neighbourhoods.nhood_enrichment_zscores(neighbours, codes, n_types, permutations, seed)
+
+
+def joint_rows(
+    true_expression: np.ndarray,
+    true_positions: np.ndarray,
+    true_types: np.ndarray | None,
+    generated_expression: np.ndarray,
+    generated_positions: np.ndarray,
+    reference: list[ReferenceSlice],
+    *,
+    n_pcs: int,
+    max_cells: int,
+    label_k: int,
+    morans_k: int,
+    permutations: int,
+    shape_pairs: int,
+    seed: int,
+) -> dict[str, tuple[dict, dict]]:
+    """Distribution metrics of the generated slice and of every reference slice against the test slice.
+
+    Returns method -> (values, how); the generated slice is under the key ``"generated"``.
+    """
+    typer = CellTyper(reference, n_pcs, label_k, seed)
+    pca = typer.pca
+    true_pcs = typer.project(true_expression)
+    candidates = {"generated": (generated_expression, generated_positions, None)}
+    for r in reference:
+        candidates[REAL_PREFIX + r.slice_id] = (r.expression, r.coords, r.cell_types)
+
+    # Cell types: generated cells are typed by a kNN classifier trained on the training cells (in
+    # the PCA space); real slices keep their own labels.
+    classifier = typer.classifier if true_types is not None else None
+    types: list[str] = []
+    if classifier is not None:
+        types = sorted(set(typer.types) | {str(t) for t in true_types if t is not None})
+    true_known = None if true_types is None else np.array([t is not None for t in true_types])
+    code = {t: i for i, t in enumerate(types)}
+
+    true_i_graph = spatial.knn_weights(true_positions, min(morans_k, len(true_positions) - 1))
+    true_moran = spatial.morans_i(true_i_graph, true_expression)
+    z_true = None
+    if classifier is not None:
+        true_codes = np.array([code[str(t)] for t in true_types[true_known]])
+        z_true = _enrichment(true_positions[true_known], true_codes, len(types), morans_k, permutations, seed)
+
+    rows: dict[str, tuple[dict, dict]] = {}
+    for method, (expr, coords, labels) in candidates.items():
+        values: dict[str, float] = {}
+        how: dict[str, dict] = {}
+        values["expr_energy_distance_pca"] = distribution.energy_distance(
+            pca.transform(np.asarray(expr, np.float64)), true_pcs, max_cells, seed)
+        how["expr_energy_distance_pca"] = {
+            "formula": "energy distance 2E|A-B| - E|A-A'| - E|B-B'| between cells' expression and the test slice's, "
+                       f"in the first {pca.n_components_} principal components of the training cells",
+            "max_cells_per_set": max_cells, "seed": seed}
+        values["expr_knn_two_sample_accuracy"] = distribution.knn_two_sample_accuracy(
+            pca.transform(np.asarray(expr, np.float64)), true_pcs, label_k, max_cells, seed)
+        how["expr_knn_two_sample_accuracy"] = {
+            "formula": "balanced leave-one-out accuracy of a k-NN vote telling these cells from the test slice's cells, "
+                       f"in the first {pca.n_components_} principal components of the training cells; 0.5 = indistinguishable",
+            "k": label_k, "max_cells_per_set": max_cells, "seed": seed}
+        zero_true, zero_this = distribution.zero_fraction(true_expression), distribution.zero_fraction(expr)
+        values["expr_zero_fraction_abs_diff"] = abs(zero_this - zero_true)
+        how["expr_zero_fraction_abs_diff"] = {"generated_fraction": zero_this, "true_fraction": zero_true}
+        values["expr_std_ratio_median"] = distribution.std_ratio_median(true_expression, expr)
+        shape_values, shape_how = geometry.shape_metrics(true_positions, coords, shape_pairs, seed)
+        values.update(shape_values)
+        how.update(shape_how)
+        moran = spatial.morans_i(spatial.knn_weights(coords, min(morans_k, len(coords) - 1)), expr)
+        values["morans_i_corr"] = _zscore_correlation(true_moran, moran)
+        how["morans_i_corr"] = {"formula": "Pearson correlation over genes of Moran's I: true expression on true coordinates "
+                                           "vs this slice's expression on its own coordinates", "k": morans_k}
+        if classifier is not None:
+            if labels is None:
+                labels = typer.predict(expr)
+                typed_by = f"{label_k}-NN classifier trained on the training cells (PCA of expression)"
+            else:
+                typed_by = "the slice's own labels"
+            labels = np.asarray(labels, dtype=object)
+            this_known = np.array([t is not None for t in labels])
+            values["cell_type_composition_l1"] = distribution.composition_l1(
+                labels[this_known].astype(str), true_types[true_known].astype(str), types)
+            how["cell_type_composition_l1"] = {"formula": "sum over cell types of |fraction here - fraction in the test slice|",
+                                               "typed_by": typed_by, "n_types": len(types)}
+            codes = np.array([code[str(t)] for t in labels[this_known]])
+            z = _enrichment(coords[this_known], codes, len(types), morans_k, permutations, seed)
+            values["nhood_enrichment_corr"] = _zscore_correlation(z_true, z)
+            how["nhood_enrichment_corr"] = {"formula": "Pearson correlation of neighbourhood-enrichment z-scores: "
+                                                       "test slice (true types) vs this slice", "typed_by": typed_by,
+                                            "k": morans_k, "n_permutations": permutations}
+        rows[method] = (values, how)
+    if classifier is not None:
+        accuracy = float(np.mean(classifier.predict(true_pcs[true_known]) == true_types[true_known].astype(str)))
+        values, how = rows["generated"]
+        values["cell_type_classifier_accuracy_on_test"] = accuracy
+        how["cell_type_classifier_accuracy_on_test"] = {
+            "formula": "accuracy of the classifier that types generated cells, on the test slice's true expression and types"}
+    return rows
