@@ -3,7 +3,8 @@
 Format (``torch.save`` of a dict): ``format`` ("alphastomics-model-v2"), ``config`` (Config as a
 dict), ``genes``, ``codec`` (expression code and per-gene moments, alphastomics.data.expression),
 ``frame`` (coordinate frame fitted on the training slices, alphastomics.data.frames),
-``train_slices`` (the slices the model was trained on), ``state_dict`` (network weights only),
+``train_slices`` (the slices the model was trained on), ``preprocessing`` (the training data's
+normalisation and measured genes, to match a user's file), ``state_dict`` (network weights only),
 ``training`` (steps, epochs, source checkpoint). A Lightning checkpoint file or a DeepSpeed
 checkpoint directory (ZeRO shards) can both be exported to it.
 """
@@ -13,11 +14,11 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
-
-from dataclasses import dataclass
 
 from alphastomics.config import Config, config_from_dict
 from alphastomics.data.expression import ExpressionCodec
@@ -75,6 +76,7 @@ def export_model(training_checkpoint: str | Path, out: str | Path) -> Path:
             "codec": hp["codec"],
             "frame": hp["coordinate_frame"],
             "train_slices": list(hp.get("train_slices") or []),
+            "preprocessing": hp.get("preprocessing") or {},
             "state_dict": state,
             "training": {
                 "global_step": ckpt.get("global_step"),
@@ -111,6 +113,17 @@ class LoadedModel:
     frame: CoordinateFrame
     train_slices: list[str]
     sha256: str
+    preprocessing: dict | None = None  # training data: "normalization" applied, "measured_genes" (bool per gene)
+
+    @property
+    def training_normalization(self) -> str:
+        return str((self.preprocessing or {}).get("normalization") or "none")
+
+    @property
+    def measured_genes(self) -> np.ndarray:
+        """(G,) bool: genes some training slice measured (those the model can generate)."""
+        measured = (self.preprocessing or {}).get("measured_genes")
+        return np.asarray(measured, dtype=bool) if measured else np.ones(len(self.genes), dtype=bool)
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
@@ -137,7 +150,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
     network.to(device).eval()
     schedule = NoiseSchedule(config.diffusion.diffusion_steps, config.diffusion.nu_expression, config.diffusion.nu_position).to(device)
     return LoadedModel(network, schedule, config, list(blob["genes"]), codec, frame, list(blob.get("train_slices", [])),
-                       file_sha256(path))
+                       file_sha256(path), blob.get("preprocessing") or {})
 
 
 def add_arguments(p) -> None:

@@ -129,6 +129,9 @@ class TrainingConfig:
     ema_decay: float = 0.999
     lr_schedule: str = "cosine"  # cosine (decay to 10% after warm-up) | constant
     warmup_steps: int = 100
+    # Share of expression-generating examples (positions given) where a random part of the genes is
+    # given clean too: how the model learns to impute genes from the others.
+    imputation_probability: float = 0.3
     val_every_n_epochs: int = 10
     num_workers: int = 0
     wandb: bool = False

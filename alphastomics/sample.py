@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import tempfile
@@ -22,6 +23,9 @@ from alphastomics.data.slices import collate, make_example
 from alphastomics.diffusion.sampler import SAMPLERS, sample
 from alphastomics.diffusion.schedule import expression_noise
 from alphastomics.errors import InputError
+from alphastomics.heldout import heldout_genes
+from alphastomics.user_data import NORMALIZATIONS as USER_NORMALIZATIONS
+from alphastomics.user_data import UserData, coordinates_as_slice, empty_slice, read_user_h5ad
 from alphastomics.io.manifest import load_manifest
 from alphastomics.io.shards import SliceData, load_slice
 
@@ -58,7 +62,7 @@ def draw_samples(model: LoadedModel, batch: SliceBatch, mode: str, num_samples: 
     n_dims = 3 if bool(batch.dim_mask[0, 2]) else 2
     decoded = model.codec.decode(expression[:, :n].cpu().numpy())
     coordinates = np.stack([model.frame.to_source(p[:n].cpu().numpy(), n_dims) for p in positions])
-    expected = expected_expression(model, known, seeds)[:n] if mode == "pos_to_expr" else None
+    expected = expected_expression(model, known, seeds)[:n] if mode in ("pos_to_expr", "impute") else None
     return Draws(decoded, coordinates, embedding[:n], seeds, expected)
 
 
@@ -78,17 +82,25 @@ def expected_expression(model: LoadedModel, known: SliceBatch, seeds: list[int])
     B = known.expression.shape[0]
     start = expression_noise(known.expression.shape, known.node_mask.cpu(),
                              [torch.Generator().manual_seed(s) for s in seeds]).to(known.expression.device)
+    if known.given_genes is not None:  # imputation: the given genes are clean from the start
+        given = (known.given_genes[:, model.network.expression_in.channel_genes] > 0)[:, None, :]
+        start = torch.where(given, known.expression, start)
     T = model.schedule.steps
     t = torch.full((B,), T, dtype=torch.long, device=start.device)
     zeros = torch.zeros(B, dtype=torch.long, device=start.device)
     pred = model.network(start, known.positions, t, zeros, model.schedule.alpha_bar("expression")[t],
-                         torch.ones(B, device=start.device), known.node_mask, known.gene_mask, known.dim_mask)
+                         torch.ones(B, device=start.device), known.node_mask, known.gene_mask, known.dim_mask,
+                         given_genes=known.given_genes)
     return model.codec.decode_expectation(pred.expression.float().cpu().numpy()).mean(0)
 
 
 def sample_slice(checkpoint: str | Path, data_dir: str | Path, slice_id: str, mode: str, steps: int | None = None,
                  seed: int = 0, device: str = "cpu", dataset: str | None = None, num_samples: int | None = None,
-                 progress: bool = True, sampler: str | None = None) -> ad.AnnData:
+                 progress: bool = True, sampler: str | None = None, holdout_fraction: float | None = None,
+                 holdout_seed: int | None = None) -> ad.AnnData:
+    """One slice of a preprocessed dataset in one mode. ``impute``: the genes chosen by
+    alphastomics.heldout (``holdout_fraction``, ``holdout_seed``; default the config's) are hidden
+    and generated from the other genes and the coordinates."""
     if mode not in MODES:
         raise InputError(f"unknown mode '{mode}' (one of {', '.join(MODES)})")
     started = time.time()
@@ -99,12 +111,21 @@ def sample_slice(checkpoint: str | Path, data_dir: str | Path, slice_id: str, mo
     if slice_id in model.train_slices:
         log.warning("slice %r was one of the model's training slices: its scores measure fit, not generalisation", slice_id)
     data = load_slice(data_dir, slice_id, manifest)
-    batch = collate([make_example(data, model.codec, model.frame)]).to(device)
+    heldout = None
+    if mode == "impute":
+        fraction = holdout_fraction if holdout_fraction is not None else model.config.sampling.holdout_fraction
+        holdout_seed = holdout_seed if holdout_seed is not None else model.config.sampling.holdout_seed
+        measured = [g for g, m in zip(data.genes, data.gene_mask) if m]
+        chosen = set(heldout_genes(measured, fraction, holdout_seed))
+        heldout = np.array([g in chosen for g in data.genes])
+    batch = known_batch(model, data, mode, heldout).to(device)
     steps = steps or model.config.sampling.steps or None
     num_samples = num_samples or model.config.sampling.num_samples
     sampler = sampler or model.config.sampling.sampler
     draws = draw_samples(model, batch, mode, num_samples, seed, steps, sampler, progress)
-    adata = to_anndata(data, draws, mode, model.frame.kind)
+    adata = to_anndata(data, draws, mode, model.frame.kind, heldout)
+    if heldout is not None:
+        adata.uns["alphastomics"].update({"holdout_fraction": fraction, "holdout_seed": holdout_seed, "n_heldout": int(heldout.sum())})
     adata.uns["alphastomics"].update(
         {
             "dataset": dataset or manifest.get("dataset", ""),
@@ -119,6 +140,15 @@ def sample_slice(checkpoint: str | Path, data_dir: str | Path, slice_id: str, mo
         }
     )
     return adata
+
+
+def known_batch(model: LoadedModel, data: SliceData, mode: str, heldout: np.ndarray | None = None) -> SliceBatch:
+    """The model-space batch of one slice as sampling sees it; ``heldout`` (G,) bool: imputation,
+    the genes to generate (the other measured genes are given)."""
+    batch = collate([make_example(data, model.codec, model.frame)])
+    if heldout is not None:
+        batch.given_genes = torch.from_numpy(data.gene_mask.astype(bool) & ~heldout).float()[None, :]
+    return batch
 
 
 @torch.no_grad()
@@ -155,10 +185,19 @@ def position_uncertainty(coordinates: np.ndarray, n_dims: int, frame_kind: str) 
     return np.sqrt(((d - d.mean(0)) ** 2).sum(-1).mean(0)).astype(np.float32)
 
 
-def to_anndata(data: SliceData, draws: Draws, mode: str, frame_kind: str) -> ad.AnnData:
-    """Lay out true and generated values as described in docs/FORMATS.md."""
+def to_anndata(data: SliceData, draws: Draws, mode: str, frame_kind: str, heldout: np.ndarray | None = None,
+               generated_genes: np.ndarray | None = None, has_coordinates: bool = True) -> ad.AnnData:
+    """Lay out true and generated values as described in docs/FORMATS.md.
+
+    ``heldout`` (G,) bool: impute, the genes generated (the other measured genes are given);
+    ``generated_genes`` (G,) bool: the genes generated expression covers (default the slice's
+    measured genes; a user's file without genes gets every gene the model knows);
+    ``has_coordinates``: False for dissociated cells (no obsm['spatial'] then).
+    """
     d = data.n_dims
     generated = GENERATED[mode]
+    measured = data.gene_mask.astype(bool)
+    covered = (measured if generated_genes is None else generated_genes).astype(np.float32)
     obs = pd.DataFrame(
         {"slice_id": data.slice_id, "platform": data.platform},
         index=pd.Index(data.cell_ids.astype(str), name="cell_id"),
@@ -167,17 +206,23 @@ def to_anndata(data: SliceData, draws: Draws, mode: str, frame_kind: str) -> ad.
         # Unknown stays unknown: missing values, never the string "None".
         labels = pd.Series(data.cell_types, dtype=object).where(pd.notna(pd.Series(data.cell_types, dtype=object)), None)
         obs["cell_type"] = pd.Categorical(labels.to_numpy(), categories=sorted({str(v) for v in labels if v is not None}))
-    var = pd.DataFrame({"measured": data.gene_mask.astype(bool)}, index=pd.Index(data.genes, name="gene"))
+    var = pd.DataFrame({"measured": measured}, index=pd.Index(data.genes, name="gene"))
     adata = ad.AnnData(X=data.expression.astype(np.float32), obs=obs, var=var)
-    measured = data.gene_mask.astype(np.float32)
-    if "expression" in generated:
-        adata.layers["expr_pred"] = (draws.expression[0] * measured).astype(np.float32)
+    if heldout is not None:  # impute: measured genes given, held-out ones generated
+        adata.var["heldout"] = heldout
+        given = measured & ~heldout
+        adata.layers["expr_pred"] = np.where(given, data.expression, draws.expression[0] * covered).astype(np.float32)
+        adata.layers["expr_pred_mean"] = np.where(given, data.expression, draws.expected_expression * covered).astype(np.float32)
+        adata.layers["expr_pred_var"] = np.where(given, 0.0, draws.expression.var(0) * covered).astype(np.float32)
+    elif "expression" in generated:
+        adata.layers["expr_pred"] = (draws.expression[0] * covered).astype(np.float32)
         if draws.expected_expression is not None:  # pos_to_expr: draws share the cells' positions
-            adata.layers["expr_pred_mean"] = (draws.expected_expression * measured).astype(np.float32)
-            adata.layers["expr_pred_var"] = (draws.expression.var(0) * measured).astype(np.float32)
+            adata.layers["expr_pred_mean"] = (draws.expected_expression * covered).astype(np.float32)
+            adata.layers["expr_pred_var"] = (draws.expression.var(0) * covered).astype(np.float32)
     else:
         adata.layers["expr_pred"] = data.expression.astype(np.float32)
-    adata.obsm["spatial"] = data.coords[:, :d].astype(np.float32)
+    if has_coordinates:
+        adata.obsm["spatial"] = data.coords[:, :d].astype(np.float32)
     if "position" in generated:
         adata.obsm["spatial_pred"] = draws.coordinates[0][:, :d].astype(np.float32)
         if mode == "expr_to_pos" and len(draws.seeds) > 1:
@@ -210,25 +255,135 @@ def write_h5ad_atomic(adata: ad.AnnData, out: str | Path) -> None:
             os.unlink(tmp)
 
 
+def sample_user_data(model: LoadedModel, user: UserData, mode: str, steps: int | None, seed: int, num_samples: int,
+                     sampler: str, impute_genes: list[str] | None = None, holdout_fraction: float | None = None,
+                     holdout_seed: int = 0, progress: bool = True) -> ad.AnnData:
+    """Sample every slice of a user's file (alphastomics.user_data) in one mode; one AnnData.
+
+    Generated expression covers every gene the model knows (measured in training). ``impute``:
+    ``impute_genes`` (default: the genes the model knows and the file lacks) are generated while
+    the file's other genes and its coordinates stay fixed; ``holdout_fraction`` instead hides a
+    seeded fraction of the file's measured genes and keeps their truth, so evaluate can score them.
+    """
+    needs = {"expr_to_pos": ["expression"], "pos_to_expr": ["coordinates"], "impute": ["expression", "coordinates"], "joint": []}[mode]
+    source = user.report.get("source", "the input")
+    if "expression" in needs and not user.has_expression:
+        raise InputError(f"{source}: mode {mode} needs expression, and the file holds no gene the model knows")
+    if "coordinates" in needs and not user.has_coordinates:
+        raise InputError(f"{source}: mode {mode} needs coordinates, and the file has none (give --position-key, or --coordinates FILE)")
+    known_genes = model.measured_genes
+    parts = []
+    for data in user.slices:
+        heldout = None
+        generated_genes = known_genes if "expression" in GENERATED[mode] else None
+        model_view = data
+        if mode == "impute":
+            heldout = impute_target(data, model, impute_genes, holdout_fraction, holdout_seed, source)
+        if generated_genes is not None:
+            # the model generates every gene it knows; given genes (impute) stay the file's values
+            model_view = dataclasses.replace(data, gene_mask=known_genes | data.gene_mask.astype(bool))
+        batch = known_batch(model, model_view, mode, heldout)
+        draws = draw_samples(model, batch, mode, num_samples, seed, steps, sampler, progress)
+        adata = to_anndata(data, draws, mode, model.frame.kind, heldout, generated_genes, user.has_coordinates)
+        if heldout is not None:
+            adata.var["generated"] = heldout
+        parts.append(adata)
+    adata = parts[0] if len(parts) == 1 else ad.concat(parts, merge="same", uns_merge="first")
+    adata.uns["alphastomics"] = {**parts[0].uns["alphastomics"], "slice_id": ", ".join(d.slice_id for d in user.slices),
+                                 "input": _plain_report(user.report)}
+    return adata
+
+
+def impute_target(data: SliceData, model: LoadedModel, impute_genes: list[str] | None, holdout_fraction: float | None,
+                  holdout_seed: int, source: str) -> np.ndarray:
+    """(G,) bool: the genes to generate in an imputation of a user's slice."""
+    measured = data.gene_mask.astype(bool)
+    if holdout_fraction is not None:
+        chosen = set(heldout_genes([g for g, m in zip(data.genes, measured) if m], holdout_fraction, holdout_seed))
+        return np.array([g in chosen for g in data.genes])
+    if impute_genes:
+        position = {g: i for i, g in enumerate(data.genes)}
+        lower = {g.lower(): i for i, g in enumerate(data.genes)}
+        unknown = [g for g in impute_genes if g not in position and g.lower() not in lower]
+        if unknown:
+            raise InputError(f"{source}: --impute-genes names gene(s) the model does not know: {', '.join(unknown)}")
+        target = np.zeros(len(data.genes), dtype=bool)
+        for g in impute_genes:
+            target[position.get(g, lower.get(g.lower()))] = True
+        return target
+    target = model.measured_genes & ~measured
+    if not target.any():
+        raise InputError(f"{source}: the file measures every gene the model knows: name genes with --impute-genes, "
+                         "or hide some with --holdout-genes FRACTION")
+    return target
+
+
+def _plain_report(report: dict) -> dict:
+    """uns-safe copy: lists of strings stay lists, nothing empty (h5py cannot store empty lists of str)."""
+    return {k: v for k, v in report.items() if not (isinstance(v, list) and not v)}
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="model file written by `alphastomics train`/`export` (model.ckpt)")
-    p.add_argument("--data", required=True, help="directory holding manifest.json and the shards")
-    p.add_argument("--slice", required=True, dest="slice_id", help="slice id to sample")
+    p.add_argument("--data", default=None,
+                   help="a preprocessed dataset directory (manifest.json + shards; give --slice) or any .h5ad: cells with "
+                        "expression and/or coordinates, matched to the model's genes")
+    p.add_argument("--slice", default=None, dest="slice_id", help="slice id to sample (preprocessed directory)")
     p.add_argument("--mode", required=True, choices=MODES)
     p.add_argument("--out", required=True, help="output .h5ad")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: sampling.steps of the training config, else all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first draw (draw i uses seed + i)")
+    p.add_argument("--holdout-genes", type=float, default=None, metavar="FRACTION", dest="holdout_fraction",
+                   help="impute: hide this fraction of the measured genes, generate them and keep their truth (default on a "
+                        "preprocessed dataset: sampling.holdout_fraction)")
+    p.add_argument("--holdout-seed", type=int, default=None, help="impute: seed of the held-out gene choice (default: sampling.holdout_seed)")
+    p.add_argument("--impute-genes", default=None, metavar="GENE,GENE",
+                   help="impute on an h5ad: the genes to generate (default: every gene the model knows and the file lacks)")
     p.add_argument("--num-samples", type=int, default=None,
                    help="draws per slice (default: sampling.num_samples of the training config); pos_to_expr keeps their mean")
     p.add_argument("--sampler", choices=SAMPLERS, default=None,
                    help="ancestral (stochastic) or ddim (deterministic, good with few --steps); default: sampling.sampler")
     p.add_argument("--dataset", default=None, help="dataset name recorded in the output")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    own = p.add_argument_group("own data (--data FILE.h5ad, --coordinates FILE, or joint with --num-cells)")
+    own.add_argument("--slice-key", default=None, help="obs key: sample each slice of the file on its own (default: all cells one slice)")
+    own.add_argument("--position-key", default="spatial", help="obsm key of the coordinates (default: spatial)")
+    own.add_argument("--cell-type-key", default=None, help="obs key of cell types, kept in the output")
+    own.add_argument("--normalization", choices=USER_NORMALIZATIONS, default="checkpoint",
+                     help="how to normalise the file (default: as the model's training data were)")
+    own.add_argument("--dims", type=int, choices=(2, 3), default=None,
+                     help="dimensionality of generated coordinates for cells without any (default: the training data's)")
+    own.add_argument("--coordinates", default=None, metavar="FILE", help="pos_to_expr: a CSV/TSV of x, y[, z] to fill with expression")
+    own.add_argument("--num-cells", type=int, default=None, help="joint without --data: cells of the virtual slice")
 
 
 def main(args: argparse.Namespace) -> int:
-    adata = sample_slice(args.checkpoint, args.data, args.slice_id, args.mode, args.steps, args.seed, args.device,
-                         args.dataset, args.num_samples, sampler=args.sampler)
+    started = time.time()
+    if args.data is not None and Path(args.data).is_dir():
+        if args.slice_id is None:
+            raise InputError(f"{args.data}: a preprocessed dataset directory: name the slice with --slice")
+        adata = sample_slice(args.checkpoint, args.data, args.slice_id, args.mode, args.steps, args.seed, args.device,
+                             args.dataset, args.num_samples, sampler=args.sampler, holdout_fraction=args.holdout_fraction,
+                             holdout_seed=args.holdout_seed)
+    else:
+        model = load_model(args.checkpoint, args.device)
+        dims = args.dims or model.frame.dims
+        if args.coordinates is not None:
+            user = coordinates_as_slice(args.coordinates, model.genes)
+        elif args.data is not None:
+            user = read_user_h5ad(args.data, model.genes, model.training_normalization, args.normalization, args.slice_key,
+                                  args.position_key, args.cell_type_key, dims)
+        elif args.mode == "joint" and args.num_cells:
+            user = empty_slice(args.num_cells, model.genes, dims)
+        else:
+            raise InputError("give --data (a dataset directory or an .h5ad), --coordinates FILE (pos_to_expr), "
+                             "or --num-cells N (joint)")
+        impute = [g.strip() for g in args.impute_genes.split(",") if g.strip()] if args.impute_genes else None
+        adata = sample_user_data(model, user, args.mode, args.steps or model.config.sampling.steps or None, args.seed,
+                                 args.num_samples or model.config.sampling.num_samples, args.sampler or model.config.sampling.sampler,
+                                 impute, args.holdout_fraction, args.holdout_seed or 0)
+        adata.uns["alphastomics"].update({"dataset": args.dataset or "", "checkpoint_sha256": model.sha256,
+                                          "train_slices": list(model.train_slices), "runtime_s": round(time.time() - started, 2)})
     write_h5ad_atomic(adata, args.out)
     log.info("wrote %s (%d cells, mode %s, %.1f s)", args.out, adata.n_obs, args.mode, adata.uns["alphastomics"]["runtime_s"])
     return 0

@@ -15,6 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -45,7 +46,8 @@ class TrainingDiverged(AlphaSTomicsError):
 
 class DiffusionModule(L.LightningModule):
     # (``coordinate_frame``, not ``frame``: Lightning's save_hyperparameters drops an argument named frame.)
-    def __init__(self, config: dict, genes: list[str], codec: dict, coordinate_frame: dict, train_slices: list[str] | None = None):
+    def __init__(self, config: dict, genes: list[str], codec: dict, coordinate_frame: dict, train_slices: list[str] | None = None,
+                 preprocessing: dict | None = None):
         super().__init__()
         self.save_hyperparameters()
         self.config: Config = config_from_dict(config)
@@ -53,6 +55,7 @@ class DiffusionModule(L.LightningModule):
         self.codec = ExpressionCodec.from_dict(codec)
         self.frame = CoordinateFrame.from_dict(coordinate_frame)
         self.centred = self.frame.kind == "per_slice"
+        self.register_buffer("channel_genes", torch.from_numpy(self.codec.channel_genes), persistent=False)
         self.network = build_network(c, len(genes), self.codec, self.frame)
         # Moving average of the weights (sampling uses it: averaged weights give cleaner samples
         # than the last step's). Off under ZeRO-3, which partitions parameters across ranks.
@@ -86,10 +89,26 @@ class DiffusionModule(L.LightningModule):
         x0_position = self._clean_positions(batch)
         eps_e = expression_noise(batch.expression.shape, batch.node_mask.cpu(), generator).to(device)
         eps_p = position_noise(x0_position.shape, batch.node_mask, batch.dim_mask, self.centred, generator).to(device)
-        expression_t = add_noise(batch.expression, eps_e, self.schedule.alpha_bar("expression")[t_expression])
+        given_genes = self._draw_given_genes(batch, regimes, generator)
+        keep_channels = None if given_genes is None else (given_genes[:, self.channel_genes] > 0)[:, None, :]
+        expression_t = add_noise(batch.expression, eps_e, self.schedule.alpha_bar("expression")[t_expression], keep=keep_channels)
         position_t = add_noise(x0_position, eps_p, self.schedule.alpha_bar("position")[t_position],
                                keep=~batch.dim_mask[:, None, :].bool())
-        return expression_t, position_t, t_expression, t_position, generate_expression.float(), generate_position.float()
+        return (expression_t, position_t, t_expression, t_position, generate_expression.float(), generate_position.float(),
+                given_genes)
+
+    def _draw_given_genes(self, batch: SliceBatch, regimes: torch.Tensor, generator) -> torch.Tensor | None:
+        """Imputation training: in some examples that generate expression at given coordinates, a
+        random 30-95% of the measured genes are given clean, and only the others are generated and
+        scored. None when no example of the batch does it."""
+        p = self.config.training.imputation_probability
+        B, G = batch.gene_mask.shape
+        chosen = (torch.rand(B, generator=generator) < p).to(regimes.device) & (regimes == EXPRESSION_ONLY)
+        if p == 0 or not bool(chosen.any()):
+            return None
+        fraction = 0.3 + 0.65 * torch.rand(B, 1, generator=generator)
+        given = (torch.rand(B, G, generator=generator) < fraction).to(batch.gene_mask.device)
+        return (given & chosen[:, None] & (batch.gene_mask > 0)).float()
 
     def _feature_masks(self, batch: SliceBatch, generator):
         """Per cell, a random subset of genes (all channels of a gene) and of coordinate axes (masked diffusion)."""
@@ -99,14 +118,14 @@ class DiffusionModule(L.LightningModule):
         mask_p = (torch.rand(batch.positions.shape, generator=generator) < m.position_mask_ratio).to(batch.expression.device)
         mask_genes &= batch.node_mask[..., None] & batch.gene_mask[:, None, :].bool()
         mask_p &= batch.node_mask[..., None] & batch.dim_mask[:, None, :].bool()
-        mask_e = mask_genes[..., torch.from_numpy(self.codec.channel_genes).to(mask_genes.device)]
+        mask_e = mask_genes[..., self.channel_genes]
         return mask_e, mask_p
 
     def compute_losses(self, batch: SliceBatch, generator: torch.Generator | None = None, regimes=None, masking: bool = False,
                        network=None):
         c = self.config
         network = network or self.network
-        expression_t, position_t, t_e, t_p, w_e, w_p = self._draw(batch, generator, regimes)
+        expression_t, position_t, t_e, t_p, w_e, w_p, given_genes = self._draw(batch, generator, regimes)
         mask_e = mask_p = None
         if masking:
             mask_e, mask_p = self._feature_masks(batch, generator)
@@ -115,7 +134,10 @@ class DiffusionModule(L.LightningModule):
         alpha_bar_e = self.schedule.alpha_bar("expression")[t_e]
         alpha_bar_p = self.schedule.alpha_bar("position")[t_p]
         pred = network(expression_t, position_t, t_e, t_p, alpha_bar_e, alpha_bar_p, batch.node_mask, batch.gene_mask,
-                       batch.dim_mask)
+                       batch.dim_mask, given_genes=given_genes)
+        target_mask = batch.expression_target
+        if given_genes is not None:  # given genes are inputs, not predictions
+            target_mask = target_mask * (1.0 - given_genes[:, self.channel_genes])[:, None, :]
         x0_position = self._clean_positions(batch)
         # Per-example weights: 0 where the modality was given, else the noise-level weight.
         lw_e = w_e * noise_level_weight(alpha_bar_e, c.loss.weighting, c.loss.min_snr_gamma)
@@ -131,7 +153,7 @@ class DiffusionModule(L.LightningModule):
             generator,
         )
         losses = {
-            "expression": weighted_mean(expression_mse(pred.expression, batch.expression, batch.expression_target, batch.node_mask), lw_e),
+            "expression": weighted_mean(expression_mse(pred.expression, batch.expression, target_mask, batch.node_mask), lw_e),
             "position": weighted_mean(position_mse(pred.positions, x0_position, batch.node_mask, batch.dim_mask), lw_p),
             "distance": weighted_mean(distances, lw_p),
             "moe_aux": pred.aux_loss,
@@ -257,6 +279,20 @@ def build_dataloaders(config: Config, data_dir: Path, train_ids: list[str], val_
             val_set, batch_sampler=SizeBucketBatchSampler(val_set, t.batch_size, shuffle=False), collate_fn=collate
         )
     return train_loader, val_loader, codec, frame
+
+
+def training_preprocessing(manifest: dict, train_set) -> dict:
+    """How the training data were normalised and which genes they measured: what a user's own
+    file must be matched to (alphastomics.user_data)."""
+    slices = train_set.slices if hasattr(train_set, "slices") else None
+    platforms = {e["platform"] for sid, e in manifest["slices"].items()}
+    applied = {manifest["platforms"][p]["normalization"].get("applied") for p in platforms if p in manifest["platforms"]}
+    measured = np.zeros(len(manifest["genes"]), dtype=bool)
+    for example in (train_set.examples if hasattr(train_set, "examples") else []):
+        measured |= example.gene_mask
+    for s in slices or []:
+        measured |= s.gene_mask.astype(bool)
+    return {"normalization": applied.pop() if len(applied) == 1 else "mixed", "measured_genes": measured.tolist()}
 
 
 # -- trainer -------------------------------------------------------------------------------------
@@ -399,7 +435,8 @@ def train(config: Config, data_dir: str | Path, out_dir: str | Path, test_ids=()
     log.info("training on %d slices (%s), validating on %s; %s coordinate frame", len(train_ids), ", ".join(train_ids),
              ", ".join(val_ids) or "none", coordinate_frame)
 
-    module = DiffusionModule(config.to_dict(), genes, codec.to_dict(), frame.to_dict(), train_ids)
+    module = DiffusionModule(config.to_dict(), genes, codec.to_dict(), frame.to_dict(), train_ids,
+                             training_preprocessing(manifest, train_loader.dataset))
     save_config(config, out_dir / "config.yaml")
     key = resume_key(config, genes, train_ids, coordinate_frame)
     key_file = out_dir / "checkpoints" / "resume_key.txt"

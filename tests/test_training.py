@@ -120,17 +120,17 @@ def test_batches_pad_slices_of_different_size_and_losses_are_finite(bdtnp_dir):
 
 def test_training_modes_noise_the_right_modality(starmap_dir):
     module, batch = _module_and_batch(starmap_dir, ["20180417_BZ5_control"], **{"training.training_mode": "expr_to_pos"})
-    _, _, t_e, t_p, w_e, w_p = module._draw(batch, torch.Generator().manual_seed(0))
+    _, _, t_e, t_p, w_e, w_p, _ = module._draw(batch, torch.Generator().manual_seed(0))
     assert t_e.tolist() == [0] and t_p.item() > 0 and w_e.tolist() == [0.0] and w_p.tolist() == [1.0]
     module, batch = _module_and_batch(starmap_dir, ["20180417_BZ5_control"], **{"training.training_mode": "pos_to_expr"})
-    _, _, t_e, t_p, w_e, w_p = module._draw(batch, torch.Generator().manual_seed(0))
+    _, _, t_e, t_p, w_e, w_p, _ = module._draw(batch, torch.Generator().manual_seed(0))
     assert t_p.tolist() == [0] and t_e.item() > 0 and w_p.tolist() == [0.0]
     # joint: all three regimes occur
     module, batch = _module_and_batch(starmap_dir, ["20180417_BZ5_control"])
     seen = set()
     g = torch.Generator().manual_seed(0)
     for _ in range(30):
-        _, _, t_e, t_p, _, _ = module._draw(batch, g)
+        _, _, t_e, t_p, _, _, _ = module._draw(batch, g)
         seen.add((t_e.item() > 0, t_p.item() > 0))
     assert seen == {(True, True), (True, False), (False, True)}
 
@@ -316,40 +316,44 @@ def test_ddp_and_fsdp_strategies_built_from_config():
 
 
 @pytest.fixture(scope="module")
-def small_model(starmap_dir, tmp_path_factory):
-    """A small model trained for a few steps on two STARmap slices (BZ14 held out)."""
-    tmp = tmp_path_factory.mktemp("small_model")
+def small_models(starmap_dir, bdtnp_dir, tmp_path_factory):
+    """Small models trained for a few steps: STARmap (per-slice frame, BZ14 held out) and BDTNP
+    (shared frame, slab2 held out)."""
+    tmp = tmp_path_factory.mktemp("small_models")
     config = load_config(small_config(tmp))
-    train(config, starmap_dir, tmp / "model", test_ids=["20180424_BZ14_control"], export_to=tmp / "model.ckpt")
-    return tmp / "model.ckpt"
+    train(config, starmap_dir, tmp / "starmap", test_ids=["20180424_BZ14_control"], export_to=tmp / "starmap.ckpt")
+    train(config, bdtnp_dir, tmp / "bdtnp", test_ids=["slab2"], export_to=tmp / "bdtnp.ckpt", coordinate_frame="shared")
+    return {"starmap": (tmp / "starmap.ckpt", starmap_dir, "20180424_BZ14_control"), "bdtnp": (tmp / "bdtnp.ckpt", bdtnp_dir, "slab2")}
 
 
+@pytest.mark.parametrize("dataset", ["starmap", "bdtnp"])
 @pytest.mark.parametrize("mode", ["expr_to_pos", "pos_to_expr"])
-def test_hidden_truth_does_not_reach_the_sample(small_model, starmap_dir, mode):
+def test_hidden_truth_does_not_reach_the_sample(small_models, mode, dataset):
     """Leakage: changing what a mode must generate (coordinates in expr_to_pos, expression in
-    pos_to_expr) leaves the sample bitwise unchanged for the same seed; changing what it is given
-    changes it."""
+    pos_to_expr) leaves the sample bitwise unchanged for the same seed, in a per-slice frame and in
+    a shared one; changing what it is given changes it."""
     import dataclasses
 
     from alphastomics.checkpoint import load_model
-    from alphastomics.sample import draw_samples
+    from alphastomics.sample import draw_samples, known_batch
 
-    model = load_model(small_model)
-    data = load_slice(starmap_dir, "20180424_BZ14_control")
+    checkpoint, data_dir, slice_id = small_models[dataset]
+    model = load_model(checkpoint)
+    assert model.frame.kind == ("shared" if dataset == "bdtnp" else "per_slice")
+    data = load_slice(data_dir, slice_id)
     rng = np.random.default_rng(0)
     hidden, given = ("coords", "expression") if mode == "expr_to_pos" else ("expression", "coords")
 
     def perturbed(field):
         value = getattr(data, field).copy()
         if field == "coords":
-            value[:, :2] = value[rng.permutation(len(value)), :2] * 1.7 + 300.0
+            value[:, :data.n_dims] = value[rng.permutation(len(value)), :data.n_dims] * 1.7 + 30.0
         else:
             value = value[rng.permutation(len(value))]
         return dataclasses.replace(data, **{field: value})
 
     def draw(slice_data):
-        batch = collate([make_example(slice_data, model.codec, model.frame)])
-        return draw_samples(model, batch, mode, num_samples=2, seed=3, steps=5, progress=False)
+        return draw_samples(model, known_batch(model, slice_data, mode), mode, num_samples=2, seed=3, steps=5, progress=False)
 
     original = draw(data)
     changed_truth = draw(perturbed(hidden))

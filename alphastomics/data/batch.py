@@ -16,6 +16,8 @@ class SliceBatch:
     gene_mask: torch.Tensor  # (B, G) float, 1 where the slice's platform measured the gene
     dim_mask: torch.Tensor  # (B, 3) float, 1 for the axes the slice uses (z only for 3D slices)
     slice_ids: tuple[str, ...] = field(default=())
+    # Imputation: genes whose expression is given while the others are generated (B, G) float.
+    given_genes: torch.Tensor | None = None
 
     def to(self, device) -> "SliceBatch":
         moved = {f.name: getattr(self, f.name).to(device) for f in fields(self) if isinstance(getattr(self, f.name), torch.Tensor)}

@@ -40,6 +40,7 @@ class CoordinateFrame:
     # shared: the one centre and scale of the atlas frame
     centre: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
     scale: float = 1.0
+    dims: int = 2  # the training slices' dimensionality (3 if any was 3D): default of slices with no coordinates
 
     @classmethod
     def fit(cls, kind: str, slices: list[tuple[np.ndarray, int]]) -> "CoordinateFrame":
@@ -52,7 +53,7 @@ class CoordinateFrame:
             centre = all_coords.mean(0)
             spread = np.sqrt(np.mean((all_coords[:, used] - centre[used]) ** 2)) or 1.0
             # 2D sections at different z of one specimen: z is part of the frame, centred with the rest.
-            return cls(kind, centre=[float(v) for v in centre], scale=float(spread))
+            return cls(kind, centre=[float(v) for v in centre], scale=float(spread), dims=max(d for _, d in slices))
         logs: dict[int, list[float]] = {}
         for coords, d in slices:
             n = coords.shape[0]
@@ -61,7 +62,8 @@ class CoordinateFrame:
                 logs.setdefault(d, []).append(np.log(spread / n ** (1.0 / d)))
         if not logs:
             raise ValueError("no training slice with at least two distinct cells to fit the coordinate scale")
-        return cls(kind, density_scale={str(d): float(np.exp(np.mean(v))) for d, v in logs.items()})
+        return cls(kind, density_scale={str(d): float(np.exp(np.mean(v))) for d, v in logs.items()},
+                   dims=max(d for _, d in slices))
 
     def slice_scale(self, n_cells: int, n_dims: int) -> float:
         """Source units per model unit for a slice of ``n_cells`` cells."""
@@ -90,8 +92,10 @@ class CoordinateFrame:
         return (model * self.slice_scale(model.shape[0], n_dims)).astype(np.float32)
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "density_scale": dict(self.density_scale), "centre": list(self.centre), "scale": self.scale}
+        return {"kind": self.kind, "density_scale": dict(self.density_scale), "centre": list(self.centre), "scale": self.scale,
+                "dims": self.dims}
 
     @classmethod
     def from_dict(cls, d: dict) -> "CoordinateFrame":
-        return cls(d["kind"], dict(d.get("density_scale", {})), list(d.get("centre", [0.0, 0.0, 0.0])), float(d.get("scale", 1.0)))
+        return cls(d["kind"], dict(d.get("density_scale", {})), list(d.get("centre", [0.0, 0.0, 0.0])), float(d.get("scale", 1.0)),
+                   int(d.get("dims", 2)))

@@ -45,6 +45,10 @@ def _ddim_step(x_t, x0_hat, ab_t, ab_s):
     return ab_s.sqrt() * x0_hat + (1 - ab_s).sqrt() * eps_hat
 
 
+def _keep(values: torch.Tensor, given: torch.Tensor, where: torch.Tensor | None) -> torch.Tensor:
+    return values if where is None else torch.where(where, given, values)
+
+
 @torch.no_grad()
 def sample(
     model,
@@ -69,11 +73,15 @@ def sample(
     B, N, C = known.expression.shape
     mask = known.node_mask
     generated_axes = known.dim_mask[:, None, :].bool()
+    # Imputation: channels of given genes stay at their clean values while the others are generated.
+    given_channels = None
+    if known.given_genes is not None:
+        given_channels = (known.given_genes[:, model.expression_in.channel_genes] > 0)[:, None, :]
     expression = known.expression.clone()
     positions = masked_centre(known.positions, mask) if centred_positions else known.positions.clone()
     given_positions = positions.clone()
     if generate_expression:
-        expression = expression_noise((B, N, C), mask.cpu(), generator).to(device)
+        expression = _keep(expression_noise((B, N, C), mask.cpu(), generator).to(device), known.expression, given_channels)
     if generate_position:
         noise = position_noise((B, N, 3), mask, known.dim_mask, centred_positions, generator).to(device)
         positions = torch.where(generated_axes, noise, given_positions)
@@ -94,6 +102,7 @@ def sample(
             mask,
             known.gene_mask,
             known.dim_mask,
+            given_genes=known.given_genes,
         )
         if generate_expression:
             x0 = pred.expression.float()
@@ -104,6 +113,7 @@ def sample(
             else:
                 noise = expression_noise((B, N, C), mask.cpu(), generator).to(device)
                 expression = _ancestral_step(expression, x0, ab_e[t], ab_e[s], noise) * mask[..., None]
+            expression = _keep(expression, known.expression, given_channels)
         if generate_position:
             x0 = pred.positions.float()
             if s == 0:

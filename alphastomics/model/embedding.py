@@ -47,11 +47,15 @@ class ExpressionEmbedding(nn.Module):
         self.register_buffer("channel_genes", torch.as_tensor(channel_genes, dtype=torch.long).clone(), persistent=False)
         self.values = nn.Sequential(nn.Linear(len(channel_genes), dim), nn.SiLU(), nn.Linear(dim, dim))
         self.measured = nn.Linear(num_genes, dim, bias=False)
+        self.given = nn.Linear(num_genes, dim, bias=False)  # imputation: which genes are given clean
 
-    def forward(self, expression: torch.Tensor, gene_mask: torch.Tensor) -> torch.Tensor:
-        # expression (B, N, C); gene_mask (B, G) float
+    def forward(self, expression: torch.Tensor, gene_mask: torch.Tensor, given_genes: torch.Tensor | None = None) -> torch.Tensor:
+        # expression (B, N, C); gene_mask, given_genes (B, G) float
         channel_mask = gene_mask[:, self.channel_genes]
-        return self.values(expression * channel_mask[:, None, :]) + self.measured(gene_mask)[:, None, :]
+        h = self.values(expression * channel_mask[:, None, :]) + self.measured(gene_mask)[:, None, :]
+        if given_genes is not None:
+            h = h + self.given(given_genes)[:, None, :]
+        return h
 
 
 class FourierPositionEmbedding(nn.Module):

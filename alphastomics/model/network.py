@@ -130,12 +130,14 @@ class AlphaSTomicsNet(nn.Module):
         node_mask: torch.Tensor,
         gene_mask: torch.Tensor,
         dim_mask: torch.Tensor,
+        given_genes: torch.Tensor | None = None,
     ) -> Prediction:
+        """``given_genes`` (B, G): imputation, genes given clean while the others are generated."""
         mask = node_mask[..., None].to(positions.dtype)
         x_t = positions * mask if self.absolute_positions else masked_centre(positions, node_mask)
         centred = masked_centre(x_t, node_mask)
         h = (
-            self.expression_in(expression, gene_mask)
+            self.expression_in(expression, gene_mask, given_genes)
             + self.radius_in(torch.log1p(centred.pow(2).sum(-1, keepdim=True)))
             + (self.time_expression(t_expression) + self.time_position(t_position))[:, None, :]
         )
@@ -172,6 +174,8 @@ class AlphaSTomicsNet(nn.Module):
         preconditioned = e_skip[:, None, None] * expression + e_out[:, None, None] * output
         expression_x0 = torch.where(self.presence_channels, preconditioned, output)
         given = (expression_alpha_bar >= 1.0)[:, None, None]
+        if given_genes is not None:
+            given = given | (given_genes[:, self.expression_in.channel_genes] > 0)[:, None, :]
         expression_x0 = torch.where(given, expression, expression_x0)
         return Prediction(expression=expression_x0, positions=positions_x0 * mask, aux_loss=aux, embedding=features)
 
