@@ -23,6 +23,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("alphastomics.train", "train the diffusion model on the shards of a dataset"),
     "sample": ("alphastomics.sample", "sample one slice in a mode -> h5ad with true and generated values"),
     "evaluate": ("alphastomics.evaluate", "score one sample file -> tidy metric table"),
+    "extract": ("alphastomics.extract", "per-cell embeddings of any h5ad -> obsm['X_alphastomics'] (for scanpy neighbors/leiden)"),
+    "test": ("alphastomics.benchmark_checkpoint", "the whole benchmark of one checkpoint without Snakemake: sample every held-out slice "
+                                       "in every mode, evaluate, report"),
     "gather": ("alphastomics.evaluate", "concatenate per-sample metric tables into one dataset table"),
     "report": ("alphastomics.report", "render the self-contained HTML benchmark report of a dataset"),
     "export": ("alphastomics.checkpoint", "convert a training checkpoint (Lightning file or DeepSpeed directory) to the model file sampling loads"),

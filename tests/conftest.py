@@ -38,3 +38,24 @@ def bdtnp_dir(tmp_path_factory) -> Path:
     """BDTNP embryo, 4 real 3D slabs, preprocessed into shards."""
     return preprocess_dataset(tmp_path_factory.mktemp("bdtnp"), BDTNP, "insitu", "bdtnp_drosophila",
                               "--slice-key", "slice_id", "--normalization", "none")
+
+
+SMALL_MODEL = {
+    "model": {"hidden_dim": 32, "num_layers": 2, "num_heads": 4},
+    "diffusion": {"diffusion_steps": 20},
+    "training": {"epochs": 2, "examples_per_epoch": 2, "val_every_n_epochs": 1, "accelerator": "cpu"},
+}
+
+
+@pytest.fixture(scope="session")
+def small_models(starmap_dir, bdtnp_dir, tmp_path_factory):
+    """Small models trained for a few steps: STARmap (per-slice frame, BZ14 held out) and BDTNP
+    (shared frame, slab2 held out): (model file, dataset directory, held-out slice)."""
+    from alphastomics.config import config_from_dict
+    from alphastomics.train import train
+
+    tmp = tmp_path_factory.mktemp("small_models")
+    config = config_from_dict(SMALL_MODEL)
+    train(config, starmap_dir, tmp / "starmap", test_ids=["20180424_BZ14_control"], export_to=tmp / "starmap.ckpt")
+    train(config, bdtnp_dir, tmp / "bdtnp", test_ids=["slab2"], export_to=tmp / "bdtnp.ckpt", coordinate_frame="shared")
+    return {"starmap": (tmp / "starmap.ckpt", starmap_dir, "20180424_BZ14_control"), "bdtnp": (tmp / "bdtnp.ckpt", bdtnp_dir, "slab2")}

@@ -315,17 +315,6 @@ def test_ddp_and_fsdp_strategies_built_from_config():
     assert build_strategy(Config()) == "auto"
 
 
-@pytest.fixture(scope="module")
-def small_models(starmap_dir, bdtnp_dir, tmp_path_factory):
-    """Small models trained for a few steps: STARmap (per-slice frame, BZ14 held out) and BDTNP
-    (shared frame, slab2 held out)."""
-    tmp = tmp_path_factory.mktemp("small_models")
-    config = load_config(small_config(tmp))
-    train(config, starmap_dir, tmp / "starmap", test_ids=["20180424_BZ14_control"], export_to=tmp / "starmap.ckpt")
-    train(config, bdtnp_dir, tmp / "bdtnp", test_ids=["slab2"], export_to=tmp / "bdtnp.ckpt", coordinate_frame="shared")
-    return {"starmap": (tmp / "starmap.ckpt", starmap_dir, "20180424_BZ14_control"), "bdtnp": (tmp / "bdtnp.ckpt", bdtnp_dir, "slab2")}
-
-
 @pytest.mark.parametrize("dataset", ["starmap", "bdtnp"])
 @pytest.mark.parametrize("mode", ["expr_to_pos", "pos_to_expr"])
 def test_hidden_truth_does_not_reach_the_sample(small_models, mode, dataset):
@@ -364,3 +353,32 @@ def test_hidden_truth_does_not_reach_the_sample(small_models, mode, dataset):
     assert not np.array_equal(generated, changed_input.coordinates if mode == "expr_to_pos" else changed_input.expression)
     again = draw(data)  # the same seed gives the same sample
     assert np.array_equal(original.coordinates, again.coordinates) and np.array_equal(original.expression, again.expression)
+
+
+def test_impute_sees_neither_the_held_out_truth_nor_changes_the_given_genes(small_models):
+    """Leakage in impute: the held-out genes' true values do not reach the sample (bitwise), and the
+    given genes come back exactly as given."""
+    import dataclasses
+
+    from alphastomics.checkpoint import load_model
+    from alphastomics.heldout import heldout_genes
+    from alphastomics.sample import draw_samples, known_batch
+
+    checkpoint, data_dir, slice_id = small_models["starmap"]
+    model = load_model(checkpoint)
+    data = load_slice(data_dir, slice_id)
+    chosen = set(heldout_genes([g for g, m in zip(data.genes, data.gene_mask) if m], 0.2, 0))
+    heldout = np.array([g in chosen for g in data.genes])
+
+    def draw(slice_data):
+        return draw_samples(model, known_batch(model, slice_data, "impute", heldout), "impute", 2, 5, 5, progress=False)
+
+    original = draw(data)
+    scrambled = data.expression.copy()
+    scrambled[:, heldout] = np.random.default_rng(0).permutation(scrambled[:, heldout]) * 3 + 1
+    changed = draw(dataclasses.replace(data, expression=scrambled))
+    assert np.array_equal(original.expression, changed.expression)
+    assert np.array_equal(original.expected_expression, changed.expected_expression)
+    given = data.gene_mask.astype(bool) & ~heldout
+    decoded_given = model.codec.decode(model.codec.encode(data.expression, data.gene_mask)[0])[:, given]
+    assert np.allclose(original.expression[0][:, given], decoded_given, atol=1e-5)

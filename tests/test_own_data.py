@@ -1,0 +1,127 @@
+"""A trained model on a user's own data (issue 11): any h5ad, coordinates alone, genes missing,
+virtual slices, imputation, embeddings, the one-checkpoint benchmark, and the errors a user meets."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BZ14 = REPO / "resources/starmap_mpfc/starmap_mpfc_20180424_BZ14_control.h5ad"
+
+
+def _cli(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "alphastomics.cli", *map(str, args)], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def dissociated(tmp_path_factory):
+    """The held-out STARmap slice as a user might hold it: no coordinates, cells shuffled, gene names
+    upper-cased and a tenth of the genes missing."""
+    a = ad.read_h5ad(BZ14)
+    rng = np.random.default_rng(0)
+    keep = np.sort(rng.choice(a.n_vars, int(a.n_vars * 0.9), replace=False))
+    b = a[rng.permutation(a.n_obs)][:, keep].copy()
+    del b.obsm["spatial"]
+    b.var_names = [g.upper() for g in b.var_names]
+    path = tmp_path_factory.mktemp("own") / "dissociated cells.h5ad"
+    b.write_h5ad(path)
+    return path, a.var_names[np.setdiff1d(np.arange(a.n_vars), keep)].tolist()
+
+
+def test_expr_to_pos_on_dissociated_cells(small_models, dissociated, tmp_path):
+    checkpoint = small_models["starmap"][0]
+    path, missing = dissociated
+    out = tmp_path / "placed.h5ad"
+    result = _cli("sample", "--checkpoint", checkpoint, "--data", path, "--mode", "expr_to_pos", "--out", out, "--num-samples", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    placed = ad.read_h5ad(out)
+    assert "spatial" not in placed.obsm and placed.obsm["spatial_pred"].shape == (1088, 2)  # no coordinates invented as truth
+    assert np.isfinite(placed.obsm["spatial_pred"]).all() and "position_uncertainty" in placed.obs
+    report = placed.uns["alphastomics"]["input"]
+    assert int(report["genes_matched"]) == 166 - len(missing) and set(report["genes_missing_from_file"]) == set(missing)
+    assert len(report["genes_matched_ignoring_case"]) == 166 - len(missing)  # every match was by case
+    assert placed.var.loc[missing, "measured"].eq(False).all()  # missing genes are unmeasured, not zeros
+    assert "missing" in result.stderr  # reported in the log too
+
+
+def test_pos_to_expr_fills_a_coordinate_table_and_joint_makes_a_virtual_slice(small_models, tmp_path):
+    checkpoint = small_models["starmap"][0]
+    table = tmp_path / "spots.csv"
+    pd.DataFrame(ad.read_h5ad(BZ14).obsm["spatial"][:300], columns=["x", "y"]).to_csv(table, index=False)
+    out = tmp_path / "filled.h5ad"
+    result = _cli("sample", "--checkpoint", checkpoint, "--coordinates", table, "--mode", "pos_to_expr", "--out", out, "--num-samples", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    filled = ad.read_h5ad(out)
+    assert filled.shape == (300, 166) and (filled.layers["expr_pred"] >= 0).all()
+    assert filled.layers["expr_pred"].any(axis=0).sum() > 100  # every gene the model knows can be generated
+    virtual = tmp_path / "virtual.h5ad"
+    assert _cli("sample", "--checkpoint", checkpoint, "--mode", "joint", "--num-cells", 250, "--out", virtual,
+                "--num-samples", "1").returncode == 0
+    v = ad.read_h5ad(virtual)
+    assert v.shape == (250, 166) and v.obsm["spatial_pred"].shape == (250, 2) and "spatial" not in v.obsm
+
+
+def test_impute_keeps_given_genes_bitwise_and_hides_a_seeded_fraction(small_models, tmp_path):
+    checkpoint = small_models["starmap"][0]
+    out = tmp_path / "imputed.h5ad"
+    result = _cli("sample", "--checkpoint", checkpoint, "--data", BZ14, "--mode", "impute", "--holdout-genes", "0.2",
+                  "--out", out, "--num-samples", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    imputed = ad.read_h5ad(out)
+    heldout = imputed.var["heldout"].to_numpy()
+    assert heldout.sum() == round(0.2 * 166)
+    assert np.array_equal(imputed.layers["expr_pred"][:, ~heldout], imputed.X[:, ~heldout])  # given genes untouched
+    assert not np.array_equal(imputed.layers["expr_pred"][:, heldout], imputed.X[:, heldout])  # truth kept beside
+    table = tmp_path / "imputed.tsv"
+    assert _cli("evaluate", out, "--out", table).returncode == 0
+
+
+def test_extract_embeds_cells_without_coordinates(small_models, dissociated, tmp_path):
+    import scanpy as sc
+
+    checkpoint = small_models["starmap"][0]
+    out = tmp_path / "embedded.h5ad"
+    result = _cli("extract", "--checkpoint", checkpoint, "--data", dissociated[0], "--out", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    embedded = ad.read_h5ad(out)
+    assert embedded.obsm["X_alphastomics"].shape == (1088, 32) and np.isfinite(embedded.obsm["X_alphastomics"]).all()
+    sc.pp.neighbors(embedded, use_rep="X_alphastomics", n_neighbors=10)  # ready for scanpy
+
+
+def test_test_command_runs_the_whole_benchmark_of_a_checkpoint(small_models, tmp_path):
+    checkpoint, data, held_out = small_models["bdtnp"]
+    out = tmp_path / "bench"
+    result = _cli("test", "--checkpoint", checkpoint, "--data", data, "--out", out, "--modes", "expr_to_pos", "joint")
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = pd.read_csv(out / "metrics.tsv", sep="\t")
+    assert set(metrics["slice"]) == {held_out} and set(metrics["mode"]) == {"expr_to_pos", "joint"}
+    assert (out / "report.html").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("case", ["no_modality", "mode_needs_coordinates", "unknown_impute_gene", "bad_csv", "missing_csv_value"])
+def test_own_data_errors_name_the_file_and_write_nothing(small_models, dissociated, tmp_path, case):
+    checkpoint = small_models["starmap"][0]
+    out = tmp_path / "out.h5ad"
+    if case == "no_modality":
+        bad = tmp_path / "nothing.h5ad"
+        ad.AnnData(X=np.ones((5, 2), np.float32), var=pd.DataFrame(index=["NotAGene", "Other"])).write_h5ad(bad)
+        args, expected = ["--data", bad, "--mode", "expr_to_pos"], "neither coordinates"
+    elif case == "mode_needs_coordinates":
+        bad = dissociated[0]
+        args, expected = ["--data", bad, "--mode", "pos_to_expr"], "needs coordinates"
+    elif case == "unknown_impute_gene":
+        bad = BZ14
+        args, expected = ["--data", bad, "--mode", "impute", "--impute-genes", "Pcp4,NoSuchGene"], "NoSuchGene"
+    else:
+        bad = tmp_path / "spots.csv"
+        bad.write_text("x,y\n1,2\n3,oops\n" if case == "bad_csv" else "x,y\n1,2\n3,\n")
+        args, expected = ["--coordinates", bad, "--mode", "pos_to_expr"], "non-numeric"
+    result = _cli("sample", "--checkpoint", checkpoint, *args, "--out", out)
+    assert result.returncode != 0
+    assert str(bad) in result.stderr and expected in result.stderr, result.stderr[-2000:]
+    assert not out.exists() and not list(tmp_path.glob(".out.h5ad*"))
