@@ -41,12 +41,18 @@ WRITE_ZERO_CHECKPOINT = textwrap.dedent(
     import os, sys, torch
     import deepspeed
     from alphastomics.config import Config, apply_overrides
+    import numpy as np
+    from alphastomics.data.expression import ExpressionCodec
+    from alphastomics.data.frames import CoordinateFrame
     from alphastomics.train import DiffusionModule
 
     out = sys.argv[1]
     config = apply_overrides(Config(), {"model.hidden_dim": 16, "model.num_layers": 1, "model.num_heads": 2})
     genes = ["g%d" % i for i in range(5)]
-    module = DiffusionModule(config.to_dict(), genes, {"mean": [0.0] * 5, "std": [1.0] * 5})
+    rng = np.random.default_rng(0)
+    codec = ExpressionCodec.fit([rng.random((20, 5))], [np.ones(5, dtype=bool)])
+    frame = CoordinateFrame.fit("per_slice", [(rng.random((20, 3)), 2)])
+    module = DiffusionModule(config.to_dict(), genes, codec.to_dict(), frame.to_dict())
     ds_config = {"train_batch_size": 1, "zero_optimization": {"stage": 2},
                  "optimizer": {"type": "AdamW", "params": {"lr": 1e-3}}}
     engine, _, _, _ = deepspeed.initialize(model=module, model_parameters=module.parameters(), config=ds_config)
@@ -76,8 +82,9 @@ def test_zero_stage2_checkpoint_directory_exports_to_a_loadable_model(tmp_path):
 
     model_file = tmp_path / "model.ckpt"
     assert cli(["export", "--checkpoint", str(checkpoint_dir), "--out", str(model_file)]) == 0
-    network, _, config, genes, _ = load_model(model_file)
-    assert genes == ["g0", "g1", "g2", "g3", "g4"] and config.model.hidden_dim == 16
+    loaded = load_model(model_file)
+    network = loaded.network
+    assert loaded.genes == ["g0", "g1", "g2", "g3", "g4"] and loaded.config.model.hidden_dim == 16
     expected = torch.load(tmp_path / "expected.pt")
     for name, value in network.state_dict().items():
         assert torch.allclose(value.float(), expected[name].float()), name

@@ -199,8 +199,17 @@ def _printed_commands(result: subprocess.CompletedProcess, program: str) -> list
     """Shell commands of a `snakemake -n -p` run that call ``alphastomics <program>``, split as a shell would."""
     commands = []
     for line in result.stdout.splitlines():
-        if f"alphastomics {program} " in line:
-            commands.append(shlex.split(line))
+        if "alphastomics" not in line:
+            continue
+        tokens = shlex.split(line)
+        for start, token in enumerate(tokens):
+            if token == "alphastomics":
+                rest = tokens[start + 1:]
+                while rest[:1] == ["--threads"]:  # the global option before the sub-command
+                    rest = rest[2:]
+                if rest[:1] == [program]:
+                    commands.append(tokens)
+                    break
     return commands
 
 
