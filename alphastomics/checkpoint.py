@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from alphastomics.config import Config, config_from_dict
+from alphastomics.data.conditions import ConditionVocabulary
 from alphastomics.data.expression import ExpressionCodec
 from alphastomics.data.frames import CoordinateFrame
 from alphastomics.diffusion.schedule import NoiseSchedule
@@ -77,6 +78,7 @@ def export_model(training_checkpoint: str | Path, out: str | Path) -> Path:
             "frame": hp["coordinate_frame"],
             "train_slices": list(hp.get("train_slices") or []),
             "preprocessing": hp.get("preprocessing") or {},
+            "conditions": hp.get("conditions") or {},
             "state_dict": state,
             "training": {
                 "global_step": ckpt.get("global_step"),
@@ -98,9 +100,11 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def build_network(config: Config, num_genes: int, codec: ExpressionCodec, frame: CoordinateFrame) -> AlphaSTomicsNet:
+def build_network(config: Config, num_genes: int, codec: ExpressionCodec, frame: CoordinateFrame,
+                  conditions: ConditionVocabulary | None = None) -> AlphaSTomicsNet:
     return AlphaSTomicsNet(config.model, codec.channel_genes, num_genes, config.diffusion.diffusion_steps,
-                           absolute_positions=frame.kind == "shared")
+                           absolute_positions=frame.kind == "shared",
+                           condition_sizes=conditions.sizes if conditions is not None else (0, []))
 
 
 @dataclass
@@ -114,6 +118,7 @@ class LoadedModel:
     train_slices: list[str]
     sha256: str
     preprocessing: dict | None = None  # training data: "normalization" applied, "measured_genes" (bool per gene)
+    conditions: ConditionVocabulary | None = None  # what the model can be conditioned on
 
     @property
     def training_normalization(self) -> str:
@@ -141,7 +146,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
     config = config_from_dict(blob["config"])
     codec = ExpressionCodec.from_dict(blob["codec"])
     frame = CoordinateFrame.from_dict(blob["frame"])
-    network = build_network(config, len(blob["genes"]), codec, frame)
+    conditions = ConditionVocabulary.from_dict(blob.get("conditions"))
+    network = build_network(config, len(blob["genes"]), codec, frame, conditions)
     try:
         network.load_state_dict(blob["state_dict"])
     except RuntimeError as err:
@@ -150,7 +156,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
     network.to(device).eval()
     schedule = NoiseSchedule(config.diffusion.diffusion_steps, config.diffusion.nu_expression, config.diffusion.nu_position).to(device)
     return LoadedModel(network, schedule, config, list(blob["genes"]), codec, frame, list(blob.get("train_slices", [])),
-                       file_sha256(path), blob.get("preprocessing") or {})
+                       file_sha256(path), blob.get("preprocessing") or {}, conditions)
 
 
 def add_arguments(p) -> None:

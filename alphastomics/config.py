@@ -43,6 +43,9 @@ class ModelConfig:
     local_neighbours: int = 8
     # zero_aware: presence bit + magnitude per gene (exact zeros); standardised: one channel per gene.
     expression_code: str = "zero_aware"
+    # Conditions (classifier-free guidance at sampling): per-cell cell type, per-slice covariates.
+    condition_on_cell_type: bool = False
+    slice_covariates: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
         _check_against_schema("model", self)  # bounds first: num_heads = 0 must not reach the modulo below
@@ -132,6 +135,8 @@ class TrainingConfig:
     # Share of expression-generating examples (positions given) where a random part of the genes is
     # given clean too: how the model learns to impute genes from the others.
     imputation_probability: float = 0.3
+    # Share of examples trained with their conditions dropped (and of cells with their label dropped).
+    condition_dropout: float = 0.1
     val_every_n_epochs: int = 10
     num_workers: int = 0
     wandb: bool = False

@@ -41,6 +41,7 @@ import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
 from alphastomics import GENERATED_BY_MODE, MODES, references
+from alphastomics.metrics import design
 from alphastomics.config import EvaluationConfig, load_config
 from alphastomics.errors import InputError
 from alphastomics.metrics import clusters, distribution, expression, geometry, neighbourhoods, spatial
@@ -418,6 +419,7 @@ def evaluate_sample(adata, evaluation_config: EvaluationConfig, dataset: str | N
     with threadpool_limits(limits=1):
         out = _evaluate(sample, evaluation_config, source)
         references = _reference_rows(sample, evaluation_config, reference_dir, out, source)
+        _design_family(adata, sample, evaluation_config, reference_dir, out, source)
     frames = [pd.DataFrame({
         "dataset": sample.dataset, "slice": sample.slice_id, "mode": sample.mode, "method": name,
         "metric": list(collector.values), "value": list(collector.values.values()),
@@ -470,6 +472,64 @@ def _reference_rows(sample: Sample, config: EvaluationConfig, reference_dir, out
             collector.add(values, how, seconds)
             rows[name] = collector
     return rows
+
+
+def _design_family(adata, sample: Sample, config: EvaluationConfig, reference_dir, out: _Collector, source: str) -> None:
+    """Conditional generation and inverse design (alphastomics.metrics.design), guided beside unguided."""
+    info = dict(adata.uns.get("alphastomics", {}))
+    conditioned = "condition_cell_type" in adata.obs
+    target = info.get("target")
+    if not (conditioned or target) or "expr_pred_unguided" not in adata.layers:
+        return
+    if reference_dir is None:
+        log.warning("%s: a guided sample without --reference dataset: condition and target metrics skipped", source)
+        return
+    start = time.perf_counter()
+    measured = np.asarray(adata.var["measured"], dtype=bool) if "measured" in adata.var else np.ones(adata.n_vars, bool)
+    unguided = _dense(adata.layers["expr_pred_unguided"][:, measured]).astype(np.float32, copy=False)
+    train_slices = [s for s in sample.train_slices if s != sample.slice_id]
+    reference = references.load_reference(reference_dir, train_slices, sample.genes, sample.true_positions.shape[1])
+    values, how = {}, {}
+    if conditioned:
+        typer = references.CellTyper(reference, DISTRIBUTION_PCS, LABEL_TRANSFER_K, config.seed)
+        if typer.classifier is not None:
+            conditions = adata.obs["condition_cell_type"].astype(str).to_numpy()
+            reference_pcs = np.concatenate([typer.project(r.expression) for r in reference])
+            reference_types = np.concatenate([r.cell_types if r.cell_types is not None else np.full(len(r.expression), None)
+                                              for r in reference]).astype(str)
+            for suffix, expression in (("", sample.generated_expression), ("_unguided", unguided)):
+                values[f"condition_type_accuracy{suffix}"] = design.condition_accuracy(typer.predict(expression), conditions)
+                values[f"condition_type_energy{suffix}"] = design.per_type_energy(
+                    typer.project(expression), conditions, reference_pcs, reference_types, ENERGY_MAX_CELLS, config.seed)
+            note = {"classifier": f"{LABEL_TRANSFER_K}-NN on real training cells ({DISTRIBUTION_PCS} PCs)",
+                    "unguided": "layers['expr_pred_unguided']: the same seeds without conditions"}
+            how.update({k: {"description": "share of conditioned cells typed as their condition" if "accuracy" in k else
+                            "energy distance (MMD) of each conditioned type's generated cells to real cells of that type, "
+                            "mean over types", **note} for k in values if k.startswith("condition_")})
+    if target:
+        genes = [str(g) for g in target["genes"]]
+        columns = [sample.genes.index(g) for g in genes]
+        real = np.concatenate([r.expression for r in reference])
+        targeted = np.asarray(adata.obs["targeted"], bool) if "targeted" in adata.obs else np.ones(adata.n_obs, bool)
+        specs, levels = list(target["spec"]), np.asarray(target["levels"], np.float64)
+        sds = real[:, columns].std(0)
+        other = np.setdiff1d(np.arange(len(sample.genes)), columns)
+        for suffix, expression in (("", sample.generated_expression), ("_unguided", unguided)):
+            values[f"target_fraction_met{suffix}"] = float(design.targets_met(expression[targeted][:, columns], specs, levels, sds).mean())
+            values[f"target_energy_other_genes{suffix}"] = design.standardised_energy(
+                expression[:, other], real[:, other], ENERGY_MAX_CELLS, config.seed)
+        if "target_objective" in adata.obs:
+            values["target_objective_mean"] = float(np.mean(adata.obs["target_objective"].to_numpy()[targeted]))
+            values["target_objective_mean_unguided"] = float(np.mean(adata.obs["target_objective_unguided"].to_numpy()[targeted]))
+        note = {"targets": specs, "levels": levels.tolist(), "targeted_cells": int(targeted.sum()),
+                "unguided": "layers['expr_pred_unguided']: the same seeds without target"}
+        how.update({k: {"description": {"target_fraction_met": "share of targeted cells meeting every target (high/low: at or "
+                                                                "beyond the level less 0.5 sd; a number: within 0.5 sd)",
+                                        "target_energy_other_genes": "energy distance of the non-target genes (scaled by the real "
+                                                                     "sd) to real training cells: realism outside the design",
+                                        "target_objective_mean": "mean per-cell objective over targeted cells (alphastomics.guidance)"
+                                        }[k.removesuffix("_unguided")], **note} for k in values if k.startswith("target_")})
+    out.add(values, how, time.perf_counter() - start)
 
 
 def _evaluate(sample: Sample, config: EvaluationConfig, source: str) -> _Collector:

@@ -179,6 +179,7 @@ class Options:
     max_cells_per_shard: int = DEFAULT_MAX_CELLS_PER_SHARD
     chunk_size: int = DEFAULT_CHUNK_SIZE
     slabs: tuple[str, int] | None = None  # (axis, count): cut each slice into slabs of equal cell count
+    slice_covariates: tuple[str, ...] = ()  # obs keys constant within a slice (condition, region, time point)
 
 
 @dataclass
@@ -195,6 +196,7 @@ class FilePlan:
     slice_ids: list[str]
     cell_type_codes: np.ndarray  # (n_obs,) int32 into categories, -1 unknown
     categories: list[str]
+    covariates: dict[str, dict[str, str]]  # slice id -> {obs key: value}
     normalization_applied: str
     matrix_encoding: str
     n_file_genes: int
@@ -220,10 +222,12 @@ def plan_file(path: Path, genes: list[str], opts: Options) -> FilePlan:
         if opts.slabs is not None:
             slice_codes, slice_ids = cut_into_slabs(coords, keep, slice_codes, slice_ids, *opts.slabs)
         cell_type_codes, categories = read_cell_types(h5ad, opts)
+        covariates = read_slice_covariates(h5ad, opts, slice_codes, slice_ids)
         applied = decide_normalization(matrix, opts.normalization)
         plan = FilePlan(
             path=path, n_obs=h5ad.n_obs, gene_match=gene_match, coords=coords, n_dims=n_dims, keep=keep,
             slice_codes=slice_codes, slice_ids=slice_ids, cell_type_codes=cell_type_codes, categories=categories,
+            covariates=covariates,
             normalization_applied=applied, matrix_encoding=matrix.encoding, n_file_genes=len(var_names),
         )
     _check_no_empty_slice(plan)
@@ -340,6 +344,22 @@ def slice_ids_in_file(path: str | Path, slice_key: str | None, slabs: tuple[str,
     if slabs is not None:
         ids = [slab_id(s, i) for s in ids for i in range(slabs[1])]
     return sorted(ids)
+
+
+def read_slice_covariates(h5ad: H5adFile, opts: Options, slice_codes: np.ndarray, slice_ids: list[str]) -> dict[str, dict[str, str]]:
+    """Per slice, the value of each ``--slice-covariates`` obs key; it must be one value per slice."""
+    covariates: dict[str, dict[str, str]] = {sid: {} for sid in slice_ids}
+    for key in opts.slice_covariates:
+        codes, labels = _labels_to_codes(h5ad.obs_column(key, "--slice-covariates"), h5ad.path, key, allow_missing=False)
+        for code, slice_id in enumerate(slice_ids):
+            values = np.unique(codes[slice_codes == code])
+            if len(values) > 1:
+                shown = ", ".join(labels[v] for v in values[:4])
+                raise InputError(f"{h5ad.path}: obs[{key!r}] (--slice-covariates) takes several values within slice "
+                                 f"{slice_id!r} ({shown}); a slice covariate has one value per slice")
+            if len(values):
+                covariates[slice_id][key] = labels[values[0]]
+    return covariates
 
 
 def read_cell_types(h5ad: H5adFile, opts: Options) -> tuple[np.ndarray, list[str]]:
@@ -553,6 +573,7 @@ def slice_entries(plan: FilePlan, platform: str) -> dict[str, dict]:
             "n_dims": plan.n_dims,
             "bounds": {"min": coords.min(axis=0).astype(float).tolist(), "max": coords.max(axis=0).astype(float).tolist()},
             "has_cell_type": bool((plan.cell_type_codes[rows] >= 0).any()),
+            "covariates": plan.covariates.get(plan.slice_ids[code], {}),
             "dropped_invalid_positions": int(((plan.slice_codes == code) & ~plan.keep).sum()),
         }
     return entries
@@ -649,6 +670,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="auto: integer counts -> library size (1e4) + log1p, else left as is (default: auto)")
     parser.add_argument("--on-invalid", choices=("drop", "error"), default="drop",
                         help="cells with NaN/inf coordinates: drop and count them (default) or fail")
+    parser.add_argument("--slice-covariates", default=None, metavar="KEY[,KEY]",
+                        help="obs keys holding one value per slice (condition, genotype, region, time point): recorded in "
+                             "the manifest; the model can be conditioned on them (model.slice_covariates)")
     parser.add_argument("--slabs", default=None, metavar="AXIS:COUNT",
                         help="cut each slice into COUNT slabs of equal cell count along AXIS (x, y or z), named "
                              "<slice>_slab0.. from the low end: serial sections of one volume in one frame (e.g. x:4)")
@@ -676,6 +700,7 @@ def main(args: argparse.Namespace) -> int:
         layer=args.layer, z_key=args.z_key, z_value=args.z_value, normalization=args.normalization,
         on_invalid=args.on_invalid, max_cells_per_shard=_positive(args.max_cells_per_shard, "--max-cells-per-shard"),
         chunk_size=_positive(args.chunk_size, "--chunk-size"), slabs=parse_slabs(args.slabs),
+        slice_covariates=tuple(k.strip() for k in (args.slice_covariates or "").split(",") if k.strip()),
     )
     # Snakemake cancels jobs with SIGTERM: turn it into SystemExit so the clean-up of temporaries runs
     in_main_thread = threading.current_thread() is threading.main_thread()  # only there can handlers be set

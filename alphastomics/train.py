@@ -23,6 +23,7 @@ from alphastomics import __version__
 from alphastomics.checkpoint import build_network
 from alphastomics.config import Config, apply_overrides, config_from_dict, load_config, read_yaml, save_config
 from alphastomics.data.batch import SliceBatch
+from alphastomics.data.conditions import ConditionVocabulary
 from alphastomics.data.expression import ExpressionCodec
 from alphastomics.data.frames import FRAMES, CoordinateFrame
 from alphastomics.data.slices import PatchDataset, SizeBucketBatchSampler, SliceDataset, collate
@@ -47,7 +48,7 @@ class TrainingDiverged(AlphaSTomicsError):
 class DiffusionModule(L.LightningModule):
     # (``coordinate_frame``, not ``frame``: Lightning's save_hyperparameters drops an argument named frame.)
     def __init__(self, config: dict, genes: list[str], codec: dict, coordinate_frame: dict, train_slices: list[str] | None = None,
-                 preprocessing: dict | None = None):
+                 preprocessing: dict | None = None, conditions: dict | None = None):
         super().__init__()
         self.save_hyperparameters()
         self.config: Config = config_from_dict(config)
@@ -56,7 +57,8 @@ class DiffusionModule(L.LightningModule):
         self.frame = CoordinateFrame.from_dict(coordinate_frame)
         self.centred = self.frame.kind == "per_slice"
         self.register_buffer("channel_genes", torch.from_numpy(self.codec.channel_genes), persistent=False)
-        self.network = build_network(c, len(genes), self.codec, self.frame)
+        self.conditions = ConditionVocabulary.from_dict(conditions)
+        self.network = build_network(c, len(genes), self.codec, self.frame, self.conditions)
         # Moving average of the weights (sampling uses it: averaged weights give cleaner samples
         # than the last step's). Off under ZeRO-3, which partitions parameters across ranks.
         self.ema_network = None
@@ -97,6 +99,20 @@ class DiffusionModule(L.LightningModule):
         return (expression_t, position_t, t_expression, t_position, generate_expression.float(), generate_position.float(),
                 given_genes)
 
+    def _dropped_conditions(self, batch: SliceBatch, generator):
+        """Condition codes with dropout: whole examples (every label and covariate) and single cells'
+        labels set to 0 ("no condition") with probability training.condition_dropout, so the model
+        also learns to generate without them (classifier-free guidance)."""
+        if batch.cell_labels is None:
+            return None, None
+        p = self.config.training.condition_dropout
+        B, N = batch.cell_labels.shape
+        keep_example = (torch.rand(B, generator=generator) >= p).to(batch.cell_labels.device)
+        keep_cell = (torch.rand(B, N, generator=generator) >= p).to(batch.cell_labels.device)
+        labels = batch.cell_labels * (keep_example[:, None] & keep_cell)
+        covariates = batch.covariates * keep_example[:, None]
+        return labels, covariates
+
     def _draw_given_genes(self, batch: SliceBatch, regimes: torch.Tensor, generator) -> torch.Tensor | None:
         """Imputation training: in some examples that generate expression at given coordinates, a
         random 30-95% of the measured genes are given clean, and only the others are generated and
@@ -133,8 +149,9 @@ class DiffusionModule(L.LightningModule):
             position_t = torch.where(mask_p, self.position_mask_value.to(position_t.dtype)[None, None, :], position_t)
         alpha_bar_e = self.schedule.alpha_bar("expression")[t_e]
         alpha_bar_p = self.schedule.alpha_bar("position")[t_p]
+        cell_labels, covariates = self._dropped_conditions(batch, generator)
         pred = network(expression_t, position_t, t_e, t_p, alpha_bar_e, alpha_bar_p, batch.node_mask, batch.gene_mask,
-                       batch.dim_mask, given_genes=given_genes)
+                       batch.dim_mask, given_genes=given_genes, cell_labels=cell_labels, covariates=covariates)
         target_mask = batch.expression_target
         if given_genes is not None:  # given genes are inputs, not predictions
             target_mask = target_mask * (1.0 - given_genes[:, self.channel_genes])[:, None, :]
@@ -262,10 +279,11 @@ def build_dataloaders(config: Config, data_dir: Path, train_ids: list[str], val_
     train_slices = [load_slice(data_dir, s, manifest) for s in train_ids]
     codec = ExpressionCodec.fit([s.expression for s in train_slices], [s.gene_mask for s in train_slices], config.model.expression_code)
     frame = CoordinateFrame.fit(coordinate_frame, [(s.coords, s.n_dims) for s in train_slices])
+    conditions = ConditionVocabulary.fit(train_slices, config.model.condition_on_cell_type, list(config.model.slice_covariates))
     if t.data_mode == "cell":
-        train_set = PatchDataset(train_slices, codec, frame, t.cells_per_example, t.examples_per_epoch, t.seed)
+        train_set = PatchDataset(train_slices, codec, frame, t.cells_per_example, t.examples_per_epoch, t.seed, conditions)
     else:
-        train_set = SliceDataset(train_slices, codec, frame, t.examples_per_epoch)
+        train_set = SliceDataset(train_slices, codec, frame, t.examples_per_epoch, conditions)
     train_loader = DataLoader(
         train_set,
         batch_sampler=SizeBucketBatchSampler(train_set, t.batch_size, shuffle=True, seed=t.seed),
@@ -274,11 +292,11 @@ def build_dataloaders(config: Config, data_dir: Path, train_ids: list[str], val_
     )
     val_loader = None
     if val_ids:
-        val_set = SliceDataset([load_slice(data_dir, s, manifest) for s in val_ids], codec, frame)
+        val_set = SliceDataset([load_slice(data_dir, s, manifest) for s in val_ids], codec, frame, conditions=conditions)
         val_loader = DataLoader(
             val_set, batch_sampler=SizeBucketBatchSampler(val_set, t.batch_size, shuffle=False), collate_fn=collate
         )
-    return train_loader, val_loader, codec, frame
+    return train_loader, val_loader, codec, frame, conditions
 
 
 def training_preprocessing(manifest: dict, train_set) -> dict:
@@ -430,13 +448,13 @@ def train(config: Config, data_dir: str | Path, out_dir: str | Path, test_ids=()
     L.seed_everything(config.training.seed, workers=True, verbose=False)
     manifest = load_manifest(data_dir)
     train_ids, val_ids = split_slices(manifest, list(test_ids), list(val_ids))
-    train_loader, val_loader, codec, frame = build_dataloaders(config, data_dir, train_ids, val_ids, manifest, coordinate_frame)
+    train_loader, val_loader, codec, frame, conditions = build_dataloaders(config, data_dir, train_ids, val_ids, manifest, coordinate_frame)
     genes = list(manifest["genes"])
     log.info("training on %d slices (%s), validating on %s; %s coordinate frame", len(train_ids), ", ".join(train_ids),
              ", ".join(val_ids) or "none", coordinate_frame)
 
     module = DiffusionModule(config.to_dict(), genes, codec.to_dict(), frame.to_dict(), train_ids,
-                             training_preprocessing(manifest, train_loader.dataset))
+                             training_preprocessing(manifest, train_loader.dataset), conditions.to_dict())
     save_config(config, out_dir / "config.yaml")
     key = resume_key(config, genes, train_ids, coordinate_frame)
     key_file = out_dir / "checkpoints" / "resume_key.txt"

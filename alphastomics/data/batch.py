@@ -18,6 +18,10 @@ class SliceBatch:
     slice_ids: tuple[str, ...] = field(default=())
     # Imputation: genes whose expression is given while the others are generated (B, G) float.
     given_genes: torch.Tensor | None = None
+    # Conditions (alphastomics.data.conditions): per-cell label codes (B, N) and per-slice covariate
+    # codes (B, K), long, 0 = none; None when the model is not conditioned.
+    cell_labels: torch.Tensor | None = None
+    covariates: torch.Tensor | None = None
 
     def to(self, device) -> "SliceBatch":
         moved = {f.name: getattr(self, f.name).to(device) for f in fields(self) if isinstance(getattr(self, f.name), torch.Tensor)}

@@ -12,6 +12,7 @@ from scipy.spatial import cKDTree
 from torch.utils.data import Dataset, Sampler
 
 from alphastomics.data.batch import SliceBatch
+from alphastomics.data.conditions import ConditionVocabulary
 from alphastomics.data.expression import ExpressionCodec
 from alphastomics.data.frames import CoordinateFrame
 from alphastomics.io.shards import SliceData
@@ -27,17 +28,20 @@ class Example:
     gene_mask: np.ndarray  # (G,) bool
     n_dims: int
     slice_id: str
+    cell_labels: np.ndarray | None = None  # (n,) condition codes of the cells' labels
+    covariates: np.ndarray | None = None  # (K,) condition codes of the slice's covariates
 
     @property
     def n_cells(self) -> int:
         return self.expression.shape[0]
 
 
-def make_example(s: SliceData, codec: ExpressionCodec, frame: CoordinateFrame, cells: np.ndarray | None = None) -> Example:
+def make_example(s: SliceData, codec: ExpressionCodec, frame: CoordinateFrame, cells: np.ndarray | None = None,
+                 conditions: ConditionVocabulary | None = None) -> Example:
     expression = s.expression if cells is None else s.expression[cells]
     coords = s.coords if cells is None else s.coords[cells]
     channels, target = codec.encode(expression, s.gene_mask)
-    return Example(
+    example = Example(
         expression=channels,
         expression_target=target,
         positions=frame.to_model(coords, s.n_dims),
@@ -45,6 +49,11 @@ def make_example(s: SliceData, codec: ExpressionCodec, frame: CoordinateFrame, c
         n_dims=s.n_dims,
         slice_id=s.slice_id,
     )
+    if conditions is not None and conditions.active:
+        types = None if s.cell_types is None else (s.cell_types if cells is None else s.cell_types[cells])
+        example.cell_labels = conditions.cell_codes(types, len(channels))
+        example.covariates = conditions.covariate_codes(s.covariates)
+    return example
 
 
 def collate(examples: list[Example]) -> SliceBatch:
@@ -63,14 +72,21 @@ def collate(examples: list[Example]) -> SliceBatch:
         node_mask[b, : e.n_cells] = True
     gene_mask = torch.from_numpy(np.stack([e.gene_mask for e in examples])).float()
     dim_mask = torch.tensor([[1.0, 1.0, 1.0 if e.n_dims == 3 else 0.0] for e in examples])
-    return SliceBatch(expression, target, positions, node_mask, gene_mask, dim_mask, tuple(e.slice_id for e in examples))
+    batch = SliceBatch(expression, target, positions, node_mask, gene_mask, dim_mask, tuple(e.slice_id for e in examples))
+    if examples[0].cell_labels is not None:
+        batch.cell_labels = torch.zeros(B, N, dtype=torch.long)
+        for b, e in enumerate(examples):
+            batch.cell_labels[b, : e.n_cells] = torch.from_numpy(e.cell_labels)
+        batch.covariates = torch.from_numpy(np.stack([e.covariates for e in examples])).long()
+    return batch
 
 
 class SliceDataset(Dataset):
     """``slice`` mode: each example is one whole slice. ``length`` > number of slices cycles them."""
 
-    def __init__(self, slices: list[SliceData], codec: ExpressionCodec, frame: CoordinateFrame, length: int = 0):
-        self.examples = [make_example(s, codec, frame) for s in slices]
+    def __init__(self, slices: list[SliceData], codec: ExpressionCodec, frame: CoordinateFrame, length: int = 0,
+                 conditions: ConditionVocabulary | None = None):
+        self.examples = [make_example(s, codec, frame, conditions=conditions) for s in slices]
         self.length = max(length, len(self.examples))
 
     def __len__(self) -> int:
@@ -88,8 +104,9 @@ class PatchDataset(Dataset):
     nearest cells of a random centre cell, drawn from slices in proportion to their cell counts."""
 
     def __init__(self, slices: list[SliceData], codec: ExpressionCodec, frame: CoordinateFrame, cells_per_example: int,
-                 length: int, seed: int = 0):
+                 length: int, seed: int = 0, conditions: ConditionVocabulary | None = None):
         self.slices = slices
+        self.conditions = conditions
         self.codec = codec
         self.frame = frame
         self.cells_per_example = cells_per_example
@@ -113,7 +130,7 @@ class PatchDataset(Dataset):
         centre = s.coords[int(rng.integers(s.coords.shape[0])), : s.n_dims]
         k = min(self.cells_per_example, s.coords.shape[0])
         _, cells = self.trees[which].query(centre, k=k)
-        return make_example(s, self.codec, self.frame, np.sort(np.atleast_1d(cells)))
+        return make_example(s, self.codec, self.frame, np.sort(np.atleast_1d(cells)), self.conditions)
 
     def size(self, index: int) -> int:
         return self.cells_per_example

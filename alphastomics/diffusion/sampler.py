@@ -11,9 +11,27 @@ Between two steps t > s of a (possibly strided) grid:
 
 Given modalities (and given axes, such as z of a 2D section in a shared frame) stay fixed at their
 clean values and are shown to the network at step 0.
+
+Guidance, both optional:
+
+- classifier-free (Ho & Salimans 2022): with conditions in ``known`` (cell labels, slice
+  covariates) and ``guidance_scale`` w, each step's x0 is x0_uncond + w (x0_cond - x0_uncond):
+  w = 0 is unconditional sampling exactly (the conditional pass is not even run), w = 1
+  conditional, w > 1 pushes further;
+- gradient guidance of expression (inverse design): ``expression_guidance(x0)`` returns the
+  gradient of an objective on the expression x0 estimate, and each step moves that estimate down
+  it before the sampler's update.
+
+Entry-level inpainting (``known_entries``, RePaint, Lugmayr et al. 2022): expression entries marked
+known are, after every step, replaced by their measured values noised to that step's level, so
+the other entries are generated consistently with them; ``start_step`` starts the reverse process
+from the measured expression noised to that step (SDEdit) instead of from pure noise.
 """
 
 from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -45,6 +63,15 @@ def _ddim_step(x_t, x0_hat, ab_t, ab_s):
     return ab_s.sqrt() * x0_hat + (1 - ab_s).sqrt() * eps_hat
 
 
+def _guided(unconditional, conditional, scale: float):
+    """x0 of classifier-free guidance for both modalities."""
+    return dataclasses.replace(
+        conditional,
+        expression=unconditional.expression + scale * (conditional.expression - unconditional.expression),
+        positions=unconditional.positions + scale * (conditional.positions - unconditional.positions),
+    )
+
+
 def _keep(values: torch.Tensor, given: torch.Tensor, where: torch.Tensor | None) -> torch.Tensor:
     return values if where is None else torch.where(where, given, values)
 
@@ -61,6 +88,10 @@ def sample(
     generator: torch.Generator | list[torch.Generator] | None = None,
     progress: bool = True,
     sampler: str = "ancestral",
+    guidance_scale: float = 1.0,
+    expression_guidance: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    known_entries: torch.Tensor | None = None,
+    start_step: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Generate the requested modalities for ``known``; returns (expression, positions) in model space.
 
@@ -80,32 +111,52 @@ def sample(
     expression = known.expression.clone()
     positions = masked_centre(known.positions, mask) if centred_positions else known.positions.clone()
     given_positions = positions.clone()
+    grid = timestep_grid(schedule.steps, steps)
+    ab_e, ab_p = schedule.alpha_bar("expression"), schedule.alpha_bar("position")
+    if start_step is not None:
+        grid = [start_step, *[t for t in grid if t < start_step]]
     if generate_expression:
-        expression = _keep(expression_noise((B, N, C), mask.cpu(), generator).to(device), known.expression, given_channels)
+        noise = expression_noise((B, N, C), mask.cpu(), generator).to(device)
+        if start_step is not None:
+            noise = (ab_e[start_step].sqrt() * known.expression + (1 - ab_e[start_step]).sqrt() * noise) * mask[..., None]
+        expression = _keep(noise, known.expression, given_channels)
     if generate_position:
         noise = position_noise((B, N, 3), mask, known.dim_mask, centred_positions, generator).to(device)
         positions = torch.where(generated_axes, noise, given_positions)
 
-    grid = timestep_grid(schedule.steps, steps)
     zeros = torch.zeros(B, dtype=torch.long, device=device)
     ones = torch.ones(B, device=device)
-    ab_e, ab_p = schedule.alpha_bar("expression"), schedule.alpha_bar("position")
+    conditioned = known.cell_labels is not None
+    unconditional = (None, None) if not conditioned else (torch.zeros_like(known.cell_labels), torch.zeros_like(known.covariates))
     for t, s in tqdm(list(zip(grid[:-1], grid[1:])), desc="sampling", disable=not progress, leave=False):
         t_vec = torch.full((B,), t, dtype=torch.long, device=device)
-        pred = model(
-            expression,
-            positions,
-            t_vec if generate_expression else zeros,
-            t_vec if generate_position else zeros,
-            ab_e[t] * ones if generate_expression else ones,
-            ab_p[t] * ones if generate_position else ones,
-            mask,
-            known.gene_mask,
-            known.dim_mask,
-            given_genes=known.given_genes,
-        )
+
+        def run(cell_labels, covariates):
+            return model(
+                expression,
+                positions,
+                t_vec if generate_expression else zeros,
+                t_vec if generate_position else zeros,
+                ab_e[t] * ones if generate_expression else ones,
+                ab_p[t] * ones if generate_position else ones,
+                mask,
+                known.gene_mask,
+                known.dim_mask,
+                given_genes=known.given_genes,
+                cell_labels=cell_labels,
+                covariates=covariates,
+            )
+
+        if not conditioned or guidance_scale == 1.0:
+            pred = run(known.cell_labels, known.covariates)
+        elif guidance_scale == 0.0:
+            pred = run(*unconditional)
+        else:
+            pred = _guided(run(*unconditional), run(known.cell_labels, known.covariates), guidance_scale)
         if generate_expression:
             x0 = pred.expression.float()
+            if expression_guidance is not None:
+                x0 = x0 - expression_guidance(x0)
             if s == 0:
                 expression = x0 * mask[..., None]
             elif sampler == "ddim":
@@ -114,6 +165,11 @@ def sample(
                 noise = expression_noise((B, N, C), mask.cpu(), generator).to(device)
                 expression = _ancestral_step(expression, x0, ab_e[t], ab_e[s], noise) * mask[..., None]
             expression = _keep(expression, known.expression, given_channels)
+            if known_entries is not None:
+                measured = known.expression if s == 0 else (
+                    ab_e[s].sqrt() * known.expression
+                    + (1 - ab_e[s]).sqrt() * expression_noise((B, N, C), mask.cpu(), generator).to(device))
+                expression = torch.where(known_entries, measured, expression) * mask[..., None]
         if generate_position:
             x0 = pred.positions.float()
             if s == 0:

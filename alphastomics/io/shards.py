@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -283,6 +283,7 @@ class SliceData:
     gene_mask: np.ndarray  # (G,) bool, True where the platform measured the gene
     cell_types: np.ndarray | None  # (N,) object/str, None if the slice has none
     genes: list[str]
+    covariates: dict[str, str] = field(default_factory=dict)  # per-slice covariates (condition, region, ...)
 
 
 def verify_shard(path: Path, expected_sha256: str) -> None:
@@ -372,4 +373,5 @@ def load_slice(dataset_dir: str | Path, slice_id: str, manifest: dict | None = N
         gene_mask=slice_gene_mask(manifest, entry),
         cell_types=cell_types,
         genes=genes,
+        covariates={str(k): str(v) for k, v in (entry.get("covariates") or {}).items()},
     )

@@ -58,6 +58,26 @@ class ExpressionEmbedding(nn.Module):
         return h
 
 
+class ConditionEmbedding(nn.Module):
+    """Learned vectors for per-cell label codes and per-slice covariate codes (alphastomics.data.conditions),
+    added to the cell tokens; code 0 ("no condition") has a vector of its own."""
+
+    def __init__(self, cell_type_codes: int, covariate_codes: list[int], dim: int):
+        super().__init__()
+        self.cell_type = nn.Embedding(cell_type_codes, dim) if cell_type_codes else None
+        self.covariates = nn.ModuleList(nn.Embedding(n, dim) for n in covariate_codes)
+
+    def forward(self, cell_labels: torch.Tensor | None, covariates: torch.Tensor | None) -> torch.Tensor | float:
+        """(B, N, D) to add to the cell tokens (0 when no code is given)."""
+        out: torch.Tensor | float = 0.0
+        if self.cell_type is not None and cell_labels is not None:
+            out = out + self.cell_type(cell_labels)
+        if covariates is not None:
+            for k, embedding in enumerate(self.covariates):
+                out = out + embedding(covariates[:, k])[:, None, :]
+        return out
+
+
 class FourierPositionEmbedding(nn.Module):
     """Absolute coordinates (model frame, spread ~1) as sines and cosines at octave frequencies,
     from a period of about 25 (whole atlas) down to about 0.1 (neighbouring cells), then a linear map."""

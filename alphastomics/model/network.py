@@ -28,7 +28,7 @@ from torch import nn
 
 from alphastomics.config import ModelConfig
 from alphastomics.model.attention import EquivariantLinearAttention, SoftmaxAttention
-from alphastomics.model.embedding import ExpressionEmbedding, FourierPositionEmbedding, TimeEmbedding
+from alphastomics.model.embedding import ConditionEmbedding, ExpressionEmbedding, FourierPositionEmbedding, TimeEmbedding
 from alphastomics.model.local import LocalMessagePassing, knn_graph
 from alphastomics.model.moe import FeedForward, MixtureOfExperts
 
@@ -94,8 +94,9 @@ class Block(nn.Module):
 
 class AlphaSTomicsNet(nn.Module):
     def __init__(self, config: ModelConfig, channel_genes, num_genes: int, diffusion_steps: int,
-                 absolute_positions: bool = False, attention: str = "linear"):
-        """``channel_genes`` (C,): the gene of each expression channel (alphastomics.data.expression)."""
+                 absolute_positions: bool = False, attention: str = "linear", condition_sizes: tuple[int, list[int]] = (0, [])):
+        """``channel_genes`` (C,): the gene of each expression channel (alphastomics.data.expression);
+        ``condition_sizes``: codes of the cell-type condition and of each slice covariate (0, []: none)."""
         super().__init__()
         self.config = config
         num_channels = len(channel_genes)
@@ -112,6 +113,8 @@ class AlphaSTomicsNet(nn.Module):
         # Invariant geometry at the input: each cell's squared distance to the slice centroid.
         self.radius_in = nn.Linear(1, dim)
         self.position_in = FourierPositionEmbedding(dim) if absolute_positions else None
+        self.conditions_in = ConditionEmbedding(condition_sizes[0], list(condition_sizes[1]), dim) \
+            if condition_sizes[0] or condition_sizes[1] else None
         self.blocks = nn.ModuleList(Block(config, attention) for _ in range(config.num_layers))
         self.norm_out = nn.LayerNorm(dim)
         self.expression_out = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, num_channels))
@@ -131,8 +134,11 @@ class AlphaSTomicsNet(nn.Module):
         gene_mask: torch.Tensor,
         dim_mask: torch.Tensor,
         given_genes: torch.Tensor | None = None,
+        cell_labels: torch.Tensor | None = None,
+        covariates: torch.Tensor | None = None,
     ) -> Prediction:
-        """``given_genes`` (B, G): imputation, genes given clean while the others are generated."""
+        """``given_genes`` (B, G): imputation, genes given clean while the others are generated;
+        ``cell_labels`` (B, N), ``covariates`` (B, K): condition codes (0 = none)."""
         mask = node_mask[..., None].to(positions.dtype)
         x_t = positions * mask if self.absolute_positions else masked_centre(positions, node_mask)
         centred = masked_centre(x_t, node_mask)
@@ -146,6 +152,8 @@ class AlphaSTomicsNet(nn.Module):
             # at high noise they would only feed the features noise.
             signal = position_alpha_bar.clamp(0.0, 1.0).sqrt().to(h.dtype)[:, None, None]
             h = h + signal * self.position_in(x_t)
+        if self.conditions_in is not None:
+            h = h + self.conditions_in(cell_labels, covariates)
         h = h * node_mask[..., None]
         graph = knn_graph(x_t, node_mask, self.config.local_neighbours) if self.config.local_neighbours > 0 else None
         x = x_t

@@ -152,6 +152,7 @@ def preprocess_options(wildcards):
         "--on-invalid": p.get("on_invalid"),
         "--max-cells-per-shard": p.get("max_cells_per_shard"),
         "--slabs": f"{p['slabs']['axis']}:{p['slabs']['count']}" if p.get("slabs") else None,
+        "--slice-covariates": ",".join(p["slice_covariates"]) if p.get("slice_covariates") else None,
     }
     return [str(item) for flag, value in flags.items() if value is not None for item in (flag, value)]
 

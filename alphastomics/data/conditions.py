@@ -1,0 +1,71 @@
+"""What a model can be conditioned on: per-cell labels (cell type) and per-slice covariates
+(platform, region, condition, time point), as integer codes. Code 0 is "no condition": unknown
+labels, values the training data never had, and the condition dropout of training, so that one
+model serves conditional and unconditional sampling (classifier-free guidance)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from alphastomics.errors import InputError
+
+NONE = 0
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ConditionVocabulary:
+    cell_types: list[str] = field(default_factory=list)  # empty: not conditioned on cell type
+    covariates: dict[str, list[str]] = field(default_factory=dict)  # key -> values, in code order 1..
+
+    @property
+    def active(self) -> bool:
+        return bool(self.cell_types) or bool(self.covariates)
+
+    @property
+    def sizes(self) -> tuple[int, list[int]]:
+        """(cell-type codes incl. 0, [codes incl. 0 per covariate]) for the network's embeddings."""
+        return (len(self.cell_types) + 1 if self.cell_types else 0), [len(v) + 1 for v in self.covariates.values()]
+
+    @classmethod
+    def fit(cls, slices, cell_type: bool, covariate_keys: list[str]) -> "ConditionVocabulary":
+        types: set[str] = set()
+        if cell_type:
+            for s in slices:
+                if s.cell_types is not None:
+                    types |= {str(t) for t in s.cell_types if t is not None and str(t) not in ("", "None", "nan")}
+            if not types:
+                # one config serves several datasets: those without cell types train unconditioned
+                log.warning("model.condition_on_cell_type is set, but no training slice has cell types: "
+                            "this model is not conditioned on cell type")
+        covariates = {}
+        for key in covariate_keys:
+            values = sorted({s.covariates[key] for s in slices if key in s.covariates})
+            if not values:
+                raise InputError(f"model.slice_covariates names {key!r}, but no training slice records it "
+                                 "(preprocess with --slice-covariates / the platform's slice_covariates)")
+            covariates[key] = values
+        return cls(sorted(types), covariates)
+
+    def cell_codes(self, cell_types, n: int) -> np.ndarray:
+        """(n,) codes of per-cell labels (0 for unknown or unseen types, or when not conditioned)."""
+        if not self.cell_types or cell_types is None:
+            return np.zeros(n, dtype=np.int64)
+        code = {t: i + 1 for i, t in enumerate(self.cell_types)}
+        return np.array([code.get(str(t), NONE) if t is not None else NONE for t in cell_types], dtype=np.int64)
+
+    def covariate_codes(self, covariates: dict[str, str]) -> np.ndarray:
+        """(K,) codes of a slice's covariates (0 where the slice lacks the key or has an unseen value)."""
+        return np.array([{v: i + 1 for i, v in enumerate(values)}.get(covariates.get(key), NONE)
+                         for key, values in self.covariates.items()], dtype=np.int64)
+
+    def to_dict(self) -> dict:
+        return {"cell_types": list(self.cell_types), "covariates": {k: list(v) for k, v in self.covariates.items()}}
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "ConditionVocabulary":
+        d = d or {}
+        return cls(list(d.get("cell_types", [])), {k: list(v) for k, v in (d.get("covariates") or {}).items()})
