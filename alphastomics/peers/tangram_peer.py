@@ -1,0 +1,44 @@
+"""Tangram (impute), through the ``tangram-sc`` package on CPU: the training cells are mapped
+onto the held-out slice's cells through the genes both measure (the slice's held-out genes left
+out), and the held-out genes are projected from the training cells through the mapping."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+
+import numpy as np
+
+from alphastomics.peers.common import PeerInputs
+
+
+def tangram_impute(inputs: PeerInputs, num_epochs: int = 200, learning_rate: float = 0.1, seed: int = 0) -> np.ndarray:
+    import anndata as ad
+    import pandas as pd
+    import tangram as tg
+    import torch
+
+    torch.manual_seed(seed)
+    genes = np.asarray(inputs.test.genes)
+    train_genes = inputs.shared | inputs.heldout
+    for s in inputs.train:
+        train_genes &= s.gene_mask.astype(bool)
+    given = inputs.shared & ~inputs.heldout
+    ad_sc = ad.AnnData(X=inputs.train_expression(train_genes), var=pd.DataFrame(index=genes[train_genes]))
+    ad_sp = ad.AnnData(X=inputs.test.expression[:, given].astype(np.float32), var=pd.DataFrame(index=genes[given]))
+    logging.getLogger("tangram").setLevel(logging.WARNING)
+    logging.getLogger().setLevel(logging.WARNING)
+    with contextlib.redirect_stdout(io.StringIO()):
+        tg.pp_adatas(ad_sc, ad_sp, genes=list(genes[given]))
+        mapping = tg.map_cells_to_space(ad_sc, ad_sp, mode="cells", device="cpu", num_epochs=num_epochs,
+                                        learning_rate=learning_rate, random_state=seed, verbose=False)
+        projected = tg.project_genes(mapping, ad_sc)
+    logging.getLogger().setLevel(logging.INFO)
+    values = np.asarray(projected.X.toarray() if hasattr(projected.X, "toarray") else projected.X, np.float32)
+    column = {str(g).lower(): i for i, g in enumerate(projected.var_names)}
+    out = np.zeros_like(inputs.test.expression, dtype=np.float32)
+    for j, g in enumerate(genes):
+        if inputs.heldout[j] and g.lower() in column:
+            out[:, j] = values[:, column[g.lower()]]
+    return out
