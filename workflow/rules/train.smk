@@ -38,6 +38,8 @@ rule train:
         code=code_fingerprint("train"),
     benchmark:
         "results/{dataset}/benchmarks/alphastomics/train.tsv"
+    # the longest jobs: start them first, peers fill the cores left
+    priority: 10
     log:
         "logs/{dataset}/train.log",
     threads: 1
