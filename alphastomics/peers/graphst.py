@@ -28,7 +28,9 @@ def _torch_sparse(matrix: sp.spmatrix):
     import torch
 
     coo = matrix.tocoo()
-    return torch.sparse_coo_tensor(np.vstack([coo.row, coo.col]), coo.data.astype(np.float32), coo.shape).coalesce()
+    index = torch.from_numpy(np.vstack([coo.row, coo.col]).astype(np.int64))
+    return torch.sparse_coo_tensor(index, torch.from_numpy(coo.data.astype(np.float32)), coo.shape,
+                                   check_invariants=True).coalesce()
 
 
 def graphst_embedding(expression: np.ndarray, coords: np.ndarray, dim: int = 64, k: int = 3, epochs: int = 200,
