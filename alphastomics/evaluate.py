@@ -459,7 +459,12 @@ def _reference_rows(sample: Sample, config: EvaluationConfig, reference_dir, out
     rows: dict[str, _Collector] = {}
     if sample.mode in ("pos_to_expr", "impute"):
         collector = _Collector()
-        collector.add(*references.training_mean_rows(sample.true_expression, reference), time.perf_counter() - start)
+        values, how = references.training_mean_rows(sample.true_expression, reference)
+        # A point prediction is its own posterior mean: the same values under expr_mean_*, so that
+        # it sits in the same row as the model's posterior mean (and the peers' point predictions).
+        values.update({f"expr_mean_{k[5:]}": v for k, v in list(values.items()) if k.startswith("expr_")})
+        how.update({f"expr_mean_{k[5:]}": v for k, v in list(how.items()) if k.startswith("expr_")})
+        collector.add(values, how, time.perf_counter() - start)
         rows[references.TRAINING_MEAN] = collector
         return rows
     true_types = None

@@ -305,7 +305,8 @@ def summary_rows(df: pd.DataFrame, cols: list[tuple[str, str]], runs: pd.DataFra
                 rows.append({
                     "dataset": ds, "mode": mode, "method": m, "n_slices": int(sub[sub["method"] == m]["slice"].nunique()),
                     "slices": sorted(sub[sub["method"] == m]["slice"].unique()),
-                    "cells": cells, "status": run["status"] or ("ok" if m in set(sub["method"]) else "–"),
+                    "cells": cells,
+                    "status": run["status"] or ("reference" if is_reference(m) else "ok" if m in set(sub["method"]) else "–"),
                     "reason": run["reason"], "ok": run["ok"], "wall": run["wall"], "memory": run["memory"],
                     "reference": is_reference(m), "lower_bound": m in LOWER_BOUNDS,
                 })
