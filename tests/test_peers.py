@@ -237,3 +237,32 @@ def test_peer_command_writes_a_sample_file_and_refuses_a_wrong_mode(starmap_dir,
     assert adata.uns["alphastomics"]["method"] == "random" and adata.obsm["spatial_pred"].shape == adata.obsm["spatial"].shape
     assert cli(["peer", "--method", "tangram", "--mode", "expr_to_pos", "--data", str(starmap_dir), "--slice", STARMAP_TEST,
                 "--out", str(out), "--status", str(status)]) == 1
+
+
+def test_runs_table_joins_status_records_and_benchmark_files(tmp_path):
+    """methods.tsv: every run with its status, and wall time / peak memory from Snakemake's benchmark files."""
+    status = tmp_path / "peers/novosparc/s1.expr_to_pos.status.json"
+    status.parent.mkdir(parents=True)
+    status.write_text(json.dumps({"dataset": "d", "slice": "s1", "mode": "expr_to_pos", "method": "novosparc",
+                                  "status": "failed", "reason": "too slow: stopped at the time limit of 300 s",
+                                  "wall_s": 301.0, "max_rss_mb": 900.0}))
+    header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+    benchmarks = []
+    for method, name, seconds, rss in [("novosparc", "s1.expr_to_pos", 305.5, 950.0), ("alphastomics", "s1.expr_to_pos", 40.0, 500.0),
+                                       ("alphastomics", "train", 400.0, 800.0)]:
+        path = tmp_path / "benchmarks" / method / f"{name}.tsv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(header + f"{seconds}\t0:00:00\t{rss}\t1\t1\t1\t0\t0\t50\t10\n")
+        benchmarks.append(str(path))
+    out = tmp_path / "methods.tsv"
+    missing = str(tmp_path / "benchmarks/celery/s1.expr_to_pos.tsv")  # a run that never wrote one: left blank, not an error
+    assert cli(["runs", "--dataset", "d", "--status", str(status), "--benchmarks", *benchmarks, missing, "--out", str(out)]) == 0
+    from alphastomics.runs import read_runs
+
+    table = read_runs([out]).set_index(["method", "mode"])
+    assert table.loc[("alphastomics", "train"), "wall_s"] == 400.0
+    mine = table.loc[("alphastomics", "expr_to_pos")]
+    assert mine["status"] == "ok" and mine["max_rss_mb"] == 500.0 and mine["slice"] == "s1"
+    failed = table.loc[("novosparc", "expr_to_pos")]
+    assert failed["status"] == "failed" and "time limit" in failed["reason"] and failed["wall_s"] == 305.5
+    assert len(table) == 3
