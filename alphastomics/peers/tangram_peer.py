@@ -1,9 +1,12 @@
 """Tangram (impute), through the ``tangram-sc`` package on CPU: the training cells are mapped
 onto the held-out slice's cells through the genes both measure (the slice's held-out genes left
 out), and the held-out genes are projected from the training cells through the mapping
-(``tangram.project_genes``). Each target cell receives the mapped training cells' expression
-summed with their mapping probabilities; divided by that total probability, it is a per-cell
-expression on the data's scale (the sum covers about n_training / n_target cells)."""
+(``tangram.project_genes``), as its documentation does. The projection is the mapped training
+cells' expression summed with their mapping probabilities: each target cell's values scale with
+the mapping mass it receives (Tangram's RNA-count density prior), so correlations are on the
+data's footing and squared errors are not. (Dividing by that mass puts it on the data's scale but
+removes the count cue: on the bundled data it lowered per-gene Spearman, BDTNP 0.50 -> 0.33, STARmap
+0.16 -> 0.11, so the documented projection is what competes.)"""
 
 from __future__ import annotations
 
@@ -38,9 +41,7 @@ def tangram_impute(inputs: PeerInputs, num_epochs: int = 200, learning_rate: flo
                                         learning_rate=learning_rate, random_state=seed, verbose=False)
         projected = tg.project_genes(mapping, ad_sc)
     logging.getLogger().setLevel(logging.INFO)
-    values = np.asarray(projected.X.toarray() if hasattr(projected.X, "toarray") else projected.X, np.float64)
-    weight = np.asarray(mapping.X, np.float64).sum(0)  # (target cells,): mapping probability each receives
-    values = (values / np.maximum(weight, 1e-12)[:, None]).astype(np.float32)
+    values = np.asarray(projected.X.toarray() if hasattr(projected.X, "toarray") else projected.X, np.float32)
     column = {str(g).lower(): i for i, g in enumerate(projected.var_names)}
     out = np.zeros_like(inputs.test.expression, dtype=np.float32)
     for j, g in enumerate(genes):
