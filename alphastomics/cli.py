@@ -27,6 +27,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "extract": ("alphastomics.extract", "per-cell embeddings of any h5ad -> obsm['X_alphastomics'] (for scanpy neighbors/leiden)"),
     "test": ("alphastomics.benchmark_checkpoint", "the whole benchmark of one checkpoint without Snakemake: sample every held-out slice "
                                        "in every mode, evaluate, report"),
+    "peer": ("alphastomics.peers.run", "run one peer method (novosparc, tangram, celery, knn, graphst, ...) on a held-out slice -> "
+                                       "sample file + status record"),
+    "runs": ("alphastomics.runs", "table of every method run of a dataset: status, wall time, peak memory (status records + "
+                                  "Snakemake benchmark files)"),
     "gather": ("alphastomics.evaluate", "concatenate per-sample metric tables into one dataset table"),
     "report": ("alphastomics.report", "render the self-contained HTML benchmark report of a dataset"),
     "export": ("alphastomics.checkpoint", "convert a training checkpoint (Lightning file or DeepSpeed directory) to the model file sampling loads"),

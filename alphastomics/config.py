@@ -215,7 +215,7 @@ class Config:
         return asdict(self)
 
 
-PIPELINE_KEYS = {"datasets", "results_dir"}
+PIPELINE_KEYS = {"datasets", "results_dir", "methods"}
 
 
 @functools.lru_cache(maxsize=1)

@@ -40,7 +40,7 @@ import pandas as pd
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
-from alphastomics import GENERATED_BY_MODE, MODES, references
+from alphastomics import DOMAINS_MODE, EVALUATION_MODES, GENERATED_BY_MODE, references
 from alphastomics.metrics import design
 from alphastomics.config import EvaluationConfig, load_config
 from alphastomics.errors import InputError
@@ -162,9 +162,11 @@ def sample_from_anndata(adata, dataset: str | None = None, method: str | None = 
         raise InputError(f"{source}: layers['expr_pred'] is missing")
     info = dict(adata.uns.get("alphastomics", {}))
     mode = str(info.get("mode", ""))
-    if mode not in MODES:
-        raise InputError(f"{source}: uns['alphastomics']['mode'] is {mode!r}, not one of {', '.join(MODES)}")
-    generated = _uns_list(info.get("generated")) or GENERATED_BY_MODE[mode]
+    if mode not in EVALUATION_MODES:
+        raise InputError(f"{source}: uns['alphastomics']['mode'] is {mode!r}, not one of {', '.join(EVALUATION_MODES)}")
+    generated = _uns_list(info.get("generated")) if "generated" in info else GENERATED_BY_MODE.get(mode, [])
+    if not generated and mode != DOMAINS_MODE:
+        generated = GENERATED_BY_MODE[mode]
     unknown = set(generated) - {"expression", "position"}
     if unknown:
         raise InputError(f"{source}: uns['alphastomics']['generated'] holds unknown entries {sorted(unknown)}")
@@ -186,6 +188,14 @@ def sample_from_anndata(adata, dataset: str | None = None, method: str | None = 
         measured_note = "all genes (var['measured'] absent)"
     if not measured.any():
         raise InputError(f"{source}: var['measured'] marks no gene as measured")
+    if mode == "impute":
+        # Only the held-out genes were generated; the given ones are copies of the truth.
+        if "heldout" not in adata.var:
+            raise InputError(f"{source}: an impute sample needs var['heldout'] (the generated genes)")
+        measured = measured & np.asarray(adata.var["heldout"], dtype=bool)
+        measured_note = "held-out genes (var['heldout'] & var['measured'])"
+        if not measured.any():
+            raise InputError(f"{source}: var['heldout'] marks no measured gene")
     true_expression = _dense(adata.X[:, measured]).astype(np.float32, copy=False)
     generated_expression = _dense(adata.layers["expr_pred"][:, measured]).astype(np.float32, copy=False)
     for array, field in ((true_expression, "X"), (generated_expression, "layers['expr_pred']"),
@@ -437,7 +447,7 @@ def evaluate_sample(adata, evaluation_config: EvaluationConfig, dataset: str | N
 
 def _reference_rows(sample: Sample, config: EvaluationConfig, reference_dir, out: _Collector, source: str) -> dict[str, _Collector]:
     """Reference methods (alphastomics.references); joint's distribution metrics of the generated slice go to ``out``."""
-    wanted = (sample.mode == "joint") or (sample.mode == "pos_to_expr")
+    wanted = sample.mode in ("joint", "pos_to_expr", "impute")
     if not wanted or reference_dir is None:
         if sample.mode == "joint":
             log.warning("%s: no --reference dataset: joint distribution metrics (energy distance, composition) skipped", source)
@@ -449,9 +459,14 @@ def _reference_rows(sample: Sample, config: EvaluationConfig, reference_dir, out
     start = time.perf_counter()
     reference = references.load_reference(reference_dir, train_slices, sample.genes, sample.true_positions.shape[1])
     rows: dict[str, _Collector] = {}
-    if sample.mode == "pos_to_expr":
+    if sample.mode in ("pos_to_expr", "impute"):
         collector = _Collector()
-        collector.add(*references.training_mean_rows(sample.true_expression, reference), time.perf_counter() - start)
+        values, how = references.training_mean_rows(sample.true_expression, reference)
+        # A point prediction is its own posterior mean: the same values under expr_mean_*, so that
+        # it sits in the same row as the model's posterior mean (and the peers' point predictions).
+        values.update({f"expr_mean_{k[5:]}": v for k, v in list(values.items()) if k.startswith("expr_")})
+        how.update({f"expr_mean_{k[5:]}": v for k, v in list(how.items()) if k.startswith("expr_")})
+        collector.add(values, how, time.perf_counter() - start)
         rows[references.TRAINING_MEAN] = collector
         return rows
     true_types = None
@@ -534,6 +549,15 @@ def _design_family(adata, sample: Sample, config: EvaluationConfig, reference_di
 
 def _evaluate(sample: Sample, config: EvaluationConfig, source: str) -> _Collector:
     out = _Collector()
+    typed = _known_types(sample)
+    if sample.mode == DOMAINS_MODE:
+        if sample.embedding is None:
+            raise InputError(f"{source}: a {DOMAINS_MODE} sample needs obsm['{EMBEDDING_KEY}']")
+        if typed is None:
+            log.warning("%s: no obs['cell_type'] with at least two known types: embedding clusters cannot be scored", source)
+        else:
+            _embedding_family(sample, config, *typed, out)
+        return out
     if "expression" in sample.generated:
         if sample.paired:
             _expression_family(sample, out)
@@ -543,7 +567,6 @@ def _evaluate(sample: Sample, config: EvaluationConfig, source: str) -> _Collect
         if sample.paired:
             _position_family(sample, config, out)
     _morans_family(sample, config, out)
-    typed = _known_types(sample)
     if typed is not None:
         # In joint mode generated cell i has nothing to do with true cell i: no per-cell label metric.
         if sample.paired and "position" in sample.generated:
@@ -615,10 +638,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="preprocessed dataset (results/<dataset>) holding the model's training slices: adds reference "
                              "rows (real training slices for joint, the training-mean predictor for pos_to_expr) and joint's "
                              "distribution metrics")
+    parser.add_argument("--if-status", default=None, metavar="JSON",
+                        help="status record of a peer method (alphastomics peer): evaluate only when it says ok; otherwise "
+                             "write a table with no rows (the report shows the method's status instead)")
 
 
 def main(args: argparse.Namespace) -> int:
     config = load_config(args.config).evaluation
+    if args.if_status:
+        from alphastomics.peers.run import STATUS_OK, read_status
+
+        status = read_status(args.if_status)
+        if status["status"] != STATUS_OK:
+            table = pd.DataFrame(columns=TABLE_COLUMNS)
+            write_metrics(table, {"status": {k: status.get(k) for k in ("method", "mode", "status", "reason")}}, args.out)
+            log.info("%s: %s %s (%s): no metrics", args.if_status, status["method"], status["status"], status.get("reason", ""))
+            return 0
     adata = read_sample(args.sample)
     start = time.perf_counter()
     table, details = evaluate_sample(adata, config, dataset=args.dataset, method=args.method, source=str(args.sample),

@@ -545,3 +545,75 @@ def test_report_survives_partial_cell_types_and_diverged_cells(tmp_path, built):
     html = out.read_text()
     assert len(_images(html)) == 1  # the tissue plot, with the 7 diverged cells left out
     assert "RMS displacement" in html
+
+
+# ----------------------------------------------------------------------------------------------
+# peers (issue 12): every method of the run in the tables, failures shown, ranks, targets
+
+
+def _peer_frames():
+    rows = []
+    for method, knn, spearman in [("alphastomics", 0.30, 0.50), ("celery", 0.20, 0.60), ("random", 0.02, 0.0)]:
+        rows += [("d", "s1", "expr_to_pos", method, "knn_preservation_k10", knn),
+                 ("d", "s1", "expr_to_pos", method, "distance_spearman_median", spearman)]
+    rows += [("d", "s1", "impute", m, "expr_mean_spearman_gene_median", v) for m, v in [("alphastomics", 0.4), ("knn", 0.3)]]
+    metrics = pd.DataFrame(rows, columns=["dataset", "slice", "mode", "method", "metric", "value"])
+    runs = pd.DataFrame([
+        ("d", "s1", "expr_to_pos", "alphastomics", "ok", "", 12.0, 800.0),
+        ("d", "s1", "expr_to_pos", "celery", "ok", "", 5.0, 500.0),
+        ("d", "s1", "expr_to_pos", "novosparc", "failed", "too slow: stopped at the time limit of 300 s", 300.0, 900.0),
+        ("d", "s1", "impute", "tangram", "failed", "not installed: tangram-sc", 1.0, 100.0),
+        ("d", "", "train", "alphastomics", "ok", "", 400.0, 1200.0),
+    ], columns=["dataset", "slice", "mode", "method", "status", "reason", "wall_s", "max_rss_mb"])
+    return metrics, runs
+
+
+def test_metric_tables_list_failed_methods_with_their_reason_and_run_costs():
+    metrics, runs = _peer_frames()
+    by_mode = {t["mode"]: t for t in tables.metric_tables(metrics, runs)}
+    table = by_mode["expr_to_pos"]
+    assert table["methods"] == ["alphastomics", "celery", "novosparc", "random"]  # lower bound last
+    knn_row = next(r for g in table["groups"] for r in g["rows"] if r["metric"] == "knn_preservation_k10")
+    novosparc = knn_row["cells"][table["methods"].index("novosparc")]
+    assert novosparc["text"] == "failed" and "time limit" in novosparc["title"]
+    run_group = next(g for g in table["groups"] if g["category"].startswith("Run"))
+    status = next(r for r in run_group["rows"] if r["metric"] == "status")
+    assert status["cells"][2]["text"].startswith("failed: s1: too slow")
+    assert "tangram" in by_mode["impute"]["methods"]
+
+
+def test_summary_ranks_every_method_and_shows_time_memory_and_failures():
+    metrics, runs = _peer_frames()
+    cols = tables.headline_columns(metrics)
+    rows = tables.summary_rows(metrics, cols, runs)
+    knn_col = [metric for _, metric in cols].index("knn_preservation_k10")
+    mine = next(r for r in rows if r["mode"] == "expr_to_pos" and r["method"] == "alphastomics")
+    assert mine["cells"][knn_col]["rank"] == "#1/3" and "training" in mine["wall"]
+    celery = next(r for r in rows if r["mode"] == "expr_to_pos" and r["method"] == "celery")
+    assert celery["cells"][knn_col]["rank"] == "#2/3" and celery["wall"] == "5" and celery["memory"] == "500"
+    failed = next(r for r in rows if r["method"] == "novosparc")
+    assert not failed["ok"] and "time limit" in failed["reason"]
+    assert any(r["method"] == "tangram" and r["mode"] == "impute" and not r["ok"] for r in rows)
+
+
+def test_targets_say_plainly_where_alphastomics_is_not_ahead():
+    metrics, _ = _peer_frames()
+    targets = {(t["mode"], t["metric"]): t for t in tables.target_rows(metrics)}
+    assert targets[("expr_to_pos", "knn_preservation_k10")]["met"] is True
+    spearman = targets[("expr_to_pos", "distance_spearman_median")]
+    assert spearman["met"] is False and spearman["verdict"] == "NOT ahead: behind or level with celery"
+    assert targets[("impute", "expr_mean_spearman_gene_median")]["met"] is True  # tangram failed: judged on knn
+    text = tables.targets_text(tables.target_rows(metrics))
+    assert "NOT ahead" in text and text.strip().endswith("2 of 3 targets met")
+
+
+def test_summary_page_shows_ranks_failures_and_targets(tmp_path):
+    metrics, runs = _peer_frames()
+    metrics.to_csv(tmp_path / "metrics.tsv", sep="\t", index=False)
+    runs.to_csv(tmp_path / "methods.tsv", sep="\t", index=False)
+    out, targets = tmp_path / "summary.html", tmp_path / "targets.txt"
+    assert cli.main(["report", "--summary", "--metrics", str(tmp_path / "metrics.tsv"), "--runs", str(tmp_path / "methods.tsv"),
+                     "--targets", str(targets), "--out", str(out)]) == 0
+    html = out.read_text()
+    assert "#1/3" in html and "too slow: stopped at the time limit of 300 s" in html and "NOT ahead" in html
+    assert "not installed: tangram-sc" in html and "2 of 3 targets met" in targets.read_text()

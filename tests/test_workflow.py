@@ -25,6 +25,8 @@ SMALL_SETTINGS = {
     "training": {"epochs": 2, "examples_per_epoch": 2, "val_every_n_epochs": 1},
     "sampling": {"modes": MODES, "steps": 0, "seed": 0},
     "evaluation": {"knn_k": [5, 10], "seed": 0},
+    # the fastest peers: the machinery (status records, benchmark files, method columns), not the methods
+    "methods": {"expr_to_pos": ["random"], "domains": ["pca"], "time_limit_s": 120},
 }
 
 
@@ -125,6 +127,12 @@ def test_pipeline_produces_reports_and_finite_metrics(pipeline_run):
                     assert rows["method"].str.startswith("real:").any()
                 if mode == "pos_to_expr":
                     assert (rows["method"] == "training_mean").any()
+                if mode == "expr_to_pos":  # peers are scored on the same slice beside AlphaSTomics
+                    peer = rows[rows["method"] == "random"].set_index("metric")["value"]
+                    assert math.isfinite(peer["knn_preservation_k10"]) and peer["knn_preservation_k10"] < mine["knn_preservation_k10"] + 0.5
+        runs = pd.read_csv(workdir / "results" / dataset / "methods.tsv", sep="\t")
+        assert {"alphastomics", "random"} <= set(runs["method"]) and (runs["wall_s"] > 0).all()
+        assert "random" in html and "wall time" in html
         assert (workdir / "logs" / dataset / "train.log").exists()
 
 

@@ -26,6 +26,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="configuration YAML shown under provenance (optional)")
     parser.add_argument("--checkpoint", help="model checkpoint; its sha256 is shown under provenance (optional)")
     parser.add_argument("--log-dir", help="folder of the pipeline's logs; run times are read from them (optional)")
+    parser.add_argument("--runs", nargs="*", default=[], metavar="TSV",
+                        help="method runs table(s) results/<dataset>/methods.tsv (alphastomics runs): status, wall time, "
+                             "peak memory of every method (optional)")
+    parser.add_argument("--targets", default=None, metavar="TXT",
+                        help="with --summary: also write the benchmark targets, met or not, as text (and print them)")
     parser.add_argument("--summary", action="store_true",
                         help="write the cross-dataset summary page from --metrics instead of a dataset report")
     parser.add_argument("--reports", nargs="*", default=[], metavar="HTML",
@@ -42,8 +47,11 @@ def _write_summary(args: argparse.Namespace) -> int:
         if not Path(report).is_file():
             raise InputError(f"{report}: dataset report not found")
         reports[Path(report).parent.name] = report  # results/<dataset>/report.html
-    html = render_summary(args.metrics, reports=reports or None, out=args.out)
+    html, targets = render_summary(args.metrics, reports=reports or None, out=args.out, runs=args.runs)
     write_atomic(html, args.out)
+    print(targets, end="")
+    if args.targets:
+        write_atomic(targets, args.targets)
     log.info("wrote %s", args.out)
     return 0
 
@@ -66,6 +74,7 @@ def main(args: argparse.Namespace) -> int:
         config=args.config,
         checkpoint=args.checkpoint,
         log_dir=args.log_dir,
+        runs=args.runs,
     )
     write_atomic(html, args.out)
     log.info("wrote %s (%.1f MB)", args.out, Path(args.out).stat().st_size / 1e6)

@@ -46,6 +46,8 @@ from alphastomics.report.tables import (
     order_modes,
     summary_columns,
     summary_rows,
+    target_rows,
+    targets_text,
 )
 
 log = logging.getLogger(__name__)
@@ -85,8 +87,11 @@ def render_report(
     config: str | Path | None = None,
     checkpoint: str | Path | None = None,
     log_dir: str | Path | None = None,
+    runs: list[str | Path] = (),
 ) -> str:
     """The HTML of one dataset's report."""
+    from alphastomics.runs import read_runs
+
     man = load_manifest(manifest)
     dataset = dataset or man.get("dataset") or Path(manifest).parent.name
     df = load_metrics(list(metrics))
@@ -100,7 +105,11 @@ def render_report(
     palette = plots.cell_type_palette(all_types)
 
     summary = dataset_summary(man)
-    tables = metric_tables(df)
+    run_table = read_runs(list(runs))
+    if not run_table.empty:
+        run_table = run_table[run_table["dataset"].isin([dataset, ""])]
+    tables = metric_tables(df, run_table)
+    targets = target_rows(df)
     training = training_section(training_log)
     tissue = tissue_section(groups, palette, dataset_dir=Path(manifest).parent)
     gene_maps, moran_panels = expression_sections(groups)
@@ -124,15 +133,20 @@ def render_report(
         n_samples=len(loaded),
         sampled_slices=sorted({s for s, _, _ in sampled}),
         sampled_modes=order_modes({m for _, m, _ in sampled}),
-        methods=order_methods({m for _, _, m in sampled} | set(df["method"].unique())),
+        methods=order_methods({m for _, _, m in sampled} | set(df["method"].unique()) | set(run_table["method"].unique())),
+        targets=targets,
+        runs=run_table.to_dict("records"),
         mode_description=MODE_DESCRIPTION,
         has_3d=any(s.true_pos.shape[1] == 3 for s in loaded),
         direction_source=DIRECTION_SOURCE,
     )
 
 
-def render_summary(metrics: list[str | Path], reports: dict[str, str] | None = None, out: str | Path | None = None) -> str:
-    """HTML of ``results/summary.html``: one headline table over all datasets, modes and methods.
+def render_summary(metrics: list[str | Path], reports: dict[str, str] | None = None, out: str | Path | None = None,
+                   runs: list[str | Path] = ()) -> tuple[str, str]:
+    """HTML of ``results/summary.html``: one headline table over all datasets, modes and methods
+    (each method's rank per headline metric, status, wall time and peak memory from ``runs``),
+    and the benchmark targets; returns (html, targets as text).
 
     ``reports`` maps dataset -> report path; without it a link is made to ``report.html`` next to a
     dataset's metric table when that file exists. Links are relative to ``out``'s folder.
@@ -148,10 +162,14 @@ def render_summary(metrics: list[str | Path], reports: dict[str, str] | None = N
             if candidate.is_file() or (reports and ds in reports):
                 report_links[ds] = os.path.relpath(candidate.resolve(), out_dir)
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=METRIC_COLUMNS)
+    from alphastomics.runs import read_runs
+
+    run_table = read_runs(list(runs))
     cols = headline_columns(df) if not df.empty else []
-    rows = summary_rows(df, cols)
+    rows = summary_rows(df, cols, run_table)
     columns = summary_columns(cols)
-    return _env().get_template("summary.html.j2").render(
+    targets = target_rows(df)
+    html = _env().get_template("summary.html.j2").render(
         columns=columns,
         rows=rows,
         datasets=sorted(df["dataset"].unique()),
@@ -161,7 +179,9 @@ def render_summary(metrics: list[str | Path], reports: dict[str, str] | None = N
         generated_at=_dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         version=__version__,
         n_metrics=int(df["metric"].nunique()) if not df.empty else 0,
+        targets=targets,
     )
+    return html, targets_text(targets)
 
 
 def write_atomic(text: str, out: str | Path) -> Path:

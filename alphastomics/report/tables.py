@@ -24,7 +24,13 @@ MODE_DESCRIPTION = {
     "expr_to_pos": "expression given, coordinates generated",
     "pos_to_expr": "coordinates given, expression generated",
     "joint": "expression and coordinates both generated",
+    "impute": "coordinates and most genes given, held-out genes generated (scored on the held-out genes)",
+    "domains": "per-cell embeddings; leiden clusters scored against cell types",
 }
+
+# Lower bounds (the simplest predictor of a mode): listed after the peers; they compete (a method
+# that does not beat them has learnt nothing), unlike reference rows.
+LOWER_BOUNDS = ("random", "pca", "training_mean")
 
 # (category, pattern): the first matching pattern names a metric's category (expression first, so
 # that expr_energy_distance is not read as a coordinate distance).
@@ -47,7 +53,10 @@ HEADLINE: list[tuple[str, list[str]]] = [
     ("expression Pearson per gene (median; posterior mean where drawn)", [r"^expr_mean_pearson_gene_median$", r"^expr_pearson_gene_median$"]),
     ("cell-type composition L1 (joint)", [r"^cell_type_composition_l1$"]),
     ("Moran's I true vs generated (correlation)", [r"^morans_i_corr$", r"moran.*(corr|pearson)"]),
+    ("expression Spearman per gene (median; posterior mean where drawn)", [r"^expr_mean_spearman_gene_median$", r"^expr_spearman_gene_median$"]),
     ("ARI of leiden clusters vs cell types", [r"^leiden_ari$", r"(^|_)ari($|_)"]),
+    ("ARI of embedding clusters vs cell types", [r"^embedding_leiden_ari$"]),
+    ("NMI of embedding clusters vs cell types", [r"^embedding_leiden_nmi$"]),
 ]
 
 
@@ -70,8 +79,8 @@ def fmt_value(v: float) -> str:
 
 
 def order_methods(methods) -> list[str]:
-    """AlphaSTomics first, then the other methods, then reference rows (real slices)."""
-    methods = sorted(set(methods), key=lambda m: (m != MAIN_METHOD, is_reference(m), m))
+    """AlphaSTomics first, then the peers, then lower bounds, then reference rows (real slices)."""
+    methods = sorted(set(methods), key=lambda m: (m != MAIN_METHOD, is_reference(m), m in LOWER_BOUNDS, m))
     return methods
 
 
@@ -97,12 +106,40 @@ def _best_flags(values: dict[str, float], direction: str | None) -> set[str]:
     return {m for m, v in finite.items() if abs(v - best) <= tol}
 
 
-def metric_tables(df: pd.DataFrame) -> list[dict]:
-    """One table per mode: rows = metrics grouped by category, columns = methods (mean over slices)."""
+def _runs_of(runs: pd.DataFrame | None, mode: str) -> pd.DataFrame:
+    if runs is None or runs.empty:
+        return pd.DataFrame(columns=["dataset", "slice", "mode", "method", "status", "reason", "wall_s", "max_rss_mb"])
+    return runs[runs["mode"] == mode]
+
+
+def run_cells(runs: pd.DataFrame, method: str) -> dict:
+    """Status, wall time and peak memory of a method's runs in one mode (means over slices)."""
+    mine = runs[runs["method"] == method]
+    if mine.empty:
+        return {"status": "", "reason": "", "wall": "–", "memory": "–", "ok": True}
+    bad = mine[mine["status"] != "ok"]
+    status = "ok" if bad.empty else str(bad["status"].iloc[0])
+    reason = "; ".join(sorted({f"{r['slice']}: {r['reason']}" if r["slice"] else str(r["reason"]) for _, r in bad.iterrows()}))
+    wall = pd.to_numeric(mine["wall_s"], errors="coerce").mean()
+    memory = pd.to_numeric(mine["max_rss_mb"], errors="coerce").max()
+    return {"status": status, "reason": reason, "ok": bad.empty,
+            "wall": fmt_value(float(wall)) if np.isfinite(wall) else "–",
+            "memory": fmt_value(float(memory)) if np.isfinite(memory) else "–"}
+
+
+def metric_tables(df: pd.DataFrame, runs: pd.DataFrame | None = None) -> list[dict]:
+    """One table per mode: rows = metrics grouped by category, columns = methods (mean over slices).
+
+    ``runs`` (alphastomics.runs): every method that ran in a mode gets a column, also one that
+    failed (its cells say so), and the table ends with each method's status, wall time and peak memory.
+    """
     out = []
-    for mode in order_modes(df["mode"].unique()):
+    modes = set(df["mode"].unique()) | (set(runs["mode"].unique()) - {"train"} if runs is not None and not runs.empty else set())
+    for mode in order_modes(modes):
         sub = df[df["mode"] == mode]
-        methods = order_methods(sub["method"].unique())
+        mode_runs = _runs_of(runs, mode)
+        methods = order_methods(set(sub["method"].unique()) | set(mode_runs["method"].unique()))
+        run_info = {m: run_cells(mode_runs, m) for m in methods}
         slices = sorted(sub["slice"].unique())
         means = sub.groupby(["metric", "method"])["value"].mean()
         per_slice = sub.groupby(["metric", "method", "slice"])["value"].mean()
@@ -116,12 +153,25 @@ def metric_tables(df: pd.DataFrame) -> list[dict]:
                 tip = "; ".join(
                     f"{s}: {fmt_value(float(per_slice[(metric, m, s)]))}" for s in slices if (metric, m, s) in per_slice.index
                 )
-                cells.append({"text": fmt_value(vals[m]), "best": m in best, "title": tip})
+                text = fmt_value(vals[m])
+                if text == "–" and not run_info[m]["ok"]:
+                    text, tip = run_info[m]["status"], run_info[m]["reason"]
+                cells.append({"text": text, "best": m in best, "title": tip})
             groups[metric_category(metric)].append({"metric": metric, "direction": direction, "cells": cells})
         rows = [{"category": c, "rows": groups[c]} for c in sorted(groups, key=CATEGORY_ORDER.index)]
         slice_rows = []
         for (metric, method, sl), v in per_slice.items():
             slice_rows.append({"metric": metric, "method": method, "slice": sl, "value": fmt_value(float(v))})
+        if not mode_runs.empty:
+            rows.append({"category": "Run (status, wall time, peak memory)", "rows": [
+                {"metric": "status", "direction": None,
+                 "cells": [{"text": (run_info[m]["status"] or "–") if run_info[m]["ok"] else f"{run_info[m]['status']}: {run_info[m]['reason']}",
+                            "best": False, "title": run_info[m]["reason"]} for m in methods]},
+                {"metric": "wall time, s", "direction": None,
+                 "cells": [{"text": run_info[m]["wall"], "best": False, "title": ""} for m in methods]},
+                {"metric": "peak memory, MB", "direction": None,
+                 "cells": [{"text": run_info[m]["memory"], "best": False, "title": ""} for m in methods]},
+            ]})
         out.append({
             "mode": mode,
             "description": MODE_DESCRIPTION.get(mode, ""),
@@ -204,26 +254,61 @@ def headline_columns(df: pd.DataFrame) -> list[tuple[str, str]]:
     return cols
 
 
-def summary_rows(df: pd.DataFrame, cols: list[tuple[str, str]]) -> list[dict]:
+def rank_of(values: dict[str, float], method: str, direction: str | None) -> tuple[int, int] | None:
+    """(rank, competitors) of ``method`` among the methods with a finite value (reference rows left
+    out; ties share the better rank), or None when it has no value or the direction is unknown."""
+    finite = {m: v for m, v in values.items() if v is not None and np.isfinite(v) and not is_reference(m)}
+    if method not in finite or direction not in ("higher", "lower", "one"):
+        return None
+    if direction == "one":
+        score = {m: -abs(np.log(v)) if v > 0 else -np.inf for m, v in finite.items()}
+    elif direction == "higher":
+        score = dict(finite)
+    else:
+        score = {m: -v for m, v in finite.items()}
+    return 1 + sum(1 for m, v in score.items() if v > score[method]), len(score)
+
+
+def summary_rows(df: pd.DataFrame, cols: list[tuple[str, str]], runs: pd.DataFrame | None = None) -> list[dict]:
     """Rows of the summary table, one per dataset, mode and method: the headline columns ``cols``
-    (means over slices, best marked) and the slices they cover, with rowspan bookkeeping."""
+    (means over slices, best marked, each method's rank), status, wall time and peak memory of
+    the method's runs (``runs``: alphastomics.runs), with rowspan bookkeeping."""
     rows = []
-    for ds in sorted(df["dataset"].unique()):
+    if runs is None:
+        runs = pd.DataFrame(columns=["dataset", "slice", "mode", "method", "status", "reason", "wall_s", "max_rss_mb"])
+    datasets = sorted(set(df["dataset"].unique()) | set(runs["dataset"].unique()))
+    for ds in datasets:
         dsub = df[df["dataset"] == ds]
-        for mode in order_modes(dsub["mode"].unique()):
+        druns = runs[runs["dataset"] == ds]
+        training = druns[druns["mode"] == "train"]
+        modes = set(dsub["mode"].unique()) | (set(druns["mode"].unique()) - {"train"})
+        for mode in order_modes(modes):
             sub = dsub[dsub["mode"] == mode]
-            methods = order_methods(sub["method"].unique())
+            mode_runs = druns[druns["mode"] == mode]
+            methods = order_methods(set(sub["method"].unique()) | set(mode_runs["method"].unique()))
             means = sub.groupby(["metric", "method"])["value"].mean()
-            best = {}
+            best, values = {}, {}
             for _, metric in cols:
-                vals = {m: float(means.get((metric, m), np.nan)) for m in methods}
-                best[metric] = _best_flags(vals, metric_direction(metric))
+                values[metric] = {m: float(means.get((metric, m), np.nan)) for m in methods}
+                best[metric] = _best_flags(values[metric], metric_direction(metric))
             for m in methods:
+                run = run_cells(mode_runs, m)
+                if m == MAIN_METHOD and not training.empty:
+                    train = run_cells(training, m)
+                    run["wall"] = f"{run['wall']} (+ training {train['wall']})"
+                    run["memory"] = f"{run['memory']} (training {train['memory']})"
+                cells = []
+                for _, metric in cols:
+                    rank = rank_of(values[metric], m, metric_direction(metric))
+                    cells.append({"text": fmt_value(values[metric][m]), "best": m in best[metric],
+                                  "rank": f"#{rank[0]}/{rank[1]}" if rank and rank[1] > 1 else ""})
                 rows.append({
                     "dataset": ds, "mode": mode, "method": m, "n_slices": int(sub[sub["method"] == m]["slice"].nunique()),
                     "slices": sorted(sub[sub["method"] == m]["slice"].unique()),
-                    "cells": [{"text": fmt_value(float(means.get((metric, m), np.nan))), "best": m in best[metric]}
-                              for _, metric in cols],
+                    "cells": cells,
+                    "status": run["status"] or ("reference" if is_reference(m) else "ok" if m in set(sub["method"]) else "–"),
+                    "reason": run["reason"], "ok": run["ok"], "wall": run["wall"], "memory": run["memory"],
+                    "reference": is_reference(m), "lower_bound": m in LOWER_BOUNDS,
                 })
     # rowspan bookkeeping for the dataset column
     for i, r in enumerate(rows):
@@ -232,6 +317,67 @@ def summary_rows(df: pd.DataFrame, cols: list[tuple[str, str]]) -> list[dict]:
         r["first_of_mode"] = r["first_of_dataset"] or rows[i - 1]["mode"] != r["mode"]
         r["mode_rows"] = sum(1 for x in rows if x["dataset"] == r["dataset"] and x["mode"] == r["mode"])
     return rows
+
+
+# Targets of the benchmark (issue 12), printed by the pipeline, never asserted: per held-out slice,
+# (mode, metric, whom AlphaSTomics must be ahead of). "peers": every other method of the mode that
+# is not a reference row; a list: those methods; "references": every real training slice.
+TARGETS: list[tuple[str, str, object]] = [
+    ("expr_to_pos", "knn_preservation_k10", "peers"),
+    ("expr_to_pos", "distance_spearman_median", "peers"),
+    ("impute", "expr_mean_spearman_gene_median", ["knn", "tangram"]),
+    ("joint", "expr_energy_distance_pca", "references"),
+    ("joint", "distance_wasserstein_unit_rms", "references"),
+]
+
+
+def target_rows(df: pd.DataFrame) -> list[dict]:
+    """Is AlphaSTomics ahead, slice by slice, where the targets say it should be? Plain words where it is not."""
+    out = []
+    for ds in sorted(df["dataset"].unique()):
+        dsub = df[df["dataset"] == ds]
+        for mode, metric, against in TARGETS:
+            sub = dsub[(dsub["mode"] == mode) & (dsub["metric"] == metric)]
+            direction = metric_direction(metric)
+            slices = sorted(dsub[dsub["mode"] == mode]["slice"].unique())
+            for sl in slices:
+                values = sub[sub["slice"] == sl].groupby("method")["value"].mean().to_dict()
+                mine = values.get(MAIN_METHOD, np.nan)
+                if against == "peers":
+                    rivals = {m: v for m, v in values.items() if m != MAIN_METHOD and not is_reference(m)}
+                elif against == "references":
+                    rivals = {m: v for m, v in values.items() if is_reference(m)}
+                else:
+                    rivals = {m: values.get(m, np.nan) for m in against}
+                rivals = {m: v for m, v in rivals.items() if np.isfinite(v)}
+                row = {"dataset": ds, "slice": sl, "mode": mode, "metric": metric, "direction": direction,
+                       "alphastomics": fmt_value(float(mine)), "against": against if isinstance(against, str) else ", ".join(against)}
+                if not np.isfinite(mine):
+                    row.update(met=None, verdict="not measured: AlphaSTomics has no value", best_rival="–", best_value="–")
+                elif not rivals:
+                    row.update(met=None, verdict="not measured: no rival has a value", best_rival="–", best_value="–")
+                else:
+                    better = (lambda a, b: a > b) if direction == "higher" else (lambda a, b: a < b)
+                    best_rival = max(rivals, key=lambda m: rivals[m]) if direction == "higher" else min(rivals, key=lambda m: rivals[m])
+                    met = all(better(mine, v) for v in rivals.values())
+                    behind = sorted(m for m, v in rivals.items() if not better(mine, v))
+                    row.update(met=met, best_rival=best_rival, best_value=fmt_value(float(rivals[best_rival])),
+                               verdict="ahead" if met else f"NOT ahead: behind or level with {', '.join(behind)}")
+                out.append(row)
+    return out
+
+
+def targets_text(rows: list[dict]) -> str:
+    lines = ["Targets (AlphaSTomics ahead on every held-out slice; printed, not asserted)"]
+    for r in rows:
+        lines.append(f"{r['dataset']} {r['slice']} {r['mode']} {r['metric']} ({'higher' if r['direction'] == 'higher' else 'lower'} "
+                     f"is better) vs {r['against']}: alphastomics {r['alphastomics']}, best rival {r['best_rival']} "
+                     f"{r['best_value']} -> {r['verdict']}")
+    if len(lines) == 1:
+        lines.append("no target could be measured (no metric rows)")
+    met = sum(1 for r in rows if r["met"])
+    lines.append(f"{met} of {len(rows)} targets met")
+    return "\n".join(lines) + "\n"
 
 
 def summary_columns(columns: list[tuple[str, str]]) -> list[dict]:

@@ -105,7 +105,8 @@ wildcard_constraints:
     platform="[A-Za-z0-9_-]+",
     file_id="[^/]+",
     slice="[A-Za-z0-9][A-Za-z0-9._-]*",  # a file key, see alphastomics.io.names
-    mode="|".join(["expr_to_pos", "pos_to_expr", "joint"]),
+    mode="|".join(["expr_to_pos", "pos_to_expr", "joint", "impute", "domains"]),
+    method="[a-z_]+",
     stage="train|evaluate",
 
 
@@ -183,6 +184,61 @@ def metric_files(dataset):
     return expand("results/{dataset}/metrics/{slice}.{mode}.tsv", dataset=dataset, slice=list(test_slice_keys(dataset)), mode=MODES)
 
 
+# Peer methods (config `methods:`, alphastomics.peers): each runs on every held-out slice in its
+# mode. Peers of a sampling mode run when AlphaSTomics samples that mode; `domains` (embeddings
+# scored against cell types) on datasets with a cell_type_key.
+METHODS = config.get("methods", {})
+PEER_MODES = ["expr_to_pos", "pos_to_expr", "impute", "domains"]
+
+
+def has_cell_types(dataset):
+    return any(p.get("cell_type_key") for p in config["datasets"][dataset]["platforms"].values())
+
+
+def peer_runs(dataset):
+    """(method, mode) of every peer run of a dataset."""
+    runs = []
+    for mode in PEER_MODES:
+        if mode == "domains" and not has_cell_types(dataset):
+            continue
+        if mode != "domains" and mode not in MODES:
+            continue
+        runs += [(method, mode) for method in METHODS.get(mode, [])]
+    return runs
+
+
+def peer_files(dataset, suffix):
+    return [
+        f"results/{dataset}/peers/{method}/{key}.{mode}.{suffix}"
+        for method, mode in peer_runs(dataset)
+        for key in test_slice_keys(dataset)
+    ]
+
+
+def benchmark_files(dataset):
+    """The Snakemake benchmark files of a dataset's method runs (AlphaSTomics' training and sampling, every peer run)."""
+    own = [f"results/{dataset}/benchmarks/alphastomics/train.tsv"]
+    own += expand("results/{dataset}/benchmarks/alphastomics/{slice}.{mode}.tsv", dataset=dataset,
+                  slice=list(test_slice_keys(dataset)), mode=MODES)
+    peers = [f"results/{dataset}/benchmarks/{method}/{key}.{mode}.tsv"
+             for method, mode in peer_runs(dataset) for key in test_slice_keys(dataset)]
+    return own + peers
+
+
+def time_limit(method):
+    return METHODS.get("time_limits", {}).get(method, METHODS.get("time_limit_s", 300))
+
+
+def method_options(method):
+    options = METHODS.get("options", {}).get(method)
+    return ["--options", json.dumps(options, sort_keys=True)] if options else []
+
+
+def training_excluded(dataset):
+    """Slices no method may train on: every test and validation slice."""
+    return [*test_slices(dataset), *validation_slices(dataset)]
+
+
 # Settings each stage reads from config; a change elsewhere in config does not re-run the stage.
 STAGE_SECTIONS = {
     "train": ["model", "diffusion", "loss", "masking", "training"],
@@ -203,7 +259,8 @@ STAGE_CODE = {
     "export": ["checkpoint.py"],
     "sample": ["sample.py", "diffusion", "model", "data", "checkpoint.py", "config.py", *SLICE_READING],
     "evaluate": ["evaluate.py", "references.py", "metrics", *SLICE_READING],
-    "report": ["report"],
+    "report": ["report", "runs.py"],
+    "peer": ["peers", "heldout.py", "extract.py", *SLICE_READING],
 }
 
 

@@ -24,6 +24,7 @@ rule evaluate:
 rule gather_metrics:
     input:
         lambda w: metric_files(w.dataset),
+        lambda w: peer_files(w.dataset, "tsv"),
     output:
         "results/{dataset}/metrics.tsv",
     params:

@@ -2,6 +2,7 @@ rule report:
     input:
         manifest="results/{dataset}/manifest.json",
         metrics="results/{dataset}/metrics.tsv",
+        runs="results/{dataset}/methods.tsv",
         samples=lambda w: sample_files(w.dataset),
         training="results/{dataset}/model/training.json",
         model="results/{dataset}/model/model.ckpt",
@@ -23,7 +24,7 @@ rule report:
         ENV
     shell:
         "alphastomics report --dataset {wildcards.dataset:q} --manifest {input.manifest:q} --metrics {input.metrics:q}"
-        " --samples {input.samples:q} --training-log {params.training_log:q}"
+        " --runs {input.runs:q} --samples {input.samples:q} --training-log {params.training_log:q}"
         " --config {input.settings:q} --checkpoint {input.model:q} --log-dir {params.log_dir:q}"
         " --out {output:q} > {log:q} 2>&1"
 
@@ -33,9 +34,11 @@ rule report:
 rule summary:
     input:
         metrics=expand("results/{dataset}/metrics.tsv", dataset=DATASETS),
+        runs=expand("results/{dataset}/methods.tsv", dataset=DATASETS),
         reports=expand("results/{dataset}/report.html", dataset=DATASETS),
     output:
-        report("results/summary.html", caption="../report/summary.rst", category="Benchmark reports"),
+        html=report("results/summary.html", caption="../report/summary.rst", category="Benchmark reports"),
+        targets="results/targets.txt",
     params:
         code=code_fingerprint("report"),
     log:
@@ -43,4 +46,5 @@ rule summary:
     conda:
         ENV
     shell:
-        "alphastomics report --summary --metrics {input.metrics:q} --reports {input.reports:q} --out {output:q} > {log:q} 2>&1"
+        "alphastomics report --summary --metrics {input.metrics:q} --runs {input.runs:q} --reports {input.reports:q}"
+        " --targets {output.targets:q} --out {output.html:q} > {log:q} 2>&1"

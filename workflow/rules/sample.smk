@@ -12,6 +12,8 @@ rule sample:
         num_samples=config.get("sampling", {}).get("num_samples", 8),
         seed=config.get("sampling", {}).get("seed", 0),
         code=code_fingerprint("sample"),
+    benchmark:
+        "results/{dataset}/benchmarks/alphastomics/{slice}.{mode}.tsv"
     log:
         "logs/{dataset}/sample/{slice}.{mode}.log",
     threads: 1

@@ -36,6 +36,10 @@ rule train:
         devices=lambda w, resources: resources.get("tasks_per_node", config.get("training", {}).get("devices", 1)),
         nodes=lambda w, resources: resources.get("nodes", config.get("training", {}).get("num_nodes", 1)),
         code=code_fingerprint("train"),
+    benchmark:
+        "results/{dataset}/benchmarks/alphastomics/train.tsv"
+    # the longest jobs: start them first, peers fill the cores left
+    priority: 10
     log:
         "logs/{dataset}/train.log",
     threads: 1

@@ -1,0 +1,42 @@
+"""Peer methods, run in the same pipeline as AlphaSTomics on the same held-out slices and scored
+by the same metrics. Each is a plain function of the held-out slice and the training slices
+(``common.PeerInputs``) whose result is written as a sample file in the format of the model's
+sampler (``common.sample_anndata``), so ``alphastomics evaluate`` and the report treat every
+method alike. ``alphastomics peer`` (``alphastomics.peers.run``) runs one, under a time limit,
+and always writes a status record.
+
+| mode | method | what |
+|---|---|---|
+| expr_to_pos | ``novosparc`` | novoSpaRc de novo reconstruction (package ``novosparc``) onto a grid of the slice's size and shape |
+| expr_to_pos | ``celery`` | CeLEry-style MLP expression -> coordinates, training slices aligned to a common frame |
+| expr_to_pos | ``random`` | lower bound: coordinates of a randomly permuted copy of the slice |
+| pos_to_expr | ``knn`` | shared frame: mean expression of the k nearest training cells in that frame |
+| impute | ``tangram`` | Tangram (package ``tangram-sc``, CPU): training cells mapped onto the slice through the shared genes |
+| impute | ``knn`` | SpaGE-like kNN imputation in shared-gene expression space |
+| domains | ``graphst`` | GraphST-style GCN encoder (k = 3 spatial graph, reconstruction + DGI loss) |
+| domains | ``pca`` | lower bound: PCA of expression |
+| domains | ``alphastomics`` | the model's per-cell embedding (``alphastomics extract``), needs ``--checkpoint`` |
+
+The training-mean predictor (pos_to_expr, impute) and real training slices (joint) are reference
+rows that ``alphastomics evaluate --reference`` adds to every table (alphastomics.references).
+"""
+
+from __future__ import annotations
+
+# method -> modes it runs in
+PEER_MODES: dict[str, tuple[str, ...]] = {
+    "novosparc": ("expr_to_pos",),
+    "celery": ("expr_to_pos",),
+    "random": ("expr_to_pos",),
+    "knn": ("pos_to_expr", "impute"),
+    "tangram": ("impute",),
+    "graphst": ("domains",),
+    "pca": ("domains",),
+    "alphastomics": ("domains",),
+}
+
+# The package each method runs through, where it is not this one (shown when it is not installed).
+PEER_PACKAGES = {"novosparc": "novosparc", "tangram": "tangram-sc"}
+
+# Lower bounds: rows that give context, which AlphaSTomics must beat; reported beside the peers.
+LOWER_BOUNDS = {"random", "pca", "training_mean"}
