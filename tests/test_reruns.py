@@ -93,6 +93,11 @@ def edited(path: Path):
 
 N_TEST = 1
 DOWNSTREAM_OF_SAMPLES = {"evaluate": N_TEST * len(MODES), "gather_metrics": 1, "report": 1, "summary": 1}
+# the small config's peers on STARmap: random (expr_to_pos) and pca (domains)
+N_PEERS = N_TEST * 2
+PEER_SCORES = {"evaluate_peer": N_PEERS}
+# the table of method runs reads the sample jobs' benchmark files
+RUNS_TABLE = {"method_runs": 1}
 
 
 def test_1_complete_run_leaves_nothing_to_do(complete_run, tmp_path):
@@ -104,7 +109,7 @@ def test_2_sampling_parameter_reruns_sampling_evaluation_report(complete_run, tm
     config = json.loads(json.dumps(complete_run[2]))
     config["sampling"]["steps"] = 5
     jobs, text = dry_run(complete_run, tmp_path, config)
-    assert counts(jobs) == {"sample": N_TEST * len(MODES), **DOWNSTREAM_OF_SAMPLES}, text[-3000:]
+    assert counts(jobs) == {"sample": N_TEST * len(MODES), **DOWNSTREAM_OF_SAMPLES, **RUNS_TABLE}, text[-3000:]
     assert all("Params have changed" in reason for rule, _, reason in jobs if rule == "sample")
 
 
@@ -113,7 +118,7 @@ def test_3a_metric_parameter_reruns_evaluation_report(complete_run, tmp_path):
     config["evaluation"]["knn_k"] = [5]
     jobs, text = dry_run(complete_run, tmp_path, config)
     # stage_settings rewrites the evaluation settings file the evaluate jobs read
-    assert counts(jobs) == {"stage_settings": 1, **DOWNSTREAM_OF_SAMPLES}, text[-3000:]
+    assert counts(jobs) == {"stage_settings": 1, **DOWNSTREAM_OF_SAMPLES, **PEER_SCORES}, text[-3000:]
     assert [out for rule, out, _ in jobs if rule == "stage_settings"] == [f"results/{DATASET}/settings/evaluate.yaml"]
 
 
@@ -122,7 +127,7 @@ def test_3b_metrics_code_edit_reruns_evaluation_report(complete_run, tmp_path):
     module = sorted((copy / "alphastomics/metrics").glob("*.py"))[-1]
     with edited(module):
         jobs, text = dry_run(complete_run, tmp_path)
-    assert counts(jobs) == DOWNSTREAM_OF_SAMPLES, text[-3000:]
+    assert counts(jobs) == {**DOWNSTREAM_OF_SAMPLES, **PEER_SCORES}, text[-3000:]
     assert all("Params have changed" in reason for rule, _, reason in jobs if rule == "evaluate")
 
 
@@ -131,7 +136,8 @@ def test_3c_model_code_edit_reruns_training_onward(complete_run, tmp_path):
     module = sorted((copy / "alphastomics/model").glob("*.py"))[-1]
     with edited(module):
         jobs, text = dry_run(complete_run, tmp_path)
-    assert counts(jobs) == {"train": 1, "export_model": 1, "sample": N_TEST * len(MODES), **DOWNSTREAM_OF_SAMPLES}, text[-3000:]
+    assert counts(jobs) == {"train": 1, "export_model": 1, "sample": N_TEST * len(MODES), **DOWNSTREAM_OF_SAMPLES,
+                            **RUNS_TABLE}, text[-3000:]
     assert [reason for rule, _, reason in jobs if rule == "train"][0].startswith("Params have changed")
 
 
@@ -145,7 +151,8 @@ def test_4_new_h5ad_file_preprocesses_only_that_file(complete_run, tmp_path):
     files.append(str(new_file))
     jobs, text = dry_run(complete_run, tmp_path, config)
     assert counts(jobs) == {"preprocess": 1, "manifest": 1, "train": 1, "export_model": 1,
-                            "sample": N_TEST * len(MODES), **DOWNSTREAM_OF_SAMPLES}, text[-3000:]
+                            "sample": N_TEST * len(MODES), **DOWNSTREAM_OF_SAMPLES, "peer": N_PEERS, **PEER_SCORES,
+                            **RUNS_TABLE}, text[-3000:]
     assert [out for rule, out, _ in jobs if rule == "preprocess"] == [
         f"results/{DATASET}/shards/starmap/starmap_mpfc_new_section.manifest.json"]
 
