@@ -144,20 +144,10 @@ def sample_anndata(inputs: PeerInputs, mode: str, method: str, *, expression: np
 
 
 def write_h5ad_atomic(adata: ad.AnnData, out: str | Path) -> None:
-    """Write under a temporary name in the same folder, then rename."""
-    import os
-    import tempfile
+    """Write under a temporary name in the same folder, then rename (the sampler's writer)."""
+    from alphastomics.sample import write_h5ad_atomic as write
 
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp.h5ad", dir=out.parent)
-    os.close(fd)
-    try:
-        adata.write_h5ad(tmp)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write(adata, out)
 
 
 def standardise(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
