@@ -1,5 +1,6 @@
 """Shared fixtures: real bundled data preprocessed once per test session."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -7,6 +8,13 @@ import pytest
 from alphastomics.cli import main as cli
 
 REPO = Path(__file__).resolve().parents[1]
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # two workers on two cores: one thread each (torch here, OpenMP in the subprocesses they start)
+    import torch
+
+    torch.set_num_threads(1)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 STARMAP = sorted((REPO / "resources/starmap_mpfc").glob("*.h5ad"))
 BDTNP = sorted((REPO / "resources/bdtnp_drosophila").glob("*.h5ad"))
 
@@ -59,3 +67,38 @@ def small_models(starmap_dir, bdtnp_dir, tmp_path_factory):
     train(config, starmap_dir, tmp / "starmap", test_ids=["20180424_BZ14_control"], export_to=tmp / "starmap.ckpt")
     train(config, bdtnp_dir, tmp / "bdtnp", test_ids=["slab2"], export_to=tmp / "bdtnp.ckpt", coordinate_frame="shared")
     return {"starmap": (tmp / "starmap.ckpt", starmap_dir, "20180424_BZ14_control"), "bdtnp": (tmp / "bdtnp.ckpt", bdtnp_dir, "slab2")}
+
+
+@pytest.fixture(scope="session")
+def small_pipeline(tmp_path_factory):
+    """One run of the whole workflow, both bundled datasets, with the small config of test_workflow,
+    shared by the end-to-end tests (test_workflow, test_reruns). It runs from a copy of the
+    repository (workflow/, alphastomics/, profiles/, envs/) with PYTHONPATH on the copy, so tests
+    that edit code edit the copy, never the package. -> (copy, workdir, configfile)."""
+    import shutil
+    import subprocess
+
+    from test_workflow import small_config, snakemake_in
+
+    copy = tmp_path_factory.mktemp("repo")
+    for sub in ("workflow", "alphastomics", "profiles", "envs"):
+        shutil.copytree(REPO / sub, copy / sub, ignore=shutil.ignore_patterns("__pycache__"))
+    workdir = tmp_path_factory.mktemp("pipeline")
+    configfile = small_config(workdir)
+    cmd, env = snakemake_in(copy, workdir, configfile)
+    result = subprocess.run(cmd, cwd=copy, env=env, capture_output=True, text=True, timeout=1500)
+    assert result.returncode == 0, result.stderr[-5000:]
+    return copy, workdir, configfile
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (scripts/run_tests.sh: -n 2 --dist loadgroup) each test module runs on one
+    worker, so its module fixtures run once; modules that share an expensive session fixture name
+    one group (xdist_group marker). The longest groups go first, so they overlap the rest rather
+    than trailing at the end."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+    first = ("test_slurm", "test_workflow", "test_reruns")
+    items.sort(key=lambda item: first.index(item.module.__name__) if item.module.__name__ in first else len(first))

@@ -125,3 +125,25 @@ def test_own_data_errors_name_the_file_and_write_nothing(small_models, dissociat
     assert result.returncode != 0
     assert str(bad) in result.stderr and expected in result.stderr, result.stderr[-2000:]
     assert not out.exists() and not list(tmp_path.glob(".out.h5ad*"))
+
+
+def test_posterior_mean_averages_every_starting_noise_whatever_the_chunk(small_models):
+    """expr_pred_mean: the first-step x0 estimates of posterior_mean_draws starting noises (seeds
+    seed + i), averaged; evaluated a few at a time, the result is the same."""
+    from alphastomics.checkpoint import load_model
+    from alphastomics.io.manifest import load_manifest
+    from alphastomics.io.shards import load_slice
+    from alphastomics.sample import _first_step_expectation, draw_samples, expected_expression, known_batch
+
+    checkpoint, data_dir, slice_id = small_models["bdtnp"]
+    model = load_model(checkpoint, "cpu")
+    data = load_slice(data_dir, slice_id, load_manifest(data_dir))
+    batch = known_batch(model, data, "pos_to_expr")
+    one_by_one = np.stack([_first_step_expectation(model, batch, [seed])[0] for seed in range(3, 8)])
+    assert not np.allclose(one_by_one[0], one_by_one[1])  # each seed its own estimate
+    np.testing.assert_allclose(expected_expression(model, batch, list(range(3, 8)), chunk=2), one_by_one.mean(0), rtol=1e-4, atol=1e-6)
+    draws = draw_samples(model, batch, "pos_to_expr", 2, 3, 3, progress=False, posterior_mean_draws=5)
+    assert draws.posterior_mean_draws == 5 and draws.seeds == [3, 4]
+    np.testing.assert_allclose(draws.expected_expression, one_by_one.mean(0), rtol=1e-4, atol=1e-6)
+    fewer = draw_samples(model, batch, "pos_to_expr", 2, 3, 3, progress=False, posterior_mean_draws=1)
+    assert fewer.posterior_mean_draws == 2  # never fewer than the draws themselves

@@ -1,14 +1,13 @@
 """Only changed stages re-run (issue 6), checked by the jobs and reasons of a dry run after one
-complete run. The workflow runs from a copy of the repository (workflow/, alphastomics/,
-profiles/) with PYTHONPATH on the copy, so code edits touch the copy, never the package."""
+complete run: the small pipeline run the end-to-end tests share (conftest.small_pipeline), which
+runs from a copy of the repository (workflow/, alphastomics/, profiles/) with PYTHONPATH on the
+copy, so code edits touch the copy, never the package."""
 
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -17,27 +16,19 @@ import anndata as ad
 import pytest
 import yaml
 
-from test_workflow import MODES, small_config
+from test_workflow import MODES, small_config, snakemake_in
 
-REPO = Path(__file__).resolve().parents[1]
 DATASET = "starmap_mpfc"  # its gene list is a file: adding an h5ad must not touch the others
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("pipeline")]
 
 
 @pytest.fixture(scope="module")
-def repo_copy(tmp_path_factory) -> Path:
-    copy = tmp_path_factory.mktemp("repo")
-    for sub in ("workflow", "alphastomics", "profiles", "envs"):
-        shutil.copytree(REPO / sub, copy / sub, ignore=shutil.ignore_patterns("__pycache__"))
-    return copy
+def repo_copy(small_pipeline) -> Path:
+    return small_pipeline[0]
 
 
-def snakemake(copy: Path, workdir: Path, configfile: Path, *extra: str, **kwargs):
-    """snakemake on the copy's Snakefile and package, run from the copy (its workflow profile)."""
-    env = dict(os.environ, PYTHONPATH=str(copy), PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(copy / "workflow/Snakefile"), "--directory", str(workdir),
-           "--configfile", str(configfile), "--cores", "2", *extra]
-    return cmd, env
+def snakemake(copy: Path, workdir: Path, configfile: Path, *extra: str):
+    return snakemake_in(copy, workdir, configfile, *extra)
 
 
 def run(copy, workdir, configfile, *extra, timeout=1500):
@@ -46,15 +37,9 @@ def run(copy, workdir, configfile, *extra, timeout=1500):
 
 
 @pytest.fixture(scope="module")
-def complete_run(repo_copy, tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("reruns")
-    configfile = small_config(workdir)
-    config = yaml.safe_load(configfile.read_text())
-    config["datasets"] = {DATASET: config["datasets"][DATASET]}
-    configfile.write_text(yaml.safe_dump(config, sort_keys=False))
-    result = run(repo_copy, workdir, configfile)
-    assert result.returncode == 0, result.stderr[-5000:]
-    return repo_copy, workdir, config
+def complete_run(small_pipeline):
+    copy, workdir, configfile = small_pipeline
+    return copy, workdir, yaml.safe_load(configfile.read_text(encoding="utf-8"))
 
 
 def dry_run(complete_run, tmp_path, config=None):
@@ -91,13 +76,14 @@ def edited(path: Path):
     return Edit()
 
 
-N_TEST = 1
-DOWNSTREAM_OF_SAMPLES = {"evaluate": N_TEST * len(MODES), "gather_metrics": 1, "report": 1, "summary": 1}
-# the small config's peers on STARmap: random (expr_to_pos) and pca (domains)
-N_PEERS = N_TEST * 2
-PEER_SCORES = {"evaluate_peer": N_PEERS}
+# The small config: two datasets, one held-out slice each, MODES sampled. Peers: random
+# (expr_to_pos) on both, pca (domains) on STARmap only (BDTNP has no cell types).
+N_DATASETS = 2
+N_SAMPLES = N_DATASETS * len(MODES)
+DOWNSTREAM_OF_SAMPLES = {"evaluate": N_SAMPLES, "gather_metrics": N_DATASETS, "report": N_DATASETS, "summary": 1}
+PEER_SCORES = {"evaluate_peer": 3}
 # the table of method runs reads the sample jobs' benchmark files
-RUNS_TABLE = {"method_runs": 1}
+RUNS_TABLE = {"method_runs": N_DATASETS}
 
 
 def test_1_complete_run_leaves_nothing_to_do(complete_run, tmp_path):
@@ -109,7 +95,7 @@ def test_2_sampling_parameter_reruns_sampling_evaluation_report(complete_run, tm
     config = json.loads(json.dumps(complete_run[2]))
     config["sampling"]["steps"] = 5
     jobs, text = dry_run(complete_run, tmp_path, config)
-    assert counts(jobs) == {"sample": N_TEST * len(MODES), **DOWNSTREAM_OF_SAMPLES, **RUNS_TABLE}, text[-3000:]
+    assert counts(jobs) == {"sample": N_SAMPLES, **DOWNSTREAM_OF_SAMPLES, **RUNS_TABLE}, text[-3000:]
     assert all("Params have changed" in reason for rule, _, reason in jobs if rule == "sample")
 
 
@@ -118,8 +104,9 @@ def test_3a_metric_parameter_reruns_evaluation_report(complete_run, tmp_path):
     config["evaluation"]["knn_k"] = [5]
     jobs, text = dry_run(complete_run, tmp_path, config)
     # stage_settings rewrites the evaluation settings file the evaluate jobs read
-    assert counts(jobs) == {"stage_settings": 1, **DOWNSTREAM_OF_SAMPLES, **PEER_SCORES}, text[-3000:]
-    assert [out for rule, out, _ in jobs if rule == "stage_settings"] == [f"results/{DATASET}/settings/evaluate.yaml"]
+    assert counts(jobs) == {"stage_settings": N_DATASETS, **DOWNSTREAM_OF_SAMPLES, **PEER_SCORES}, text[-3000:]
+    assert sorted(out for rule, out, _ in jobs if rule == "stage_settings") == [
+        f"results/{dataset}/settings/evaluate.yaml" for dataset in sorted(complete_run[2]["datasets"])]
 
 
 def test_3b_metrics_code_edit_reruns_evaluation_report(complete_run, tmp_path):
@@ -136,7 +123,7 @@ def test_3c_model_code_edit_reruns_training_onward(complete_run, tmp_path):
     module = sorted((copy / "alphastomics/model").glob("*.py"))[-1]
     with edited(module):
         jobs, text = dry_run(complete_run, tmp_path)
-    assert counts(jobs) == {"train": 1, "export_model": 1, "sample": N_TEST * len(MODES), **DOWNSTREAM_OF_SAMPLES,
+    assert counts(jobs) == {"train": N_DATASETS, "export_model": N_DATASETS, "sample": N_SAMPLES, **DOWNSTREAM_OF_SAMPLES,
                             **RUNS_TABLE}, text[-3000:]
     assert [reason for rule, _, reason in jobs if rule == "train"][0].startswith("Params have changed")
 
@@ -150,9 +137,10 @@ def test_4_new_h5ad_file_preprocesses_only_that_file(complete_run, tmp_path):
     adata.write_h5ad(new_file)
     files.append(str(new_file))
     jobs, text = dry_run(complete_run, tmp_path, config)
-    assert counts(jobs) == {"preprocess": 1, "manifest": 1, "train": 1, "export_model": 1,
-                            "sample": N_TEST * len(MODES), **DOWNSTREAM_OF_SAMPLES, "peer": N_PEERS, **PEER_SCORES,
-                            **RUNS_TABLE}, text[-3000:]
+    # that dataset only: one held-out slice, its modes, its two peers
+    assert counts(jobs) == {"preprocess": 1, "manifest": 1, "train": 1, "export_model": 1, "sample": len(MODES),
+                            "evaluate": len(MODES), "gather_metrics": 1, "report": 1, "summary": 1, "peer": 2,
+                            "evaluate_peer": 2, "method_runs": 1}, text[-3000:]
     assert [out for rule, out, _ in jobs if rule == "preprocess"] == [
         f"results/{DATASET}/shards/starmap/starmap_mpfc_new_section.manifest.json"]
 

@@ -79,6 +79,15 @@ def edit_config(configfile: Path, edit) -> dict:
     return config
 
 
+def snakemake_in(copy: Path, workdir: Path, configfile: Path, *extra: str) -> tuple[list[str], dict]:
+    """(command, environment) of snakemake on a copy of the repository's workflow and package, with
+    the copy's workflow profile when run from the copy."""
+    env = dict(os.environ, PYTHONPATH=str(copy), PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(copy / "workflow/Snakefile"), "--directory", str(workdir),
+           "--configfile", str(configfile), "--cores", "2", *extra]
+    return cmd, env
+
+
 def run_snakemake(workdir: Path, configfile: Path, *extra: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
     return subprocess.run(
@@ -87,12 +96,13 @@ def run_snakemake(workdir: Path, configfile: Path, *extra: str) -> subprocess.Co
     )
 
 
+# test_workflow and test_reruns share one pipeline run (conftest.small_pipeline): one xdist worker
+pytestmark = pytest.mark.xdist_group("pipeline")
+
+
 @pytest.fixture(scope="module")
-def pipeline_run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("pipeline")
-    configfile = small_config(workdir)
-    result = run_snakemake(workdir, configfile)
-    assert result.returncode == 0, result.stderr[-5000:]
+def pipeline_run(small_pipeline):
+    _, workdir, configfile = small_pipeline
     return workdir, configfile
 
 

@@ -10,6 +10,7 @@ rule sample:
         steps=config.get("sampling", {}).get("steps", 0),
         sampler=config.get("sampling", {}).get("sampler", "ancestral"),
         num_samples=config.get("sampling", {}).get("num_samples", 8),
+        posterior_mean_draws=config.get("sampling", {}).get("posterior_mean_draws", 32),
         seed=config.get("sampling", {}).get("seed", 0),
         code=code_fingerprint("sample"),
     benchmark:
@@ -22,5 +23,5 @@ rule sample:
     shell:
         "alphastomics --threads {threads} sample --checkpoint {input.model:q} --data {params.data:q} --slice {params.slice_id:q}"
         " --mode {wildcards.mode:q} --steps {params.steps:q} --sampler {params.sampler:q}"
-        " --num-samples {params.num_samples:q} --seed {params.seed:q} --dataset {wildcards.dataset:q}"
+        " --num-samples {params.num_samples:q} --posterior-mean-draws {params.posterior_mean_draws:q} --seed {params.seed:q} --dataset {wildcards.dataset:q}"
         " --out {output:q} > {log:q} 2>&1"
