@@ -91,14 +91,19 @@ def small_pipeline(tmp_path_factory):
     return copy, workdir, configfile
 
 
-@pytest.hookimpl(tryfirst=True)
+def pytest_itemcollected(item):
+    """Under pytest-xdist (scripts/run_tests.sh: -n 2 --dist loadgroup --no-loadscope-reorder) each
+    test module runs on one worker, so its module fixtures run once; modules that share an
+    expensive session fixture name one group (xdist_group marker). Added as each test is
+    collected: xdist reads the groups in its own collection_modifyitems hook."""
+    if item.get_closest_marker("xdist_group") is None:
+        item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+
+
+# The longest groups go first, one to each worker, so they overlap the rest instead of trailing.
+LONGEST_FIRST = ("test_slurm", "test_workflow", "test_reruns")
+
+
 def pytest_collection_modifyitems(config, items):
-    """Under pytest-xdist (scripts/run_tests.sh: -n 2 --dist loadgroup) each test module runs on one
-    worker, so its module fixtures run once; modules that share an expensive session fixture name
-    one group (xdist_group marker). The longest groups go first, so they overlap the rest rather
-    than trailing at the end."""
-    for item in items:
-        if item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
-    first = ("test_slurm", "test_workflow", "test_reruns")
-    items.sort(key=lambda item: first.index(item.module.__name__) if item.module.__name__ in first else len(first))
+    items.sort(key=lambda item: LONGEST_FIRST.index(item.module.__name__) if item.module.__name__ in LONGEST_FIRST
+               else len(LONGEST_FIRST))
