@@ -441,7 +441,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--slice", default=None, dest="slice_id", help="slice id to sample (preprocessed directory)")
     p.add_argument("--mode", required=True, choices=MODES)
     p.add_argument("--out", required=True, help="output .h5ad")
-    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: sampling.steps of the training config, else all)")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: sampling.steps of the model's training config, 50 unless set there; 0: all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first draw (draw i uses seed + i)")
     p.add_argument("--holdout-genes", type=float, default=None, metavar="FRACTION", dest="holdout_fraction",
                    help="impute: hide this fraction of the measured genes, generate them and keep their truth (default on a "
