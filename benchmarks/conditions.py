@@ -42,12 +42,13 @@ def _cli(*args) -> None:
         raise SystemExit(result.stderr[-3000:])
 
 
-def conditional_and_target(checkpoint: Path, data: Path, slice_id: str, target_scale: float, out: Path) -> dict:
+def conditional_and_target(checkpoint: Path, data: Path, slice_id: str, target_scale: float, out: Path,
+                           sampling: tuple[str, ...] = ()) -> dict:
     figures = {}
     conditional = out / "conditional.h5ad"
     started = time.perf_counter()
     _cli("sample", "--checkpoint", checkpoint, "--data", data, "--slice", slice_id, "--mode", "pos_to_expr",
-         "--condition", "cell_type", "--out", conditional)
+         "--condition", "cell_type", "--out", conditional, *sampling)
     figures["conditional_seconds"] = round(time.perf_counter() - started, 1)
     _cli("evaluate", conditional, "--reference", data, "--out", out / "conditional.tsv")
     metrics = pd.read_csv(out / "conditional.tsv", sep="\t").query("method == 'alphastomics'").set_index("metric")["value"]
@@ -61,7 +62,7 @@ def conditional_and_target(checkpoint: Path, data: Path, slice_id: str, target_s
 
     designed = out / "designed.h5ad"
     _cli("sample", "--checkpoint", checkpoint, "--data", data, "--slice", slice_id, "--mode", "pos_to_expr",
-         "--target", "Pcp4:high", "--target-scale", target_scale, "--out", designed)
+         "--target", "Pcp4:high", "--target-scale", target_scale, "--out", designed, *sampling)
     _cli("evaluate", designed, "--reference", data, "--out", out / "designed.tsv")
     metrics = pd.read_csv(out / "designed.tsv", sep="\t").query("method == 'alphastomics'").set_index("metric")["value"]
     a = ad.read_h5ad(designed)
@@ -109,13 +110,16 @@ def main() -> None:
     p.add_argument("--results", default="results", type=Path)
     p.add_argument("--target-scale", type=float, default=1.0)
     p.add_argument("--denoise-time", type=float, default=0.2)
+    # the pipeline's sampling settings (config/config.yaml), not the model's own defaults
+    p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--num-samples", type=int, default=4)
     args = p.parse_args()
     torch.set_num_threads(2)
     starmap = args.results / "starmap_mpfc"
     summary = {}
     with tempfile.TemporaryDirectory() as tmp:
         summary.update(conditional_and_target(starmap / "model/model.ckpt", starmap, "20180424_BZ14_control", args.target_scale,
-                                              Path(tmp)))
+                                              Path(tmp), ("--steps", str(args.steps), "--num-samples", str(args.num_samples))))
     for dataset, slice_id in (("starmap_mpfc", "20180424_BZ14_control"), ("bdtnp_drosophila", "slab2")):
         directory = args.results / dataset
         if (directory / "model/model.ckpt").is_file():
