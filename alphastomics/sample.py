@@ -158,8 +158,9 @@ def guided_draws(model: LoadedModel, batch: SliceBatch, data: SliceData, mode: s
         # the same seeds without conditions or target: what the guidance changed, cell by cell
         plain = dataclasses.replace(batch, cell_labels=None if batch.cell_labels is None else torch.zeros_like(batch.cell_labels),
                                     covariates=None if batch.covariates is None else torch.zeros_like(batch.covariates))
+        # only its draws are kept (expr_pred_unguided): its posterior mean takes the fewest noises
         unguided = draw_samples(model, plain, mode, num_samples, seed, steps, sampler, progress,
-                                posterior_mean_draws=posterior_mean_draws)
+                                posterior_mean_draws=num_samples)
     if request.condition or request.slice_conditions:
         uns["conditions"] = {"cell_type": request.condition or "", "slice_conditions": dict(request.slice_conditions),
                              "guidance_scale": request.scale}

@@ -27,12 +27,8 @@ def repo_copy(small_pipeline) -> Path:
     return small_pipeline[0]
 
 
-def snakemake(copy: Path, workdir: Path, configfile: Path, *extra: str):
-    return snakemake_in(copy, workdir, configfile, *extra)
-
-
 def run(copy, workdir, configfile, *extra, timeout=1500):
-    cmd, env = snakemake(copy, workdir, configfile, *extra)
+    cmd, env = snakemake_in(copy, workdir, configfile, *extra)
     return subprocess.run(cmd, cwd=copy, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -156,7 +152,7 @@ def test_5_killed_training_job_is_retried_and_resumes_from_last_checkpoint(repo_
     config["training"].update(epochs=40, examples_per_epoch=2, val_every_n_epochs=1)
     configfile.write_text(yaml.safe_dump(config, sort_keys=False))
     model = tmp_path / "results/bdtnp_drosophila/model"
-    cmd, env = snakemake(repo_copy, tmp_path, configfile, "--retries", "1", "results/bdtnp_drosophila/model/training.json")
+    cmd, env = snakemake_in(repo_copy, tmp_path, configfile, "--retries", "1", "results/bdtnp_drosophila/model/training.json")
     proc = subprocess.Popen(cmd, cwd=repo_copy, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
     try:

@@ -16,7 +16,6 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "workflow/Snakefile")]
 MODES = ["expr_to_pos", "pos_to_expr", "joint"]
 
 SMALL_SETTINGS = {
@@ -89,11 +88,8 @@ def snakemake_in(copy: Path, workdir: Path, configfile: Path, *extra: str) -> tu
 
 
 def run_snakemake(workdir: Path, configfile: Path, *extra: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
-    return subprocess.run(
-        [*SNAKEMAKE, "--directory", str(workdir), "--configfile", str(configfile), "--cores", "2", *extra],
-        capture_output=True, text=True, env=env, timeout=1500,
-    )
+    cmd, env = snakemake_in(REPO, workdir, configfile, *extra)
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1500)
 
 
 # test_workflow and test_reruns share one pipeline run (conftest.small_pipeline): one xdist worker
