@@ -198,3 +198,35 @@ def joint_rows(
         how["cell_type_classifier_accuracy_on_test"] = {
             "formula": "accuracy of the classifier that types generated cells, on the test slice's true expression and types"}
     return rows
+
+
+def condition_slices(data_dir: str | Path, slice_conditions: dict[str, str], exclude: str) -> list[str]:
+    """The slices of a preprocessed dataset (other than ``exclude``) whose recorded covariates
+    have every requested value: the real tissue under the condition a perturbation asks for."""
+    from alphastomics.io.manifest import load_manifest
+
+    manifest = load_manifest(data_dir)
+    return sorted(sid for sid, entry in manifest["slices"].items() if sid != exclude
+                  and all(str((entry.get("covariates") or {}).get(k)) == str(v) for k, v in slice_conditions.items()))
+
+
+def perturbation_shifts(data_dir: str | Path, slice_id: str, slice_conditions: dict[str, str], baseline_conditions: dict[str, str],
+                        genes: list[str], n_dims: int, true_expression: np.ndarray, generated: np.ndarray, baseline: np.ndarray
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str], list[str]] | None:
+    """(predicted shift, observed shift, per-gene sd of the real cells, the condition's slices, the
+    baseline's slices) of a slice drawn under ``slice_conditions``; None where no other slice has
+    those values. Predicted: mean generated minus the mean of the same seeds under the slice's own
+    covariates (``baseline``). Observed: mean of the real cells of the condition's slices minus
+    that of the slices with the slice's own values (``baseline_conditions``; this slice included,
+    so that one slice's own differences weigh less), or of this slice alone where it records none."""
+    slices = condition_slices(data_dir, slice_conditions, slice_id)
+    if not slices:
+        return None
+    condition = np.concatenate([r.expression for r in load_reference(data_dir, slices, genes, n_dims)])
+    others = condition_slices(data_dir, baseline_conditions, slice_id) if baseline_conditions else []
+    own = np.concatenate([np.asarray(true_expression, np.float64),
+                          *[r.expression for r in load_reference(data_dir, others, genes, n_dims)]])
+    predicted = np.asarray(generated, np.float64).mean(0) - np.asarray(baseline, np.float64).mean(0)
+    observed = condition.mean(0) - own.mean(0)
+    sds = np.concatenate([condition, own]).std(0)
+    return predicted, observed, sds, slices, [slice_id, *others]

@@ -138,6 +138,12 @@ class GuidanceRequest:
     target_cells: str | None = None  # file of cell ids
 
 
+def own_slice_conditions(data: SliceData, request: GuidanceRequest) -> dict[str, str]:
+    """The slice's recorded values of the covariates a request sets, where the slice records them:
+    the baseline ("as measured") that a perturbation is drawn against."""
+    return {key: data.covariates[key] for key in request.slice_conditions if key in (data.covariates or {})}
+
+
 def guided_draws(model: LoadedModel, batch: SliceBatch, data: SliceData, mode: str, num_samples: int, seed: int,
                  steps: int | None, sampler: str, progress: bool, request: GuidanceRequest | None, source: str,
                  posterior_mean_draws: int | None = None) -> tuple[Draws, dict, dict[str, np.ndarray], Draws | None]:
@@ -154,16 +160,22 @@ def guided_draws(model: LoadedModel, batch: SliceBatch, data: SliceData, mode: s
                          posterior_mean_draws)
     uns, obs = {}, {}
     unguided = None
+    own = own_slice_conditions(data, request)
     if request.condition or request.slice_conditions or target is not None:
-        # the same seeds without conditions or target: what the guidance changed, cell by cell
+        # the same seeds without conditions or target: what the guidance changed, cell by cell; a
+        # slice condition is compared with the slice's own value of that covariate (a perturbation:
+        # this tissue under the other condition against this tissue as it was measured)
         plain = dataclasses.replace(batch, cell_labels=None if batch.cell_labels is None else torch.zeros_like(batch.cell_labels),
                                     covariates=None if batch.covariates is None else torch.zeros_like(batch.covariates))
-        # only its draws are kept (expr_pred_unguided): its posterior mean takes the fewest noises
+        if own:
+            plain = apply_conditions(plain, model.conditions, data.cell_types, None, own, source)
+        # its draws are kept (expr_pred_unguided); its posterior mean only where a perturbation's shift is
+        # measured on it (expr_pred_mean_unguided, the same noises as the guided one), else the fewest noises
         unguided = draw_samples(model, plain, mode, num_samples, seed, steps, sampler, progress,
-                                posterior_mean_draws=num_samples)
+                                posterior_mean_draws=posterior_mean_draws if request.slice_conditions else num_samples)
     if request.condition or request.slice_conditions:
         uns["conditions"] = {"cell_type": request.condition or "", "slice_conditions": dict(request.slice_conditions),
-                             "guidance_scale": request.scale}
+                             "baseline_slice_conditions": own, "guidance_scale": request.scale}
         if batch.cell_labels is not None and request.condition:
             names = ["", *model.conditions.cell_types]
             obs["condition_cell_type"] = np.array([names[c] for c in batch.cell_labels[0, : len(data.cell_ids)].tolist()], dtype=object)
@@ -182,13 +194,16 @@ def guided_draws(model: LoadedModel, batch: SliceBatch, data: SliceData, mode: s
 
 def attach_guidance(adata: ad.AnnData, uns: dict, obs: dict[str, np.ndarray], unguided: ad.AnnData | None) -> None:
     """Conditions and targets of a guided sample: uns entries, per-cell columns, and the same seeds
-    drawn without guidance (``layers['expr_pred_unguided']``, ``obsm['spatial_pred_unguided']``)."""
+    drawn without guidance (``layers['expr_pred_unguided']``, ``obsm['spatial_pred_unguided']``; with a
+    slice condition, the slice's own value of the covariate, and ``layers['expr_pred_mean_unguided']``)."""
     adata.uns["alphastomics"].update(uns)
     for column, values in obs.items():
         adata.obs[column] = values
     if unguided is not None:
         adata.layers["expr_pred_unguided"] = unguided.layers["expr_pred"]
         adata.obsm["spatial_pred_unguided"] = unguided.obsm["spatial_pred"]
+        if uns.get("conditions", {}).get("slice_conditions") and "expr_pred_mean" in unguided.layers:
+            adata.layers["expr_pred_mean_unguided"] = unguided.layers["expr_pred_mean"]
 
 
 def sample_slice(checkpoint: str | Path, data_dir: str | Path, slice_id: str, mode: str, steps: int | None = None,

@@ -10,6 +10,12 @@
    distance of the other genes to real cells, guided / unguided.
 3. ``denoise`` on each dataset's held-out slice with half of its non-zero values set to 0: median
    per-gene Pearson with the undropped values of the denoised expression and of the dropped input.
+4. ``--perturbation``: no bundled dataset has two conditions, so one is planted in real tissue: the
+   three STARmap sections (condition=control) and a copy of BZ9 whose activity genes are raised 4x
+   and six other genes thinned to 25% (condition=treated). A model with the pipeline's settings
+   (config/config.yaml, ``--max-steps``) is trained on BZ5, BZ9 and the treated copy; BZ14 is drawn
+   under condition=treated and scored by ``evaluate``: Pearson of predicted and observed per-gene
+   shifts, sign agreement, slope, and the predicted shift of the planted genes.
 
 The last line is one JSON object with the headline figures.
 """
@@ -105,6 +111,82 @@ def denoising(checkpoint: Path, data: Path, slice_id: str, time_fraction: float,
     return figures
 
 
+HELD_OUT = "20180424_BZ14_control"
+TREATED = "20180419_BZ9_treated"
+UP_GENES = ["Egr1", "Fos", "Fosb", "Egr4", "Homer1", "Nrn1"]  # planted x4 in the treated copy
+DOWN_GENES = ["Adgrl2", "Bcl6", "Cdh13", "Otof", "Wfs1", "Nov"]  # planted: thinned to 25%
+
+
+def with_treated_copy(sections: list[Path], out: Path) -> list[Path]:
+    """The STARmap sections with obs['condition'] = control, and a copy of BZ9 with a planted
+    treatment (condition=treated): real tissue with a per-slice condition whose effect is known."""
+    out.mkdir(parents=True, exist_ok=True)
+    files = []
+    for path in sections:
+        section = ad.read_h5ad(path)
+        section.obs["condition"] = "control"
+        files.append(out / path.name)
+        section.write_h5ad(files[-1])
+        if "BZ9" in path.name:
+            x = np.asarray(section.X.toarray() if hasattr(section.X, "toarray") else section.X, dtype=np.float32)
+            rng = np.random.default_rng(0)
+            up, down = section.var_names.get_indexer(UP_GENES), section.var_names.get_indexer(DOWN_GENES)
+            x[:, up] *= 4
+            x[:, down] = rng.binomial(x[:, down].astype(np.int64), 0.25)
+            treated = ad.AnnData(x, obs=section.obs.copy(), var=section.var.copy(), obsm=dict(section.obsm))
+            treated.obs_names = [name.replace("control", "treated") for name in section.obs_names]
+            treated.obs["slice_id"], treated.obs["condition"] = TREATED, "treated"
+            files.append(out / f"starmap_mpfc_{TREATED}.h5ad")
+            treated.write_h5ad(files[-1])
+    return files
+
+
+def perturbation(sections: list[Path], config: Path, max_steps: int, out: Path, sampling: tuple[str, ...]) -> dict:
+    import yaml
+
+    data = out / "data"
+    data.mkdir(parents=True)
+    files = with_treated_copy(sections, out / "h5ad")
+    _cli("gene-list", *files, "--mode", "intersection", "--out", data / "genes.txt")
+    manifests = []
+    for f in files:
+        manifests.append(data / "shards" / f"{f.stem}.manifest.json")
+        _cli("preprocess", f, "--platform", "starmap", "--dataset", "starmap_planted", "--gene-list", data / "genes.txt",
+             "--out", data / "shards", "--manifest", manifests[-1], "--slice-key", "slice_id", "--cell-type-key", "cell_type",
+             "--slice-covariates", "condition")
+    _cli("manifest", *manifests, "--dataset", "starmap_planted", "--out", data / "manifest.json")
+    settings = yaml.safe_load(config.read_text())
+    settings["model"]["slice_covariates"] = ["condition"]
+    settings["training"]["max_steps"] = max_steps
+    (out / "config.yaml").write_text(yaml.safe_dump(settings))
+    started = time.perf_counter()
+    _cli("train", "--config", out / "config.yaml", "--data", data, "--out", out / "model", "--test-slices", HELD_OUT,
+         "--export", out / "model.ckpt")
+    train_seconds = time.perf_counter() - started
+    drawn = out / "treated.h5ad"
+    _cli("sample", "--checkpoint", out / "model.ckpt", "--data", data, "--slice", HELD_OUT, "--mode", "pos_to_expr",
+         "--slice-condition", "condition=treated", "--out", drawn, *sampling)
+    _cli("evaluate", drawn, "--reference", data, "--out", out / "treated.tsv")
+    metrics = pd.read_csv(out / "treated.tsv", sep="\t").query("method == 'alphastomics'").set_index("metric")["value"]
+    a = ad.read_h5ad(drawn)
+    genes = list(a.var_names)
+    shift = a.layers["expr_pred_mean"].mean(0) - a.layers["expr_pred_mean_unguided"].mean(0)
+    figures = {"perturbation_shift_pearson": round(float(metrics["perturbation_shift_pearson"]), 3),
+               "perturbation_sign_agreement": round(float(metrics["perturbation_sign_agreement"]), 3),
+               "perturbation_shift_slope": round(float(metrics["perturbation_shift_slope"]), 3),
+               "perturbation_up_genes_shift": round(float(shift[[genes.index(g) for g in UP_GENES]].mean()), 3),
+               "perturbation_down_genes_shift": round(float(shift[[genes.index(g) for g in DOWN_GENES]].mean()), 3),
+               "perturbation_other_genes_abs_shift": round(float(np.abs(np.delete(
+                   shift, [genes.index(g) for g in UP_GENES + DOWN_GENES])).mean()), 3),
+               "perturbation_train_seconds": round(train_seconds)}
+    print(f"perturbation BZ14 under condition=treated ({max_steps} training steps, {train_seconds:.0f} s): shift Pearson "
+          f"{figures['perturbation_shift_pearson']}, sign agreement {figures['perturbation_sign_agreement']}, slope "
+          f"{figures['perturbation_shift_slope']}; planted up genes {figures['perturbation_up_genes_shift']:+.3f}, planted down "
+          f"{figures['perturbation_down_genes_shift']:+.3f}, other genes mean |shift| {figures['perturbation_other_genes_abs_shift']}",
+          flush=True)
+    return figures
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--results", default="results", type=Path)
@@ -113,13 +195,25 @@ def main() -> None:
     # the pipeline's sampling settings (config/config.yaml), not the model's own defaults
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--num-samples", type=int, default=4)
+    p.add_argument("--perturbation", action="store_true", help="also train a model on a planted condition (minutes) and score it")
+    p.add_argument("--config", type=Path, default=Path("config/config.yaml"), help="model settings of the perturbation model")
+    p.add_argument("--max-steps", type=int, default=1500, help="training steps of the perturbation model")
+    p.add_argument("--only-perturbation", action="store_true", help="skip parts 1-3")
     args = p.parse_args()
     torch.set_num_threads(2)
     starmap = args.results / "starmap_mpfc"
     summary = {}
+    sampling = ("--steps", str(args.steps), "--num-samples", str(args.num_samples))
+    if args.perturbation or args.only_perturbation:
+        sections = sorted(Path("resources/starmap_mpfc").glob("*.h5ad"))
+        with tempfile.TemporaryDirectory() as tmp:
+            summary.update(perturbation(sections, args.config, args.max_steps, Path(tmp), sampling))
+        if args.only_perturbation:
+            print(json.dumps(summary))
+            return
     with tempfile.TemporaryDirectory() as tmp:
-        summary.update(conditional_and_target(starmap / "model/model.ckpt", starmap, "20180424_BZ14_control", args.target_scale,
-                                              Path(tmp), ("--steps", str(args.steps), "--num-samples", str(args.num_samples))))
+        summary.update(conditional_and_target(starmap / "model/model.ckpt", starmap, HELD_OUT, args.target_scale,
+                                              Path(tmp), sampling))
     for dataset, slice_id in (("starmap_mpfc", "20180424_BZ14_control"), ("bdtnp_drosophila", "slab2")):
         directory = args.results / dataset
         if (directory / "model/model.ckpt").is_file():

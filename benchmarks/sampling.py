@@ -5,12 +5,15 @@ slice of the bundled data with a trained checkpoint, and the wall time of one st
     python benchmarks/sampling.py                          # after the pipeline (results/starmap_mpfc)
     python benchmarks/sampling.py --checkpoint M.ckpt --data results/<dataset> --slice ID
 
-Quality: ``expr_to_pos`` median distance-row Spearman and kNN@10 preservation of the first draw;
-``pos_to_expr`` median per-gene Pearson of the posterior mean (``expr_pred_mean``). A setting's
-quality fraction is its worst ratio to the full sampler over these three figures; its time fraction
-the ratio of wall times (same draws, one thread). The last line is one JSON object: the fewest
-steps (and which sampler) that keep at least 95% of the full sampler's quality in at most 1/15 of
-its time, or the best the tried settings reach when none does.
+Quality: ``expr_to_pos`` median distance-row Spearman and kNN@10 preservation, each averaged over
+all draws (one draw's kNN@10 of about 0.02 varies by 10-20% from seed to seed, which would decide
+the comparison by itself); ``pos_to_expr`` median per-gene Pearson of the posterior mean
+(``expr_pred_mean``). A setting's quality fraction is its worst ratio to the full sampler over
+these three figures; its time fraction the ratio of wall times (same draws, one thread). The full
+sampler is run a second time with other seeds: its quality fraction against the first run is the
+noise floor of the comparison. The last line is one JSON object: the fewest steps (and which
+sampler) that keep at least 95% of the full sampler's quality in at most 1/15 of its time, or the
+best the tried settings reach when none does.
 """
 
 from __future__ import annotations
@@ -38,12 +41,15 @@ def quality(model, data, sampler: str, steps: int | None, num_samples: int, seed
     expressed = draw_samples(model, known_batch(model, data, "pos_to_expr"), "pos_to_expr", num_samples, seed, steps, sampler,
                              progress=False)
     seconds = time.perf_counter() - started
-    true, generated = data.coords[:, : data.n_dims], positional.coordinates[0][:, : data.n_dims]
-    distance, _, _ = geometry.distance_metrics(true, generated, [0.1])
-    knn, _ = neighbourhoods.knn_preservation(true, generated, [10])
+    true = data.coords[:, : data.n_dims]
+    spearman, knn = [], []
+    for generated in positional.coordinates[..., : data.n_dims]:
+        distance, _, _ = geometry.distance_metrics(true, generated, [0.1])
+        spearman.append(distance["distance_spearman_median"])
+        knn.append(neighbourhoods.knn_preservation(true, generated, [10])[0]["knn_preservation_k10"])
     measured = data.gene_mask.astype(bool)
     pearson = expression.pearson_per_column(data.expression[:, measured], expressed.expected_expression[:, measured])
-    return {"distance_spearman_median": distance["distance_spearman_median"], "knn_preservation_k10": knn["knn_preservation_k10"],
+    return {"distance_spearman_median": float(np.mean(spearman)), "knn_preservation_k10": float(np.mean(knn)),
             "posterior_mean_pearson_gene_median": float(np.nanmedian(pearson))}, seconds
 
 
@@ -72,7 +78,7 @@ def main() -> None:
     p.add_argument("--checkpoint", default="results/starmap_mpfc/model/model.ckpt")
     p.add_argument("--data", default="results/starmap_mpfc")
     p.add_argument("--slice", default="20180424_BZ14_control")
-    p.add_argument("--num-samples", type=int, default=4)
+    p.add_argument("--num-samples", type=int, default=8, help="draws per setting, scored each and averaged (default 8)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--sizes", type=int, nargs="*", default=list(SIZES))
@@ -84,13 +90,16 @@ def main() -> None:
 
     full, full_seconds = quality(model, data, "ancestral", None, args.num_samples, args.seed)
     rows = [("ancestral", total, full, full_seconds)]
+    other_seeds = args.seed + 1000
+    rows.append(("ancestral", total, *quality(model, data, "ancestral", None, args.num_samples, other_seeds)))
     for sampler in ("ddim", "ancestral"):
         for steps in FEW_STEPS:
             if steps < total:
                 q, s = quality(model, data, sampler, steps, args.num_samples, args.seed)
                 rows.append((sampler, steps, q, s))
 
-    print(f"slice {args.slice}: {data.expression.shape[0]} cells, {args.num_samples} draws, {args.threads} thread(s)")
+    print(f"slice {args.slice}: {data.expression.shape[0]} cells, {args.num_samples} draws, {args.threads} thread(s); "
+          f"the second full row is the full sampler again with seeds from {other_seeds} (the noise floor)")
     print(f"{'sampler':<10}{'steps':>6}{'spearman':>10}{'knn@10':>8}{'pearson':>9}{'quality':>9}{'seconds':>9}{'time':>7}")
     results = []
     for sampler, steps, q, s in rows:
@@ -104,12 +113,14 @@ def main() -> None:
     for n, s in per_step.items():
         print(f"one step (one draw) at {n:>7,} cells: {s:.3f} s")
 
-    few = [r for r in results[1:]]
+    noise_floor = results[1]["quality_fraction"]
+    few = results[2:]
     meeting = [r for r in few if r["quality_fraction"] >= 0.95 and r["time_fraction"] <= 1 / 15]
     best = min(meeting, key=lambda r: (r["steps"], r["time_fraction"])) if meeting else \
         max(few, key=lambda r: (r["quality_fraction"] >= 0.95, -r["time_fraction"] if r["quality_fraction"] >= 0.95 else r["quality_fraction"]))
     print(json.dumps({"steps": best["steps"], "sampler": best["sampler"], "quality_fraction": best["quality_fraction"],
                       "time_fraction": best["time_fraction"], "target_met": bool(meeting), "full_steps": total,
+                      "full_sampler_seed_to_seed_quality_fraction": noise_floor, "num_samples": args.num_samples,
                       "seconds_per_step": {str(n): round(s, 4) for n, s in per_step.items()}}))
 
 

@@ -52,6 +52,13 @@ METRIC_DIRECTION: dict[str, str] = {
     "leiden_": "higher",  # leiden_ari, leiden_nmi, leiden_accuracy
     "embedding_leiden_": "higher",
     "label_transfer_accuracy_": "higher",
+    "condition_type_accuracy": "higher",
+    "condition_type_energy": "lower",
+    "target_fraction_met": "higher",
+    "target_energy_other_genes": "lower",
+    "perturbation_shift_pearson": "higher",
+    "perturbation_sign_agreement": "higher",
+    "perturbation_shift_slope": "one",
 }
 
 

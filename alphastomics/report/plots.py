@@ -404,6 +404,32 @@ def morans_scatter_figure(
     return to_data_uri(fig)
 
 
+def shift_scatter_figure(predicted: np.ndarray, observed: np.ndarray, genes: Sequence[str], title: str,
+                         n_labels: int = 8) -> str:
+    """Per-gene mean shift of a perturbation, observed (x) vs predicted (y); the genes that moved
+    most in the data are named."""
+    predicted, observed = np.asarray(predicted, float), np.asarray(observed, float)
+    fig, ax = plt.subplots(figsize=(5.0, 4.6), layout="constrained")
+    ax.axhline(0, color="#bbbbbb", lw=0.8)
+    ax.axvline(0, color="#bbbbbb", lw=0.8)
+    lo = float(min(predicted.min(), observed.min(), 0.0))
+    hi = float(max(predicted.max(), observed.max(), 0.0))
+    pad = 0.05 * (hi - lo or 1.0)
+    ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="#888888", lw=1, ls="--", label="y = x")
+    ax.scatter(observed, predicted, s=14, color="#3b6ea8", alpha=0.75, linewidths=0)
+    for j in np.argsort(-np.abs(observed))[:n_labels]:
+        ax.annotate(str(genes[j]), (observed[j], predicted[j]), xytext=(4, 3), textcoords="offset points", fontsize=8,
+                    color="#333333").set_in_layout(False)
+    ax.set_xlim(lo - pad, hi + pad)
+    ax.set_ylim(lo - pad, hi + pad)
+    ax.set_title(title)
+    ax.set_xlabel("observed shift (slices with that value − slices with this one's)")
+    ax.set_ylabel("predicted shift (drawn under it − as measured)")
+    ax.grid(True, color="#eeeeee", lw=0.6)
+    ax.set_axisbelow(True)
+    return to_data_uri(fig)
+
+
 def uncertainty_figure(
     true: np.ndarray,
     mean_aligned: np.ndarray,

@@ -32,6 +32,7 @@ from alphastomics.report.sections import (
     MORAN_K,
     expression_sections,
     moran_figures,
+    perturbation_section,
     tissue_section,
     training_section,
     uncertainty_section,
@@ -115,6 +116,7 @@ def render_report(
     gene_maps, moran_panels = expression_sections(groups)
     morans = moran_figures(moran_panels)
     uncertainty, uncertainty_note = uncertainty_section(groups)
+    perturbations = perturbation_section(groups, Path(manifest).parent)
     prov = provenance_section(loaded, config, checkpoint, log_dir, dataset, man)
     sampled = sorted({(s.slice_id, s.mode, s.method) for s in loaded})
 
@@ -129,6 +131,7 @@ def render_report(
         moran_k=MORAN_K,
         uncertainty=uncertainty,
         uncertainty_note=uncertainty_note,
+        perturbations=perturbations,
         prov=prov,
         n_samples=len(loaded),
         sampled_slices=sorted({s for s, _, _ in sampled}),
