@@ -234,3 +234,22 @@ def test_a_slice_condition_is_drawn_against_the_slice_as_measured_and_scored_and
     html = render_report(conditioned[1] / "manifest.json", [table_path], [out])
     assert 'id="perturbation"' in html and f"{HELD_OUT} · pos_to_expr · alphastomics under condition=treated" in html
     assert f"observed from {TREATED} minus {HELD_OUT}" in html
+
+
+def test_the_test_command_draws_each_held_out_slice_under_the_other_condition(conditioned, tmp_path):
+    """``alphastomics test`` on a checkpoint conditioned on a slice covariate: BZ14 (control) is also
+    drawn under condition=treated; the report shows it in its Perturbation section, and neither
+    the metric table nor the reconstruction figures count it as a sample of BZ14."""
+    out = tmp_path / "test"
+    result = _cli("test", "--checkpoint", conditioned[0], "--data", conditioned[1], "--modes", "pos_to_expr", "--out", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    perturbed = [p for p in (out / "samples").glob("*.h5ad") if "condition" in p.name]
+    assert len(perturbed) == 1 and perturbed[0].name.startswith(f"{HELD_OUT}.pos_to_expr.condition_treated-")
+    drawn = ad.read_h5ad(perturbed[0])
+    assert dict(drawn.uns["alphastomics"]["conditions"]["slice_conditions"]) == {"condition": "treated"}
+    assert (out / "metrics" / perturbed[0].name.replace(".h5ad", ".tsv")).is_file()
+    table = pd.read_csv(out / "metrics.tsv", sep="\t")
+    assert not table.duplicated(["slice", "mode", "method", "metric"]).any()
+    assert not table["metric"].str.startswith("perturbation_").any()
+    html = (out / "report.html").read_text()
+    assert 'id="perturbation"' in html and "under condition=treated" in html

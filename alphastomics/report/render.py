@@ -101,7 +101,9 @@ def render_report(
         log.warning("metric table holds rows of other dataset(s) %s; they are left out", ", ".join(other))
         df = df[df["dataset"] == dataset]
     loaded = [load_sample(p, slice_ids_by_file_key(man)) for p in samples]
-    groups = sample_groups(loaded)
+    # a slice drawn under another condition is not a reconstruction of it: its own section only
+    perturbed = [s for s in loaded if (s.meta.get("conditions") or {}).get("slice_conditions")]
+    groups = sample_groups([s for s in loaded if s not in perturbed])
     all_types = sorted({t for s in loaded if s.cell_types is not None for t in np.unique(s.cell_types)})
     palette = plots.cell_type_palette(all_types)
 
@@ -116,7 +118,7 @@ def render_report(
     gene_maps, moran_panels = expression_sections(groups)
     morans = moran_figures(moran_panels)
     uncertainty, uncertainty_note = uncertainty_section(groups)
-    perturbations = perturbation_section(groups, Path(manifest).parent)
+    perturbations = perturbation_section(perturbed, Path(manifest).parent)
     prov = provenance_section(loaded, config, checkpoint, log_dir, dataset, man)
     sampled = sorted({(s.slice_id, s.mode, s.method) for s in loaded})
 
