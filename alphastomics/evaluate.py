@@ -545,30 +545,22 @@ def _design_family(adata, sample: Sample, config: EvaluationConfig, reference_di
                                                                      "sd) to real training cells: realism outside the design",
                                         "target_objective_mean": "mean per-cell objective over targeted cells (alphastomics.guidance)"
                                         }[k.removesuffix("_unguided")], **note} for k in values if k.startswith("target_")})
-    requested = dict((info.get("conditions") or {}).get("slice_conditions") or {})
-    if requested and "expression" in sample.generated:
-        drawn, baseline_layer = design.shift_layers(adata.layers)
-        baseline = dict((info.get("conditions") or {}).get("baseline_slice_conditions") or {})
-        shifts = references.perturbation_shifts(reference_dir, sample.slice_id, requested, baseline, sample.genes,
-                                                sample.true_positions.shape[1], sample.true_expression,
-                                                _dense(adata.layers[drawn][:, measured]),
-                                                _dense(adata.layers[baseline_layer][:, measured]))
-        if shifts is None:
-            log.info("%s: no other slice of %s has %s: the predicted shift has nothing observed to be compared with",
-                     source, reference_dir, requested)
-        else:
-            predicted, observed, sds, slices, baseline_slices = shifts
-            agreement = design.shift_agreement(predicted, observed, sds)
-            values.update(agreement)
-            note = {"requested": requested, "baseline": baseline or "unconditional (the slice records no value)",
-                    "observed_from": f"{', '.join(slices)} minus {', '.join(baseline_slices)}",
-                    "predicted_from": f"layers {drawn} - {baseline_layer}"}
-            how.update({k: {"description": {
-                "perturbation_shift_pearson": "Pearson over genes of the predicted and the observed mean shift",
-                "perturbation_sign_agreement": "share of clearly shifted genes (observed beyond 0.25 sd) predicted with the "
-                                               "right sign",
-                "perturbation_shift_slope": "least-squares slope of predicted on observed shift (1: the right size)",
-                "perturbation_shifted_genes": "genes whose observed shift exceeds 0.25 sd"}[k], **note} for k in agreement})
+    shifts = references.perturbation_shifts(adata, sample.slice_id, reference_dir, sample.genes, measured,
+                                            sample.true_positions.shape[1]) if "expression" in sample.generated else None
+    if perturbed and shifts is None:
+        log.info("%s: no other slice of %s has the requested slice condition: the predicted shift has nothing observed to be "
+                 "compared with", source, reference_dir)
+    if shifts is not None:
+        values.update(shifts.agreement)
+        note = {"requested": shifts.requested, "baseline": shifts.baseline or "unconditional (the slice records no value)",
+                "observed_from": f"{', '.join(shifts.condition_slices)} minus {', '.join(shifts.baseline_slices)}",
+                "predicted_from": f"layers {shifts.predicted_from}"}
+        how.update({k: {"description": {
+            "perturbation_shift_pearson": "Pearson over genes of the predicted and the observed mean shift",
+            "perturbation_sign_agreement": "share of clearly shifted genes (observed beyond 0.25 sd) predicted with the "
+                                           "right sign",
+            "perturbation_shift_slope": "least-squares slope of predicted on observed shift (1: the right size)",
+            "perturbation_shifted_genes": "genes whose observed shift exceeds 0.25 sd"}[k], **note} for k in shifts.agreement})
     out.add(values, how, time.perf_counter() - start)
 
 

@@ -210,23 +210,52 @@ def condition_slices(data_dir: str | Path, slice_conditions: dict[str, str], exc
                   and all(str((entry.get("covariates") or {}).get(k)) == str(v) for k, v in slice_conditions.items()))
 
 
-def perturbation_shifts(data_dir: str | Path, slice_id: str, slice_conditions: dict[str, str], baseline_conditions: dict[str, str],
-                        genes: list[str], n_dims: int, true_expression: np.ndarray, generated: np.ndarray, baseline: np.ndarray
-                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str], list[str]] | None:
-    """(predicted shift, observed shift, per-gene sd of the real cells, the condition's slices, the
-    baseline's slices) of a slice drawn under ``slice_conditions``; None where no other slice has
-    those values. Predicted: mean generated minus the mean of the same seeds under the slice's own
-    covariates (``baseline``). Observed: mean of the real cells of the condition's slices minus
-    that of the slices with the slice's own values (``baseline_conditions``; this slice included,
-    so that one slice's own differences weigh less), or of this slice alone where it records none."""
-    slices = condition_slices(data_dir, slice_conditions, slice_id)
+@dataclass
+class PerturbationShifts:
+    """Predicted and observed per-gene mean shifts of a slice drawn under another value of a slice
+    covariate, and how well they agree (alphastomics.metrics.design.shift_agreement)."""
+
+    requested: dict[str, str]
+    baseline: dict[str, str]  # the slice's own values the draw is compared with ({}: unconditional)
+    predicted_from: str  # the two layers the predicted shift is read from
+    predicted: np.ndarray
+    observed: np.ndarray
+    condition_slices: list[str]
+    baseline_slices: list[str]
+    agreement: dict[str, float]
+
+
+def perturbation_shifts(adata, slice_id: str, data_dir: str | Path, genes: list[str], measured: np.ndarray, n_dims: int
+                        ) -> PerturbationShifts | None:
+    """The shifts of a sample file drawn with ``--slice-condition`` (None for any other sample, or
+    where no other slice of ``data_dir`` has the requested values). Predicted: mean generated minus
+    the mean of the same seeds under the slice's own covariates (posterior means where the sample
+    has both, design.shift_layers). Observed: mean of the real cells of the slices with the
+    requested values minus that of the slices with the slice's own values (this slice included, so
+    that one slice's own differences weigh less), or of this slice alone where it records none."""
+    from alphastomics.metrics.design import shift_agreement, shift_layers
+
+    conditions = dict(adata.uns.get("alphastomics", {}).get("conditions") or {})
+    requested = {str(k): str(v) for k, v in dict(conditions.get("slice_conditions") or {}).items()}
+    if not requested or "expr_pred_unguided" not in adata.layers:
+        return None
+    baseline = {str(k): str(v) for k, v in dict(conditions.get("baseline_slice_conditions") or {}).items()}
+    slices = condition_slices(data_dir, requested, slice_id)
     if not slices:
         return None
+
+    def layer(name):
+        values = adata.layers[name][:, measured]
+        return np.asarray(values.toarray() if hasattr(values, "toarray") else values, np.float64)
+
+    drawn, baseline_layer = shift_layers(adata.layers)
+    true = adata.X[:, measured]
+    true = np.asarray(true.toarray() if hasattr(true, "toarray") else true, np.float64)
     condition = np.concatenate([r.expression for r in load_reference(data_dir, slices, genes, n_dims)])
-    others = condition_slices(data_dir, baseline_conditions, slice_id) if baseline_conditions else []
-    own = np.concatenate([np.asarray(true_expression, np.float64),
-                          *[r.expression for r in load_reference(data_dir, others, genes, n_dims)]])
-    predicted = np.asarray(generated, np.float64).mean(0) - np.asarray(baseline, np.float64).mean(0)
+    others = condition_slices(data_dir, baseline, slice_id) if baseline else []
+    own = np.concatenate([true, *[r.expression for r in load_reference(data_dir, others, genes, n_dims)]])
+    predicted = layer(drawn).mean(0) - layer(baseline_layer).mean(0)
     observed = condition.mean(0) - own.mean(0)
-    sds = np.concatenate([condition, own]).std(0)
-    return predicted, observed, sds, slices, [slice_id, *others]
+    agreement = shift_agreement(predicted, observed, np.concatenate([condition, own]).std(0))
+    return PerturbationShifts(requested, baseline, f"{drawn} − {baseline_layer}", predicted, observed, slices,
+                              [slice_id, *others], agreement)

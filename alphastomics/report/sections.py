@@ -200,39 +200,32 @@ def uncertainty_section(groups) -> tuple[list[dict], str]:
 def perturbation_section(samples, dataset_dir: Path | None) -> list[dict]:
     """Samples drawn under another value of a slice covariate (``--slice-condition``): the predicted
     per-gene shift beside the one observed in the real slices that have that value."""
-    from alphastomics.metrics.design import shift_agreement, shift_layers
     from alphastomics.references import perturbation_shifts
 
     items = []
     if dataset_dir is None:
         return items
     for s in samples:
-        requested = dict((s.meta.get("conditions") or {}).get("slice_conditions") or {})
-        if not requested or not s.gen_expression or "expr_pred_unguided" not in s.adata.layers:
+        if not s.gen_expression:
             continue
         mask = _measured_mask(s.adata)
         genes = [str(g) for g in s.adata.var_names[mask]]
-        drawn, baseline_layer = shift_layers(s.adata.layers)
-        baseline = dict((s.meta.get("conditions") or {}).get("baseline_slice_conditions") or {})
         try:
-            shifts = perturbation_shifts(dataset_dir, s.slice_id, requested, baseline, genes, s.true_pos.shape[1],
-                                         _dense(s.adata.X)[:, mask], _dense(s.adata.layers[drawn])[:, mask],
-                                         _dense(s.adata.layers[baseline_layer])[:, mask])
+            shifts = perturbation_shifts(s.adata, s.slice_id, dataset_dir, genes, mask, s.true_pos.shape[1])
         except Exception as err:  # noqa: BLE001 - a figure must not stop the report
             log.warning("%s: perturbation shifts not drawn (%s)", s.label, err)
             continue
         if shifts is None:
             continue
-        predicted, observed, sds, slices, baseline_slices = shifts
-        agreement = shift_agreement(predicted, observed, sds)
-        condition = ", ".join(f"{k}={v}" for k, v in requested.items())
+        condition = ", ".join(f"{k}={v}" for k, v in shifts.requested.items())
         items.append({
             "title": f"{s.label} under {condition}",
-            "img": plots.shift_scatter_figure(predicted, observed, genes, f"{s.slice_id} under {condition}\nPearson r = "
-                                              f"{agreement['perturbation_shift_pearson']:.3f}"),
-            "baseline": ", ".join(f"{k}={v}" for k, v in baseline.items()) or "unconditional",
-            "observed_from": f"{', '.join(slices)} minus {', '.join(baseline_slices)}", "file": s.path.name,
-            "predicted_from": f"{drawn} − {baseline_layer}", **{k: fmt_value(v) for k, v in agreement.items()},
+            "img": plots.shift_scatter_figure(shifts.predicted, shifts.observed, genes, f"{s.slice_id} under {condition}\nPearson r = "
+                                              f"{shifts.agreement['perturbation_shift_pearson']:.3f}"),
+            "baseline": ", ".join(f"{k}={v}" for k, v in shifts.baseline.items()) or "unconditional",
+            "observed_from": f"{', '.join(shifts.condition_slices)} minus {', '.join(shifts.baseline_slices)}",
+            "file": s.path.name, "predicted_from": shifts.predicted_from,
+            **{k: fmt_value(v) for k, v in shifts.agreement.items()},
         })
     return items
 
