@@ -156,6 +156,9 @@ class TrainingConfig:
             raise ConfigError("training.lr must be positive")
 
 
+JOINT_CELL_TYPES = ("training", "none")
+
+
 @dataclass
 class SamplingConfig:
     modes: list[str] = field(default_factory=lambda: list(TRAINING_MODES))
@@ -176,6 +179,12 @@ class SamplingConfig:
     # method: alphastomics.heldout), chosen with this seed.
     holdout_fraction: float = 0.1
     holdout_seed: int = 0
+    # joint, on a model conditioned on cell type: ``training`` draws each cell's type from the
+    # training composition and generates the tissue given those types (ancestral sampling of
+    # types, then tissue); ``none`` samples unconditionally. (STARmap BZ14, 3 seeds: neighbourhood
+    # enrichment correlation 0.63-0.67 against 0.20-0.44 unconditionally, Moran's I 0.64-0.71
+    # against 0.30-0.45, extents 0.87-1.04 against 0.74.)
+    joint_cell_types: str = "training"
 
     def validate(self) -> None:
         _check_against_schema("sampling", self)
@@ -186,6 +195,7 @@ class SamplingConfig:
         if self.posterior_mean_draws < 1:
             raise ConfigError("sampling.posterior_mean_draws must be at least 1")
         _check_choice("sampling.sampler", self.sampler, ("ancestral", "ddim"))
+        _check_choice("sampling.joint_cell_types", self.joint_cell_types, JOINT_CELL_TYPES)
 
 
 @dataclass

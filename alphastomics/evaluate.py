@@ -27,6 +27,7 @@ than ``max_cells_exact`` cells; the JSON says which cells entered each metric.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -84,6 +85,7 @@ class Sample:
     embedding: np.ndarray | None
     measured_note: str
     mean_expression: np.ndarray | None = None  # layers['expr_pred_mean']: posterior mean over draws
+    mean_positions: np.ndarray | None = None  # obsm['spatial_pred_mean']: posterior mean (shared frame)
     coordinate_frame: str = "per_slice"
     train_slices: list[str] = field(default_factory=list)
 
@@ -209,6 +211,13 @@ def sample_from_anndata(adata, dataset: str | None = None, method: str | None = 
     if "expr_pred_mean" in adata.layers:
         mean_expression = _dense(adata.layers["expr_pred_mean"][:, measured]).astype(np.float32, copy=False)
         _require_finite(mean_expression, "layers['expr_pred_mean']", source)
+    mean_positions = None
+    if "spatial_pred_mean" in adata.obsm:
+        mean_positions = np.asarray(adata.obsm["spatial_pred_mean"], dtype=np.float64)
+        if mean_positions.shape != true_positions.shape:
+            raise InputError(f"{source}: obsm['spatial_pred_mean'] has shape {mean_positions.shape}, obsm['spatial'] "
+                             f"{true_positions.shape}; they must match")
+        _require_finite(mean_positions, "obsm['spatial_pred_mean']", source)
     return Sample(
         mode=mode,
         generated=generated,
@@ -224,6 +233,7 @@ def sample_from_anndata(adata, dataset: str | None = None, method: str | None = 
         embedding=embedding,
         measured_note=measured_note,
         mean_expression=mean_expression,
+        mean_positions=mean_positions,
         coordinate_frame=str(info.get("coordinate_frame") or "per_slice"),
         train_slices=_uns_list(info.get("train_slices")),
     )
@@ -318,6 +328,20 @@ def _position_family(sample: Sample, config: EvaluationConfig, out: _Collector) 
 
     (values, how), seconds = _timed(neighbourhoods.knn_preservation, true, generated, list(config.knn_k))
     out.add(values, how, seconds, cells="all")
+
+
+POSITION_MEAN_PREFIX = "pos_mean_"
+
+
+def _position_mean_family(sample: Sample, config: EvaluationConfig, out: _Collector) -> None:
+    """The posterior mean of positions (obsm['spatial_pred_mean'], shared frames) scored as the first draw is."""
+    mean = dataclasses.replace(sample, generated_positions=sample.mean_positions)
+    part = _Collector()
+    _shape_family(mean, config, part)
+    _position_family(mean, config, part)
+    for name, value in part.values.items():
+        out.values[POSITION_MEAN_PREFIX + name] = value
+        out.how[POSITION_MEAN_PREFIX + name] = {**part.how[name], "layer": "obsm['spatial_pred_mean'] (posterior mean)"}
 
 
 def _morans_family(sample: Sample, config: EvaluationConfig, out: _Collector) -> None:
@@ -583,6 +607,8 @@ def _evaluate(sample: Sample, config: EvaluationConfig, source: str) -> _Collect
         _shape_family(sample, config, out)
         if sample.paired:
             _position_family(sample, config, out)
+            if sample.mean_positions is not None:
+                _position_mean_family(sample, config, out)
     _morans_family(sample, config, out)
     if typed is not None:
         # In joint mode generated cell i has nothing to do with true cell i: no per-cell label metric.

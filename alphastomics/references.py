@@ -102,6 +102,10 @@ def _enrichment(points: np.ndarray, codes: np.ndarray, n_types: int, k: int, per
     return neighbourhoods.nhood_enrichment_zscores(neighbours, codes, n_types, permutations, seed)
 
 
+def typer_name(k: int) -> str:
+    return f"{k}-NN classifier trained on the training cells (PCA of expression)"
+
+
 def joint_rows(
     true_expression: np.ndarray,
     true_positions: np.ndarray,
@@ -145,6 +149,7 @@ def joint_rows(
         true_codes = np.array([code[str(t)] for t in true_types[true_known]])
         z_true = _enrichment(true_positions[true_known], true_codes, len(types), morans_k, permutations, seed)
 
+    true_typed = None if classifier is None else np.asarray(typer.predict(true_expression)).astype(str)
     rows: dict[str, tuple[dict, dict]] = {}
     for method, (expr, coords, labels) in candidates.items():
         values: dict[str, float] = {}
@@ -175,9 +180,17 @@ def joint_rows(
         if classifier is not None:
             if labels is None:
                 labels = typer.predict(expr)
-                typed_by = f"{label_k}-NN classifier trained on the training cells (PCA of expression)"
+                typed_by = typer_name(label_k)
             else:
                 typed_by = "the slice's own labels"
+            # The classifier mistypes real cells too (the test slice's own cells, typed, are about as far
+            # from their labels as another slice is): the same figure with every slice typed by it.
+            typed = labels if method == "generated" else typer.predict(expr)
+            values["cell_type_composition_l1_typed"] = distribution.composition_l1(
+                np.asarray(typed).astype(str), true_typed, types)
+            how["cell_type_composition_l1_typed"] = {
+                "formula": "sum over cell types of |fraction here - fraction in the test slice|, every cell of both typed "
+                           "by the classifier (classifier errors common to both cancel)", "typed_by": typer_name(label_k)}
             labels = np.asarray(labels, dtype=object)
             this_known = np.array([t is not None for t in labels])
             values["cell_type_composition_l1"] = distribution.composition_l1(

@@ -6,7 +6,7 @@ import pytest
 from scipy.spatial.distance import pdist
 
 from alphastomics.metrics import distribution, geometry
-from alphastomics.references import ReferenceSlice, joint_rows
+from alphastomics.references import CellTyper, ReferenceSlice, joint_rows
 
 
 def _ellipse(n=600, axes=(4.0, 1.0), seed=0):
@@ -107,3 +107,14 @@ def test_joint_reference_rows_rank_a_real_slice_above_noise(starmap_dir):
     assert generated["extent_ratio_axis2"] < 0.05 < 0.7 < real["extent_ratio_axis2"]
     assert real["morans_i_corr"] > 0.5
     assert generated["cell_type_classifier_accuracy_on_test"] > 0.5
+
+    # the like-for-like composition: both slices typed by the same classifier, by hand
+    typer = CellTyper(reference, 30, 15, 0)
+    types = sorted(set(typer.types) | {str(t) for t in test.cell_types})
+    test_typed, real_typed = typer.predict(test.expression), typer.predict(reference[0].expression)
+    by_hand = sum(abs(np.mean(real_typed == t) - np.mean(test_typed == t)) for t in types)
+    assert real["cell_type_composition_l1_typed"] == pytest.approx(by_hand)
+    same = joint_rows(test.expression, test.coords[:, :2], test.cell_types.astype(object), test.expression, test.coords[:, :2],
+                      reference, n_pcs=30, max_cells=2000, label_k=15, morans_k=10, permutations=20, shape_pairs=20000, seed=0)
+    assert same["generated"][0]["cell_type_composition_l1_typed"] == 0.0
+    assert same["generated"][0]["cell_type_composition_l1"] > 0.1  # the classifier's own errors, on true cells

@@ -147,3 +147,43 @@ def test_posterior_mean_averages_every_starting_noise_whatever_the_chunk(small_m
     np.testing.assert_allclose(draws.expected_expression, one_by_one.mean(0), rtol=1e-4, atol=1e-6)
     fewer = draw_samples(model, batch, "pos_to_expr", 2, 3, 3, progress=False, posterior_mean_draws=1)
     assert fewer.posterior_mean_draws == 2  # never fewer than the draws themselves
+
+
+def test_shared_frame_expr_to_pos_keeps_a_posterior_mean_position_scored_as_a_draw_is(small_models, tmp_path):
+    """obsm['spatial_pred_mean'] in a shared frame: the first-step x0 estimates of the starting
+    noises averaged (whatever the chunk), in source units; evaluate scores it under pos_mean_*
+    exactly as it scores the first draw. A per-slice frame has none (orientation is the noise's)."""
+    from alphastomics.checkpoint import load_model
+    from alphastomics.config import EvaluationConfig
+    from alphastomics.evaluate import evaluate_sample
+    from alphastomics.io.manifest import load_manifest
+    from alphastomics.io.shards import load_slice
+    from alphastomics.metrics import neighbourhoods
+    from alphastomics.sample import draw_samples, expected_positions, known_batch, sample_slice
+
+    checkpoint, data_dir, slice_id = small_models["bdtnp"]
+    model = load_model(checkpoint, "cpu")
+    data = load_slice(data_dir, slice_id, load_manifest(data_dir))
+    batch = known_batch(model, data, "expr_to_pos")
+    one_by_one = np.stack([expected_positions(model, batch, [seed]) for seed in range(3, 8)])
+    assert not np.allclose(one_by_one[0], one_by_one[1])
+    np.testing.assert_allclose(expected_positions(model, batch, list(range(3, 8)), chunk=2), one_by_one.mean(0), rtol=1e-4, atol=1e-5)
+    draws = draw_samples(model, batch, "expr_to_pos", 2, 3, 3, progress=False, posterior_mean_draws=5)
+    n = len(data.cell_ids)
+    np.testing.assert_allclose(draws.expected_positions, model.frame.to_source(one_by_one.mean(0)[:n], 3), rtol=1e-4, atol=1e-3)
+
+    adata = sample_slice(checkpoint, data_dir, slice_id, "expr_to_pos", steps=3, num_samples=2, progress=False, posterior_mean_draws=4)
+    mean = adata.obsm["spatial_pred_mean"]
+    assert mean.shape == adata.obsm["spatial"].shape and not np.allclose(mean, adata.obsm["spatial_pred"])
+    adata.uns["alphastomics"]["train_slices"] = []
+    table, _ = evaluate_sample(adata, EvaluationConfig())
+    values = dict(zip(table["metric"], table["value"]))
+    by_hand = neighbourhoods.knn_preservation(adata.obsm["spatial"].astype(np.float64), mean.astype(np.float64), [10])[0]
+    assert values["pos_mean_knn_preservation_k10"] == pytest.approx(by_hand["knn_preservation_k10"])
+    error = np.median(np.linalg.norm(mean - adata.obsm["spatial"], axis=1))
+    assert values["pos_mean_position_error_median"] == pytest.approx(error, rel=1e-5)
+    assert {"distance_spearman_median", "pos_mean_distance_spearman_median", "pos_mean_extent_ratio_worst"} <= set(values)
+
+    starmap_checkpoint, starmap_dir, starmap_slice = small_models["starmap"]
+    per_slice = sample_slice(starmap_checkpoint, starmap_dir, starmap_slice, "expr_to_pos", steps=2, num_samples=1, progress=False)
+    assert "spatial_pred_mean" not in per_slice.obsm

@@ -20,6 +20,9 @@ log = logging.getLogger(__name__)
 class ConditionVocabulary:
     cell_types: list[str] = field(default_factory=list)  # empty: not conditioned on cell type
     covariates: dict[str, list[str]] = field(default_factory=dict)  # key -> values, in code order 1..
+    # fraction of the training cells of each type (cell_types order): a joint sample draws its
+    # cells' types from it before the tissue (empty in checkpoints from before it was recorded)
+    cell_type_fractions: list[float] = field(default_factory=list)
 
     @property
     def active(self) -> bool:
@@ -32,15 +35,18 @@ class ConditionVocabulary:
 
     @classmethod
     def fit(cls, slices, cell_type: bool, covariate_keys: list[str]) -> "ConditionVocabulary":
-        types: set[str] = set()
+        counts: dict[str, int] = {}
         if cell_type:
             for s in slices:
                 if s.cell_types is not None:
-                    types |= {str(t) for t in s.cell_types if t is not None and str(t) not in ("", "None", "nan")}
-            if not types:
-                # one config serves several datasets: those without cell types train unconditioned
-                log.warning("model.condition_on_cell_type is set, but no training slice has cell types: "
-                            "this model is not conditioned on cell type")
+                    for t in s.cell_types:
+                        if t is not None and str(t) not in ("", "None", "nan"):
+                            counts[str(t)] = counts.get(str(t), 0) + 1
+        types = set(counts)
+        if cell_type and not types:
+            # one config serves several datasets: those without cell types train unconditioned
+            log.warning("model.condition_on_cell_type is set, but no training slice has cell types: "
+                        "this model is not conditioned on cell type")
         covariates = {}
         for key in covariate_keys:
             values = sorted({s.covariates[key] for s in slices if key in s.covariates})
@@ -48,7 +54,8 @@ class ConditionVocabulary:
                 raise InputError(f"model.slice_covariates names {key!r}, but no training slice records it "
                                  "(preprocess with --slice-covariates / the platform's slice_covariates)")
             covariates[key] = values
-        return cls(sorted(types), covariates)
+        total = sum(counts.values())
+        return cls(sorted(types), covariates, [counts[t] / total for t in sorted(types)] if total else [])
 
     def cell_codes(self, cell_types, n: int) -> np.ndarray:
         """(n,) codes of per-cell labels (0 for unknown or unseen types, or when not conditioned)."""
@@ -63,9 +70,19 @@ class ConditionVocabulary:
                          for key, values in self.covariates.items()], dtype=np.int64)
 
     def to_dict(self) -> dict:
-        return {"cell_types": list(self.cell_types), "covariates": {k: list(v) for k, v in self.covariates.items()}}
+        return {"cell_types": list(self.cell_types), "covariates": {k: list(v) for k, v in self.covariates.items()},
+                "cell_type_fractions": [float(f) for f in self.cell_type_fractions]}
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "ConditionVocabulary":
         d = d or {}
-        return cls(list(d.get("cell_types", [])), {k: list(v) for k, v in (d.get("covariates") or {}).items()})
+        return cls(list(d.get("cell_types", [])), {k: list(v) for k, v in (d.get("covariates") or {}).items()},
+                   [float(f) for f in d.get("cell_type_fractions", [])])
+
+    def draw_cell_types(self, n: int, seed: int) -> list[str] | None:
+        """``n`` cell types drawn independently from the training composition (None where it is unknown)."""
+        if not self.cell_types or len(self.cell_type_fractions) != len(self.cell_types):
+            return None
+        fractions = np.asarray(self.cell_type_fractions, dtype=np.float64)
+        drawn = np.random.default_rng(seed).choice(len(self.cell_types), size=n, p=fractions / fractions.sum())
+        return [self.cell_types[i] for i in drawn]

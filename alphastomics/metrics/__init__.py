@@ -33,6 +33,7 @@ METRIC_DIRECTION: dict[str, str] = {
     "expr_energy_distance_pca": "lower",
     "expr_knn_two_sample_accuracy": "lower",
     "cell_type_composition_l1": "lower",
+    "cell_type_composition_l1_typed": "lower",
     "cell_type_classifier_accuracy_on_test": "higher",
     "extent_ratio_": "one",
     "distance_wasserstein_unit_rms": "lower",
@@ -64,6 +65,8 @@ METRIC_DIRECTION: dict[str, str] = {
 
 def metric_direction(name: str) -> str | None:
     """``"higher"``, ``"lower"`` or ``"one"`` for a metric name, None when unknown."""
+    if name.startswith("pos_mean_"):  # the posterior mean of positions, scored as a draw is
+        return metric_direction(name[len("pos_mean_"):])
     if name in METRIC_DIRECTION:
         return METRIC_DIRECTION[name]
     prefixes = [key for key in METRIC_DIRECTION if name.startswith(key)]

@@ -91,9 +91,17 @@ def tissue_section(groups, palette, dataset_dir: Path | None = None) -> list[dic
             how = ("rotation or reflection and translation onto the true coordinates, no scaling: "
                    "a tissue of the wrong size is drawn at its wrong size")
             title = "generated (rigidly aligned)"
+        coloured_by = "cell type" if labels is not None else "true position along the slice's principal axis (no cell types)"
         img = plots.tissue_figure(s.true_pos, aligned, labels, palette if labels is not None else None, generated_title=title)
-        items.append({**common, "img": img, "how": how, "rmsd": fmt_value(rmsd),
-                      "coloured_by": "cell type" if labels is not None else "true position along the slice's principal axis (no cell types)"})
+        items.append({**common, "img": img, "how": how, "rmsd": fmt_value(rmsd), "coloured_by": coloured_by})
+        if frame_of(s) == "shared" and "spatial_pred_mean" in s.adata.obsm:
+            mean = np.asarray(s.adata.obsm["spatial_pred_mean"], dtype=np.float64)
+            img = plots.tissue_figure(s.true_pos, mean, labels, palette if labels is not None else None,
+                                      generated_title="posterior mean")
+            items.append({**common, "title": f"{s.label} · posterior mean position", "img": img, "coloured_by": coloured_by,
+                          "rmsd": fmt_value(float(np.sqrt(np.nanmean(np.sum((mean - s.true_pos) ** 2, axis=1))))),
+                          "how": "obsm['spatial_pred_mean'], no alignment: each cell's mean position over the model's "
+                                 "first-step estimates (a point estimate; axes the model is unsure of shrink)"})
     return items
 
 
