@@ -514,6 +514,7 @@ def write_file_shards(plan: FilePlan, writers: dict[int, SliceShardWriter], opts
                 for writer in writers.values():
                     writer.flush()
             progress.update(stop - start)
+            _exit_if_terminated()
         progress.close()
     for writer in writers.values():
         writer.close()
@@ -639,6 +640,7 @@ def run_preprocess(files: list[Path], opts: Options) -> dict:
         for plan in plans:
             manifest["slices"].update(slice_entries(plan, opts.platform))
         manifest["platforms"][opts.platform] = platform_entry(plans, genes, opts, sources)
+        _exit_if_terminated()
         # An old manifest must not outlive the shards it lists: remove it before renaming shards,
         # so that a kill between the renames leaves no manifest rather than a wrong one.
         opts.manifest_path.unlink(missing_ok=True)
@@ -686,8 +688,21 @@ def _positive(value: int, option: str) -> int:
     return value
 
 
+# The SystemExit raised by the handler is swallowed when the signal lands inside a finaliser (a weakref
+# callback or __del__ prints "Exception ignored in ..." and carries on), so the signal is also remembered
+# and checked at every chunk and before anything is committed.
+_received_signal: int | None = None
+
+
 def _exit_on_sigterm(signum, frame):
+    global _received_signal
+    _received_signal = signum
     raise SystemExit(128 + signum)
+
+
+def _exit_if_terminated() -> None:
+    if _received_signal is not None:
+        raise SystemExit(128 + _received_signal)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -703,6 +718,8 @@ def main(args: argparse.Namespace) -> int:
         slice_covariates=tuple(k.strip() for k in (args.slice_covariates or "").split(",") if k.strip()),
     )
     # Snakemake cancels jobs with SIGTERM: turn it into SystemExit so the clean-up of temporaries runs
+    global _received_signal
+    _received_signal = None
     in_main_thread = threading.current_thread() is threading.main_thread()  # only there can handlers be set
     previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) if in_main_thread else None
     try:

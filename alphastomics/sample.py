@@ -194,6 +194,23 @@ def own_slice_conditions(data: SliceData, request: GuidanceRequest) -> dict[str,
     return {key: data.covariates[key] for key in request.slice_conditions if key in (data.covariates or {})}
 
 
+def patch_size_caveat(model: LoadedModel, mode: str, n_cells: int) -> str | None:
+    """Why positions generated for ``n_cells`` cells cannot be trusted, or None.
+
+    A model trained on spatial patches (training.data_mode: cell) learned to lay out
+    ``cells_per_example`` cells; asked to place a whole slice of many more cells it packs them into
+    about one patch's extent (STARmap 3D visual cortex, 8,400-cell slabs from 1,024-cell patches: x/y
+    at 0.35 of the true extent, the thin z axis 8x too thick). Positions given (pos_to_expr, impute)
+    are unaffected.
+    """
+    training = model.config.training
+    if "position" not in GENERATED[mode] or training.data_mode != "cell" or n_cells <= 1.5 * training.cells_per_example:
+        return None
+    return (f"the model was trained on spatial patches of {training.cells_per_example} cells (training.data_mode: cell) and is "
+            f"asked to lay out {n_cells} cells: generated positions keep about one patch's extent, not the tissue's. "
+            f"Train with data_mode: slice (or cells_per_example >= {n_cells}) to generate whole slices")
+
+
 def guided_draws(model: LoadedModel, batch: SliceBatch, data: SliceData, mode: str, num_samples: int, seed: int,
                  steps: int | None, sampler: str, progress: bool, request: GuidanceRequest | None, source: str,
                  posterior_mean_draws: int | None = None) -> tuple[Draws, dict, dict[str, np.ndarray], Draws | None]:
@@ -215,6 +232,10 @@ def guided_draws(model: LoadedModel, batch: SliceBatch, data: SliceData, mode: s
     draws = draw_samples(model, batch, mode, num_samples, seed, steps, sampler, progress, scale, target, request.target_scale,
                          posterior_mean_draws)
     uns, obs = {}, {}
+    caveat = patch_size_caveat(model, mode, len(data.cell_ids))
+    if caveat:
+        log.warning("%s: %s", data.slice_id, caveat)
+        uns["caveat"] = caveat
     if drawn is not None:
         obs["cell_type_drawn"] = np.array(drawn, dtype=object)
         # lists, not a dict keyed by type: names such as "eL2/3" are not valid HDF5 keys

@@ -382,3 +382,32 @@ def test_impute_sees_neither_the_held_out_truth_nor_changes_the_given_genes(smal
     given = data.gene_mask.astype(bool) & ~heldout
     decoded_given = model.codec.decode(model.codec.encode(data.expression, data.gene_mask)[0])[:, given]
     assert np.allclose(original.expression[0][:, given], decoded_given, atol=1e-5)
+
+
+def test_a_patch_trained_model_says_it_cannot_lay_out_a_whole_slice(bdtnp_dir, tmp_path):
+    """Trained on 200-cell patches, asked to place a 760-cell BDTNP slab: the sample file records why its
+    positions keep about one patch's extent and the report shows it above the tissue figures; given
+    positions (pos_to_expr) are unaffected."""
+    from conftest import SMALL_MODEL
+
+    from alphastomics.config import config_from_dict
+    from alphastomics.sample import sample_slice
+
+    config = config_from_dict({**SMALL_MODEL, "training": {**SMALL_MODEL["training"], "data_mode": "cell", "cells_per_example": 200}})
+    train(config, bdtnp_dir, tmp_path / "run", test_ids=["slab2"], export_to=tmp_path / "patches.ckpt", coordinate_frame="shared")
+    placed = sample_slice(tmp_path / "patches.ckpt", bdtnp_dir, "slab2", "expr_to_pos", steps=2, num_samples=1, progress=False)
+    caveat = placed.uns["alphastomics"]["caveat"]
+    assert "patches of 200 cells" in caveat and f"lay out {placed.n_obs} cells" in caveat and "data_mode: slice" in caveat
+    from markupsafe import escape
+
+    from alphastomics.evaluate import evaluate_sample, write_metrics
+    from alphastomics.report.render import render_report
+    from alphastomics.sample import write_h5ad_atomic
+
+    write_h5ad_atomic(placed, tmp_path / "slab2.expr_to_pos.h5ad")
+    table, details = evaluate_sample(placed, config.evaluation, source="slab2.expr_to_pos.h5ad", reference_dir=bdtnp_dir)
+    html = render_report(bdtnp_dir / "manifest.json", write_metrics(table, details, tmp_path / "m.tsv")[:1],
+                         [tmp_path / "slab2.expr_to_pos.h5ad"])
+    assert f'<p class="warn"><b>slab2 · expr_to_pos · alphastomics</b>: {escape(caveat)}.</p>' in html
+    filled = sample_slice(tmp_path / "patches.ckpt", bdtnp_dir, "slab2", "pos_to_expr", steps=2, num_samples=1, progress=False)
+    assert "caveat" not in filled.uns["alphastomics"]

@@ -121,6 +121,8 @@ def render_report(
     perturbations = perturbation_section(perturbed, Path(manifest).parent)
     prov = provenance_section(loaded, config, checkpoint, log_dir, dataset, man)
     sampled = sorted({(s.slice_id, s.mode, s.method) for s in loaded})
+    # what the sampler said its generated positions cannot be trusted for (alphastomics.sample.patch_size_caveat)
+    caveats = sorted({(s.label, str(s.meta["caveat"])) for s in loaded if s.meta.get("caveat")})
 
     return _env().get_template("report.html.j2").render(
         dataset=dataset,
@@ -128,6 +130,7 @@ def render_report(
         tables=tables,
         training=training,
         tissue=tissue,
+        caveats=caveats,
         gene_maps=gene_maps,
         morans=morans,
         moran_k=MORAN_K,
