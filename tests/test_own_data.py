@@ -187,3 +187,40 @@ def test_shared_frame_expr_to_pos_keeps_a_posterior_mean_position_scored_as_a_dr
     starmap_checkpoint, starmap_dir, starmap_slice = small_models["starmap"]
     per_slice = sample_slice(starmap_checkpoint, starmap_dir, starmap_slice, "expr_to_pos", steps=2, num_samples=1, progress=False)
     assert "spatial_pred_mean" not in per_slice.obsm
+
+
+def test_a_shared_frame_slice_can_be_laid_out_among_training_cells(small_models):
+    """--atlas-context-cells: BDTNP slab2 placed among 500 cells drawn from the training slabs; the
+    file keeps only slab2's cells, records the context, and differs from the slice laid out alone
+    with the same seed; the context is a reproducible draw of training cells, never of slab2."""
+    from alphastomics.checkpoint import load_model
+    from alphastomics.io.manifest import load_manifest
+    from alphastomics.io.shards import load_slice
+    from alphastomics.sample import atlas_context, sample_slice
+
+    checkpoint, data_dir, held_out = small_models["bdtnp"]
+    model, manifest = load_model(checkpoint), load_manifest(data_dir)
+    data = load_slice(data_dir, held_out, manifest)
+    context = atlas_context(model, data_dir, manifest, data, "expr_to_pos", 500, seed=3)
+    training = {s: load_slice(data_dir, s, manifest) for s in model.train_slices}
+    by_id = {cell: (s, i) for s, t in training.items() for i, cell in enumerate(t.cell_ids)}
+    assert len(context.cell_ids) == 500 and len(set(context.cell_ids)) == 500
+    assert not set(context.cell_ids) & set(data.cell_ids)
+    for cell, row in zip(context.cell_ids[::50], context.expression[::50]):
+        s, i = by_id[cell]
+        np.testing.assert_array_equal(row, training[s].expression[i])
+    assert list(atlas_context(model, data_dir, manifest, data, "expr_to_pos", 500, seed=3).cell_ids) == list(context.cell_ids)
+    assert atlas_context(model, data_dir, manifest, data, "pos_to_expr", 500, seed=3) is None
+    assert atlas_context(model, data_dir, manifest, data, "expr_to_pos", 0, seed=3) is None
+    assert atlas_context(load_model(small_models["starmap"][0]), small_models["starmap"][1],
+                         load_manifest(small_models["starmap"][1]), data, "expr_to_pos", 500, seed=3) is None  # per-slice frame
+
+    alone = sample_slice(checkpoint, data_dir, held_out, "expr_to_pos", steps=3, num_samples=2, progress=False)
+    among = sample_slice(checkpoint, data_dir, held_out, "expr_to_pos", steps=3, num_samples=2, progress=False, atlas_context_cells=500)
+    assert "atlas_context" not in alone.uns["alphastomics"]
+    recorded = among.uns["alphastomics"]["atlas_context"]
+    assert recorded["cells"] == 500 and sorted(recorded["slices"]) == sorted(model.train_slices)
+    assert among.n_obs == data.cell_ids.size and list(among.obs_names) == list(alone.obs_names)
+    for key in ("spatial_pred", "spatial_pred_mean"):
+        assert among.obsm[key].shape == alone.obsm[key].shape and not np.allclose(among.obsm[key], alone.obsm[key])
+    assert among.obs["position_uncertainty"].notna().all()

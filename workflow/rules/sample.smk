@@ -12,6 +12,7 @@ rule sample:
         num_samples=config.get("sampling", {}).get("num_samples", 8),
         posterior_mean_draws=config.get("sampling", {}).get("posterior_mean_draws", 32),
         seed=config.get("sampling", {}).get("seed", 0),
+        atlas_context_cells=config.get("sampling", {}).get("atlas_context_cells", 0),
         code=code_fingerprint("sample"),
     benchmark:
         "results/{dataset}/benchmarks/alphastomics/{slice}.{mode}.tsv"
@@ -24,4 +25,4 @@ rule sample:
         "alphastomics --threads {threads} sample --checkpoint {input.model:q} --data {params.data:q} --slice {params.slice_id:q}"
         " --mode {wildcards.mode:q} --steps {params.steps:q} --sampler {params.sampler:q}"
         " --num-samples {params.num_samples:q} --posterior-mean-draws {params.posterior_mean_draws:q} --seed {params.seed:q} --dataset {wildcards.dataset:q}"
-        " --out {output:q} > {log:q} 2>&1"
+        " --atlas-context-cells {params.atlas_context_cells:q} --out {output:q} > {log:q} 2>&1"
