@@ -468,6 +468,11 @@ def train(config: Config, data_dir: str | Path, out_dir: str | Path, test_ids=()
             log.warning("not resuming from %s: it was made with another config, gene list, slices or model code", last)
     trainer = build_trainer(config, out_dir, val_loader is not None)
     if trainer.is_global_zero:
+        if ckpt_path is None:
+            # A checkpoint this run does not continue must go before the key is rewritten: a run killed
+            # before its first save would otherwise leave the old weights under the new settings' key,
+            # and the next --resume would restore them (and stop at once if they had reached max_steps).
+            last.unlink(missing_ok=True)
         key_file.parent.mkdir(parents=True, exist_ok=True)
         key_file.write_text(key + "\n")
     history = CsvHistory(out_dir / "logs" / "metrics.csv") if ckpt_path and trainer.is_global_zero else None

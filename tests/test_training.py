@@ -268,6 +268,28 @@ def test_resume_ignores_checkpoint_of_other_settings(starmap_dir, tmp_path):
     assert summary["resumed_from"] is None and summary["start_step"] == 0
 
 
+def test_a_run_killed_before_its_first_checkpoint_does_not_resume_the_old_one(starmap_dir, tmp_path, monkeypatch):
+    """Settings A trained to the end; settings B started and killed before it saved anything; B with
+    --resume starts from scratch, not from A's weights under B's key."""
+    import lightning
+
+    out = tmp_path / "model"
+    config = load_config(small_config(tmp_path))
+    train(config, starmap_dir, out, test_ids=["20180424_BZ14_control"])
+    changed = apply_overrides(config, {"model.num_layers": 3})
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(lightning.pytorch.Trainer, "fit", killed)
+        with pytest.raises(KeyboardInterrupt):
+            train(changed, starmap_dir, out, test_ids=["20180424_BZ14_control"], resume=True)
+    assert not (out / "checkpoints/last.ckpt").exists()
+    summary = train(changed, starmap_dir, out, test_ids=["20180424_BZ14_control"], resume=True)
+    assert summary["resumed_from"] is None and summary["start_step"] == 0 and summary["global_step"] > 0
+
+
 @pytest.mark.slow
 def test_ddp_two_processes_on_cpu_see_different_slices(starmap_dir, tmp_path):
     settings = small_config(tmp_path, epochs=2, examples_per_epoch=2)
