@@ -370,6 +370,9 @@ def sample_slice(checkpoint: str | Path, data_dir: str | Path, slice_id: str, mo
         heldout = np.array([g in chosen for g in data.genes])
     max_context = model.config.sampling.atlas_context_cells if atlas_context_cells is None else atlas_context_cells
     context = atlas_context(model, data_dir, manifest, data, mode, max_context, seed)
+    if context is None and max_context > 0 and mode == "expr_to_pos":
+        log.warning("%s: no atlas context (it needs a shared frame and training slices of the same "
+                    "panel and dimensionality in %s): laid out alone", slice_id, data_dir)
     placed = data if context is None else with_context(data, context)
     batch = known_batch(model, placed, mode, heldout).to(device)
     steps = steps or model.config.sampling.steps or None
