@@ -146,8 +146,10 @@ def _set_limits(ax, pts_list: Sequence[np.ndarray], a: int, b: int) -> None:
     ax.set_xlim(lo[0] - pad[0], hi[0] + pad[0])
     ax.set_ylim(lo[1] - pad[1], hi[1] + pad[1])
     ax.set_aspect("equal", adjustable="box")
-    ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
-    ax.yaxis.set_major_locator(MaxNLocator(nbins=5))
+    # a narrow panel (a tall strip such as an osmFISH section) has room for fewer tick labels
+    ratio = (hi[0] - lo[0] + 2 * pad[0]) / (hi[1] - lo[1] + 2 * pad[1])
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=3 if ratio < 0.6 else 5))
+    ax.yaxis.set_major_locator(MaxNLocator(nbins=3 if ratio > 1.7 else 5))
 
 
 def _ratio(pts_list: Sequence[np.ndarray], a: int, b: int) -> float:
@@ -166,6 +168,14 @@ def _panel_grid(nrows: int, ratios: Sequence[float], extra_w: float = 0.0, h_max
     fig, axes = plt.subplots(nrows, len(ratios), figsize=(width, height), layout="constrained", squeeze=False,
                              gridspec_kw={"width_ratios": list(ratios)})
     return fig, axes, h
+
+
+def _legend_layout(names: Sequence[str]) -> tuple[int, float]:
+    """(columns, inches) of a cell-type legend, so the panels keep their width beside a long one
+    (33 osmFISH types with names such as "Oligodendrocyte Precursor cells" squeezed them to slivers)."""
+    ncols = 1 if len(names) <= 22 else 2
+    longest = max((len(str(n)) for n in names), default=8)
+    return ncols, ncols * (0.45 + 0.068 * max(longest, len("cell type"))) + 0.2
 
 
 def _scatter_labels(ax, pts, labels, palette, a, b, size):
@@ -204,7 +214,11 @@ def tissue_figure(
         hue = centred @ vt[0]
 
     projections = [(0, 1)] if d == 2 else list(PROJECTIONS_3D)
-    extra = 2.2 if has_labels else 1.2
+    if has_labels:
+        present = [name for name in palette if name in set(lab)]
+        legend_cols, extra = _legend_layout(present)
+    else:
+        extra = 1.2
     if d == 2:
         r = _ratio([t, g], 0, 1)
         fig, axes, h = _panel_grid(1, [r, r, r], extra_w=extra + 1.0, h_max=4.0, w_avail=10.5)
@@ -236,16 +250,14 @@ def tissue_figure(
         sc = ax.scatter(t[:, 0], t[:, 1], c=err, cmap="magma_r", s=size, linewidths=0, rasterized=True,
                         vmin=0, vmax=float(np.nanpercentile(err, 99)) or None)
         _set_limits(ax, [t, g], 0, 1)
-        ax.set_title("displacement of each cell (at true position)")
+        ax.set_title("displacement of each cell\n(at true position)")
         ax.set_xlabel(f"x ({units})")
         ax.set_ylabel(f"y ({units})")
         fig.colorbar(sc, ax=ax, shrink=0.9, label=f"displacement ({units})")
 
     if has_labels:
-        present = [name for name in palette if name in set(lab)]
         handles = [Line2D([], [], marker="o", ls="", color=palette[name], markersize=7, label=name) for name in present]
-        fig.legend(handles=handles, title="cell type", loc="outside right center", frameon=False,
-                   ncols=1 if len(handles) <= 22 else 2)
+        fig.legend(handles=handles, title="cell type", loc="outside right center", frameon=False, ncols=legend_cols)
     elif mappable is not None:
         target = axes if d == 3 else list(axes[:2])
         fig.colorbar(mappable, ax=target, shrink=0.7 if d == 3 else 0.9, label="true position along principal axis")
@@ -268,9 +280,14 @@ def side_by_side_figure(
     ti, gi = subsample(len(true)), subsample(len(generated))
     t, g = true[ti] - true[ti].mean(0), generated[gi] - generated[gi].mean(0)
     projections = [(0, 1)] if d == 2 else list(PROJECTIONS_3D)
-    span = max(np.ptp(t, axis=0).max(), np.ptp(g, axis=0).max(), 1e-9) / 2 * 1.05
+    # centred on the mean, a lopsided slice reaches further on one side than half its extent
+    span = max(np.abs(t).max(), np.abs(g).max(), 1e-9) * 1.05
     categorical = palette is not None
-    fig, axes, h = _panel_grid(2, [1.0] * len(projections), extra_w=2.2 if categorical else 1.2, h_max=3.6,
+    if categorical:
+        present = set(np.asarray(true_colour).astype(str)) | set(np.asarray(generated_colour).astype(str))
+        legend_names = [n for n in palette if n in present]
+        legend_cols, legend_w = _legend_layout(legend_names)
+    fig, axes, h = _panel_grid(2, [1.0] * len(projections), extra_w=legend_w if categorical else 1.2, h_max=3.6,
                                w_avail=3.6 * len(projections) if d == 3 else 4.2)
     size = point_size(max(ti.size, gi.size), h, 1.0)
     mappable = None
@@ -291,10 +308,8 @@ def side_by_side_figure(
             ax.set_ylabel(f"{AXIS_NAMES[b]} ({units}, centred)")
             ax.set_title(name if d == 2 else f"{name}: {AXIS_NAMES[a]}{AXIS_NAMES[b]} projection")
     if categorical:
-        present = set(np.asarray(true_colour).astype(str)) | set(np.asarray(generated_colour).astype(str))
-        handles = [Line2D([], [], marker="o", ls="", color=palette[n], markersize=7, label=n) for n in palette if n in present]
-        fig.legend(handles=handles, title=colour_label, loc="outside right center", frameon=False,
-                   ncols=1 if len(handles) <= 22 else 2)
+        handles = [Line2D([], [], marker="o", ls="", color=palette[n], markersize=7, label=n) for n in legend_names]
+        fig.legend(handles=handles, title=colour_label, loc="outside right center", frameon=False, ncols=legend_cols)
     elif mappable is not None:
         fig.colorbar(mappable, ax=axes, shrink=0.8, label=colour_label)
     return to_data_uri(fig)
