@@ -315,24 +315,19 @@ def atlas_context(model: LoadedModel, data_dir: str | Path, manifest: dict, data
             usable.append(other)
     if not usable:
         return None
-    sizes = np.array([len(o.cell_ids) for o in usable])
-    chosen = np.sort(np.random.default_rng(seed).permutation(sizes.sum())[:max_cells])
-    offsets = np.concatenate([[0], np.cumsum(sizes)])
-    pick = [chosen[(chosen >= a) & (chosen < b)] - a for a, b in zip(offsets[:-1], offsets[1:])]
+    pool = stack_cells(data, usable)
+    chosen = np.sort(np.random.default_rng(seed).permutation(len(pool.cell_ids))[:max_cells])
     return dataclasses.replace(
-        data, slice_id=",".join(o.slice_id for o in usable),
-        cell_ids=np.concatenate([o.cell_ids[i] for o, i in zip(usable, pick)]),
-        coords=np.concatenate([o.coords[i] for o, i in zip(usable, pick)]),
-        expression=np.concatenate([o.expression[i] for o, i in zip(usable, pick)]),
-        cell_types=None if data.cell_types is None else np.concatenate([o.cell_types[i] for o, i in zip(usable, pick)]))
+        pool, slice_id=",".join(o.slice_id for o in usable), cell_ids=pool.cell_ids[chosen], coords=pool.coords[chosen],
+        expression=pool.expression[chosen], cell_types=None if pool.cell_types is None else pool.cell_types[chosen])
 
 
-def with_context(data: SliceData, context: SliceData) -> SliceData:
-    """The slice's cells first, then the context cells (true coordinates of neither are used)."""
+def stack_cells(data: SliceData, parts: list[SliceData]) -> SliceData:
+    """``data`` (its id, panel, covariates) holding the cells of ``parts``, in order."""
     return dataclasses.replace(
-        data, cell_ids=np.concatenate([data.cell_ids, context.cell_ids]), coords=np.concatenate([data.coords, context.coords]),
-        expression=np.concatenate([data.expression, context.expression]),
-        cell_types=None if data.cell_types is None else np.concatenate([data.cell_types, context.cell_types]))
+        data, cell_ids=np.concatenate([p.cell_ids for p in parts]), coords=np.concatenate([p.coords for p in parts]),
+        expression=np.concatenate([p.expression for p in parts]),
+        cell_types=None if data.cell_types is None else np.concatenate([p.cell_types for p in parts]))
 
 
 def first_cells(draws: Draws, n: int) -> Draws:
@@ -373,7 +368,7 @@ def sample_slice(checkpoint: str | Path, data_dir: str | Path, slice_id: str, mo
     if context is None and max_context > 0 and mode == "expr_to_pos":
         log.warning("%s: no atlas context (it needs a shared frame and training slices of the same "
                     "panel and dimensionality in %s): laid out alone", slice_id, data_dir)
-    placed = data if context is None else with_context(data, context)
+    placed = data if context is None else stack_cells(data, [data, context])  # the slice's cells first
     batch = known_batch(model, placed, mode, heldout).to(device)
     steps = steps or model.config.sampling.steps or None
     num_samples = num_samples or model.config.sampling.num_samples
