@@ -45,6 +45,7 @@ from alphastomics import DOMAINS_MODE, EVALUATION_MODES, GENERATED_BY_MODE, refe
 from alphastomics.metrics import design
 from alphastomics.config import EvaluationConfig, load_config
 from alphastomics.errors import InputError
+from alphastomics.layout import CONSENSUS_KEY, CONSENSUS_PREFIX
 from alphastomics.metrics import clusters, distribution, expression, geometry, neighbourhoods, spatial
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,7 @@ class Sample:
     embedding: np.ndarray | None
     measured_note: str
     mean_expression: np.ndarray | None = None  # layers['expr_pred_mean']: posterior mean over draws
-    mean_positions: np.ndarray | None = None  # obsm['spatial_pred_mean']: posterior mean (shared frame)
+    consensus_positions: np.ndarray | None = None  # obsm['spatial_pred_consensus']: expr_to_pos consensus layout
     coordinate_frame: str = "per_slice"
     train_slices: list[str] = field(default_factory=list)
 
@@ -211,13 +212,13 @@ def sample_from_anndata(adata, dataset: str | None = None, method: str | None = 
     if "expr_pred_mean" in adata.layers:
         mean_expression = _dense(adata.layers["expr_pred_mean"][:, measured]).astype(np.float32, copy=False)
         _require_finite(mean_expression, "layers['expr_pred_mean']", source)
-    mean_positions = None
-    if "spatial_pred_mean" in adata.obsm:
-        mean_positions = np.asarray(adata.obsm["spatial_pred_mean"], dtype=np.float64)
-        if mean_positions.shape != true_positions.shape:
-            raise InputError(f"{source}: obsm['spatial_pred_mean'] has shape {mean_positions.shape}, obsm['spatial'] "
+    consensus_positions = None
+    if CONSENSUS_KEY in adata.obsm:
+        consensus_positions = np.asarray(adata.obsm[CONSENSUS_KEY], dtype=np.float64)
+        if consensus_positions.shape != true_positions.shape:
+            raise InputError(f"{source}: obsm['{CONSENSUS_KEY}'] has shape {consensus_positions.shape}, obsm['spatial'] "
                              f"{true_positions.shape}; they must match")
-        _require_finite(mean_positions, "obsm['spatial_pred_mean']", source)
+        _require_finite(consensus_positions, f"obsm['{CONSENSUS_KEY}']", source)
     return Sample(
         mode=mode,
         generated=generated,
@@ -233,7 +234,7 @@ def sample_from_anndata(adata, dataset: str | None = None, method: str | None = 
         embedding=embedding,
         measured_note=measured_note,
         mean_expression=mean_expression,
-        mean_positions=mean_positions,
+        consensus_positions=consensus_positions,
         coordinate_frame=str(info.get("coordinate_frame") or "per_slice"),
         train_slices=_uns_list(info.get("train_slices")),
     )
@@ -330,18 +331,15 @@ def _position_family(sample: Sample, config: EvaluationConfig, out: _Collector) 
     out.add(values, how, seconds, cells="all")
 
 
-POSITION_MEAN_PREFIX = "pos_mean_"
-
-
-def _position_mean_family(sample: Sample, config: EvaluationConfig, out: _Collector) -> None:
-    """The posterior mean of positions (obsm['spatial_pred_mean'], shared frames) scored as the first draw is."""
-    mean = dataclasses.replace(sample, generated_positions=sample.mean_positions)
+def _consensus_family(sample: Sample, config: EvaluationConfig, out: _Collector) -> None:
+    """The consensus layout of expr_to_pos (obsm['spatial_pred_consensus']) scored as the first draw is."""
+    consensus = dataclasses.replace(sample, generated_positions=sample.consensus_positions)
     part = _Collector()
-    _shape_family(mean, config, part)
-    _position_family(mean, config, part)
+    _shape_family(consensus, config, part)
+    _position_family(consensus, config, part)
     for name, value in part.values.items():
-        out.values[POSITION_MEAN_PREFIX + name] = value
-        out.how[POSITION_MEAN_PREFIX + name] = {**part.how[name], "layer": "obsm['spatial_pred_mean'] (posterior mean)"}
+        out.values[CONSENSUS_PREFIX + name] = value
+        out.how[CONSENSUS_PREFIX + name] = {**part.how[name], "layer": f"obsm['{CONSENSUS_KEY}'] (consensus layout of the draws)"}
 
 
 def _morans_family(sample: Sample, config: EvaluationConfig, out: _Collector) -> None:
@@ -607,8 +605,8 @@ def _evaluate(sample: Sample, config: EvaluationConfig, source: str) -> _Collect
         _shape_family(sample, config, out)
         if sample.paired:
             _position_family(sample, config, out)
-            if sample.mean_positions is not None:
-                _position_mean_family(sample, config, out)
+            if sample.consensus_positions is not None:
+                _consensus_family(sample, config, out)
     _morans_family(sample, config, out)
     if typed is not None:
         # In joint mode generated cell i has nothing to do with true cell i: no per-cell label metric.

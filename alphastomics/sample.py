@@ -37,6 +37,7 @@ from alphastomics.user_data import NORMALIZATIONS as USER_NORMALIZATIONS
 from alphastomics.user_data import UserData, coordinates_as_slice, empty_slice, read_user_h5ad
 from alphastomics.io.manifest import load_manifest
 from alphastomics.io.shards import SliceData, load_slice
+from alphastomics.layout import CONSENSUS_KEY, consensus_layout, procrustes_mean
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +53,8 @@ class Draws:
     embedding: np.ndarray  # (N, D) of the first draw
     seeds: list[int]
     expected_expression: np.ndarray | None = None  # (N, G) posterior mean (Rao-Blackwellised), pos_to_expr
-    posterior_mean_draws: int = 0  # starting noises behind expected_expression / expected_positions
-    expected_positions: np.ndarray | None = None  # (N, 3) posterior mean of positions, expr_to_pos in a shared frame
+    posterior_mean_draws: int = 0  # starting noises behind expected_expression / the shared frame's consensus layout
+    consensus_positions: np.ndarray | None = None  # (N, d) expr_to_pos: the consensus layout (alphastomics.layout)
 
 
 def draw_samples(model: LoadedModel, batch: SliceBatch, mode: str, num_samples: int, seed: int, steps: int | None,
@@ -81,14 +82,18 @@ def draw_samples(model: LoadedModel, batch: SliceBatch, mode: str, num_samples: 
     n_dims = 3 if bool(batch.dim_mask[0, 2]) else 2
     decoded = model.codec.decode(expression[:, :n].cpu().numpy())
     coordinates = np.stack([model.frame.to_source(p[:n].cpu().numpy(), n_dims) for p in positions])
-    expected, where, k = None, None, 0
-    if mode in ("pos_to_expr", "impute") or (mode == "expr_to_pos" and model.frame.kind == "shared"):
+    expected, consensus, k = None, None, 0
+    if mode in ("pos_to_expr", "impute"):
         k = max(posterior_mean_draws or model.config.sampling.posterior_mean_draws, num_samples)
-        if mode == "expr_to_pos":
-            where = model.frame.to_source(expected_positions(model, batch, [seed + i for i in range(k)], chunk=num_samples)[:n], n_dims)
-        else:
-            expected = expected_expression(model, batch, [seed + i for i in range(k)], chunk=num_samples)[:n]
-    return Draws(decoded, coordinates, embedding[:n], seeds, expected, k, where)
+        expected = expected_expression(model, batch, [seed + i for i in range(k)], chunk=num_samples)[:n]
+    elif mode == "expr_to_pos":
+        posterior_mean = None
+        if model.frame.kind == "shared":
+            k = max(posterior_mean_draws or model.config.sampling.posterior_mean_draws, num_samples)
+            posterior_mean = model.frame.to_source(expected_positions(model, batch, [seed + i for i in range(k)],
+                                                                      chunk=num_samples)[:n], n_dims)[:, :n_dims]
+        consensus = consensus_layout(coordinates[:, :, :n_dims].astype(np.float64), posterior_mean)
+    return Draws(decoded, coordinates, embedding[:n], seeds, expected, k, consensus)
 
 
 @torch.no_grad()
@@ -121,9 +126,10 @@ def expected_positions(model: LoadedModel, batch: SliceBatch, seeds: list[int], 
     starting noise, averaged over the seeds. It is a point estimate, where each cell most likely
     is: it ranks distances and keeps neighbourhoods better than any one draw (BDTNP slab2: kNN@10
     0.32 against 0.10), but pulls cells whose place the model is unsure of towards the middle,
-    so the tissue's extent along such axes shrinks (0.40 there): draws keep the shape. In a
-    per-slice frame the first step's orientation is set by the noise alone, and averaging
-    estimates in different orientations means nothing, so there is none.
+    so the tissue's extent along such axes shrinks (0.40 there): the consensus layout
+    (alphastomics.layout) gives it back the draws' spread. In a per-slice frame the first step's
+    orientation is set by the noise alone, and averaging estimates in different orientations means
+    nothing: there the consensus starts from the Procrustes mean of the draws instead.
     """
     total = None
     T = model.schedule.steps
@@ -334,7 +340,7 @@ def first_cells(draws: Draws, n: int) -> Draws:
     return dataclasses.replace(
         draws, expression=draws.expression[:, :n], coordinates=draws.coordinates[:, :n], embedding=draws.embedding[:n],
         expected_expression=None if draws.expected_expression is None else draws.expected_expression[:n],
-        expected_positions=None if draws.expected_positions is None else draws.expected_positions[:n])
+        consensus_positions=None if draws.consensus_positions is None else draws.consensus_positions[:n])
 
 
 def sample_slice(checkpoint: str | Path, data_dir: str | Path, slice_id: str, mode: str, steps: int | None = None,
@@ -426,27 +432,12 @@ def cell_embedding(network, expression, positions, batch) -> np.ndarray:
     return pred.embedding[0].float().cpu().numpy()
 
 
-def align_draws(coordinates: np.ndarray, n_dims: int, iterations: int = 3) -> np.ndarray:
-    """Generalised Procrustes without scaling: each draw rotated/reflected and translated onto the
-    mean of all, repeated a few times; (S, N, d) -> aligned (S, N, d)."""
-    from scipy.linalg import orthogonal_procrustes
-
-    aligned = coordinates[..., :n_dims].astype(np.float64) - coordinates[..., :n_dims].mean(1, keepdims=True)
-    reference = aligned[0]
-    for _ in range(iterations):
-        for i in range(len(aligned)):
-            rotation, _ = orthogonal_procrustes(aligned[i], reference)
-            aligned[i] = aligned[i] @ rotation
-        reference = aligned.mean(0)
-    return aligned
-
-
 def position_uncertainty(coordinates: np.ndarray, n_dims: int, frame_kind: str) -> np.ndarray:
     """Per cell, the RMS distance of its S generated positions to their mean (after aligning the
     draws to each other in a per-slice frame, where orientation is arbitrary)."""
     d = coordinates[..., :n_dims].astype(np.float64)
     if frame_kind == "per_slice":
-        d = align_draws(coordinates, n_dims)
+        d = procrustes_mean(d)[1]
     return np.sqrt(((d - d.mean(0)) ** 2).sum(-1).mean(0)).astype(np.float32)
 
 
@@ -490,8 +481,8 @@ def to_anndata(data: SliceData, draws: Draws, mode: str, frame_kind: str, heldou
         adata.obsm["spatial"] = data.coords[:, :d].astype(np.float32)
     if "position" in generated:
         adata.obsm["spatial_pred"] = draws.coordinates[0][:, :d].astype(np.float32)
-        if draws.expected_positions is not None:
-            adata.obsm["spatial_pred_mean"] = draws.expected_positions[:, :d].astype(np.float32)
+        if draws.consensus_positions is not None:
+            adata.obsm[CONSENSUS_KEY] = draws.consensus_positions[:, :d].astype(np.float32)
         if mode == "expr_to_pos" and len(draws.seeds) > 1:
             adata.obs["position_uncertainty"] = position_uncertainty(draws.coordinates, d, frame_kind)
     else:

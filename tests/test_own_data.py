@@ -149,15 +149,17 @@ def test_posterior_mean_averages_every_starting_noise_whatever_the_chunk(small_m
     assert fewer.posterior_mean_draws == 2  # never fewer than the draws themselves
 
 
-def test_shared_frame_expr_to_pos_keeps_a_posterior_mean_position_scored_as_a_draw_is(small_models, tmp_path):
-    """obsm['spatial_pred_mean'] in a shared frame: the first-step x0 estimates of the starting
-    noises averaged (whatever the chunk), in source units; evaluate scores it under pos_mean_*
-    exactly as it scores the first draw. A per-slice frame has none (orientation is the noise's)."""
+def test_expr_to_pos_keeps_a_consensus_layout_scored_as_a_draw_is(small_models, tmp_path):
+    """obsm['spatial_pred_consensus']: in a shared frame, the first-step x0 estimates of the starting
+    noises averaged (whatever the chunk), in source units, given the draws' spread; in a per-slice
+    frame, the Procrustes mean of the draws given their spread. evaluate scores it under
+    consensus_* exactly as it scores the first draw."""
     from alphastomics.checkpoint import load_model
     from alphastomics.config import EvaluationConfig
     from alphastomics.evaluate import evaluate_sample
     from alphastomics.io.manifest import load_manifest
     from alphastomics.io.shards import load_slice
+    from alphastomics.layout import consensus_layout
     from alphastomics.metrics import neighbourhoods
     from alphastomics.sample import draw_samples, expected_positions, known_batch, sample_slice
 
@@ -170,23 +172,30 @@ def test_shared_frame_expr_to_pos_keeps_a_posterior_mean_position_scored_as_a_dr
     np.testing.assert_allclose(expected_positions(model, batch, list(range(3, 8)), chunk=2), one_by_one.mean(0), rtol=1e-4, atol=1e-5)
     draws = draw_samples(model, batch, "expr_to_pos", 2, 3, 3, progress=False, posterior_mean_draws=5)
     n = len(data.cell_ids)
-    np.testing.assert_allclose(draws.expected_positions, model.frame.to_source(one_by_one.mean(0)[:n], 3), rtol=1e-4, atol=1e-3)
+    posterior_mean = model.frame.to_source(one_by_one.mean(0)[:n], 3)
+    np.testing.assert_allclose(draws.consensus_positions, consensus_layout(draws.coordinates, posterior_mean), rtol=1e-3, atol=1e-2)
 
     adata = sample_slice(checkpoint, data_dir, slice_id, "expr_to_pos", steps=3, num_samples=2, progress=False, posterior_mean_draws=4)
-    mean = adata.obsm["spatial_pred_mean"]
-    assert mean.shape == adata.obsm["spatial"].shape and not np.allclose(mean, adata.obsm["spatial_pred"])
+    consensus = adata.obsm["spatial_pred_consensus"]
+    assert consensus.shape == adata.obsm["spatial"].shape and not np.allclose(consensus, adata.obsm["spatial_pred"])
     adata.uns["alphastomics"]["train_slices"] = []
     table, _ = evaluate_sample(adata, EvaluationConfig())
     values = dict(zip(table["metric"], table["value"]))
-    by_hand = neighbourhoods.knn_preservation(adata.obsm["spatial"].astype(np.float64), mean.astype(np.float64), [10])[0]
-    assert values["pos_mean_knn_preservation_k10"] == pytest.approx(by_hand["knn_preservation_k10"])
-    error = np.median(np.linalg.norm(mean - adata.obsm["spatial"], axis=1))
-    assert values["pos_mean_position_error_median"] == pytest.approx(error, rel=1e-5)
-    assert {"distance_spearman_median", "pos_mean_distance_spearman_median", "pos_mean_extent_ratio_worst"} <= set(values)
+    by_hand = neighbourhoods.knn_preservation(adata.obsm["spatial"].astype(np.float64), consensus.astype(np.float64), [10])[0]
+    assert values["consensus_knn_preservation_k10"] == pytest.approx(by_hand["knn_preservation_k10"])
+    error = np.median(np.linalg.norm(consensus - adata.obsm["spatial"], axis=1))
+    assert values["consensus_position_error_median"] == pytest.approx(error, rel=1e-5)
+    assert {"distance_spearman_median", "consensus_distance_spearman_median", "consensus_extent_ratio_worst"} <= set(values)
 
     starmap_checkpoint, starmap_dir, starmap_slice = small_models["starmap"]
-    per_slice = sample_slice(starmap_checkpoint, starmap_dir, starmap_slice, "expr_to_pos", steps=2, num_samples=1, progress=False)
-    assert "spatial_pred_mean" not in per_slice.obsm
+    starmap = load_model(starmap_checkpoint)
+    starmap_data = load_slice(starmap_dir, starmap_slice, load_manifest(starmap_dir))
+    per_slice = draw_samples(starmap, known_batch(starmap, starmap_data, "expr_to_pos"), "expr_to_pos", 3, 0, 2, progress=False)
+    np.testing.assert_allclose(per_slice.consensus_positions, consensus_layout(per_slice.coordinates[:, :, :2]), rtol=1e-4, atol=1e-2)
+    written = sample_slice(starmap_checkpoint, starmap_dir, starmap_slice, "expr_to_pos", steps=2, num_samples=3, progress=False)
+    table, _ = evaluate_sample(written, EvaluationConfig())
+    assert "consensus_distance_spearman_median" in set(table["metric"])
+    assert "consensus_position_error_median" not in set(table["metric"])  # a per-slice frame has no absolute place
 
 
 def test_a_shared_frame_slice_can_be_laid_out_among_training_cells(small_models):
@@ -221,6 +230,6 @@ def test_a_shared_frame_slice_can_be_laid_out_among_training_cells(small_models)
     recorded = among.uns["alphastomics"]["atlas_context"]
     assert recorded["cells"] == 500 and sorted(recorded["slices"]) == sorted(model.train_slices)
     assert among.n_obs == data.cell_ids.size and list(among.obs_names) == list(alone.obs_names)
-    for key in ("spatial_pred", "spatial_pred_mean"):
+    for key in ("spatial_pred", "spatial_pred_consensus"):
         assert among.obsm[key].shape == alone.obsm[key].shape and not np.allclose(among.obsm[key], alone.obsm[key])
     assert among.obs["position_uncertainty"].notna().all()

@@ -15,6 +15,8 @@
 
 from __future__ import annotations
 
+from alphastomics.layout import CONSENSUS_PREFIX
+
 # Which value of a metric is better: "higher", "lower", or "one" (a ratio, best at 1, judged in log
 # scale). Keys are exact metric names or prefixes (``metric_direction`` picks the exact name, else
 # the longest matching prefix).
@@ -65,8 +67,8 @@ METRIC_DIRECTION: dict[str, str] = {
 
 def metric_direction(name: str) -> str | None:
     """``"higher"``, ``"lower"`` or ``"one"`` for a metric name, None when unknown."""
-    if name.startswith("pos_mean_"):  # the posterior mean of positions, scored as a draw is
-        return metric_direction(name[len("pos_mean_"):])
+    if name.startswith(CONSENSUS_PREFIX):  # the consensus layout of expr_to_pos, scored as a draw is
+        return metric_direction(name[len(CONSENSUS_PREFIX):])
     if name in METRIC_DIRECTION:
         return METRIC_DIRECTION[name]
     prefixes = [key for key in METRIC_DIRECTION if name.startswith(key)]

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from alphastomics.layout import CONSENSUS_KEY
 from alphastomics.report import plots
 from alphastomics.report.inputs import find_training_log, training_summary
 from alphastomics.report.tables import fmt_value, order_modes
@@ -94,14 +95,20 @@ def tissue_section(groups, palette, dataset_dir: Path | None = None) -> list[dic
         coloured_by = "cell type" if labels is not None else "true position along the slice's principal axis (no cell types)"
         img = plots.tissue_figure(s.true_pos, aligned, labels, palette if labels is not None else None, generated_title=title)
         items.append({**common, "img": img, "how": how, "rmsd": fmt_value(rmsd), "coloured_by": coloured_by})
-        if frame_of(s) == "shared" and "spatial_pred_mean" in s.adata.obsm:
-            mean = np.asarray(s.adata.obsm["spatial_pred_mean"], dtype=np.float64)
-            img = plots.tissue_figure(s.true_pos, mean, labels, palette if labels is not None else None,
-                                      generated_title="posterior mean")
-            items.append({**common, "title": f"{s.label} · posterior mean position", "img": img, "coloured_by": coloured_by,
-                          "rmsd": fmt_value(float(np.sqrt(np.nanmean(np.sum((mean - s.true_pos) ** 2, axis=1))))),
-                          "how": "obsm['spatial_pred_mean'], no alignment: each cell's mean position over the model's "
-                                 "first-step estimates (a point estimate; axes the model is unsure of shrink)"})
+        if CONSENSUS_KEY in s.adata.obsm:
+            consensus = np.asarray(s.adata.obsm[CONSENSUS_KEY], dtype=np.float64)
+            if frame_of(s) == "shared":
+                consensus_rmsd = float(np.sqrt(np.nanmean(np.sum((consensus - s.true_pos) ** 2, axis=1))))
+                placed = "no alignment (a shared frame)"
+            else:
+                consensus, consensus_rmsd = plots.rigid_align(s.true_pos, consensus)
+                placed = "rotation or reflection and translation onto the true coordinates, no scaling"
+            img = plots.tissue_figure(s.true_pos, consensus, labels, palette if labels is not None else None,
+                                      generated_title="consensus layout")
+            items.append({**common, "title": f"{s.label} · consensus layout of the draws", "img": img, "coloured_by": coloured_by,
+                          "rmsd": fmt_value(consensus_rmsd),
+                          "how": f"obsm['{CONSENSUS_KEY}'], {placed}: each cell at its mean position over the draws "
+                                 "(the posterior mean in a shared frame), spread back to the draws' size (constrained Bayes)"})
     return items
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from alphastomics import MODES
+from alphastomics.layout import CONSENSUS_PREFIX
 from alphastomics.metrics import metric_direction
 from alphastomics.references import REAL_PREFIX
 from alphastomics.report.inputs import MAIN_METHOD
@@ -61,7 +62,7 @@ HEADLINE: list[tuple[str, list[str]]] = [
 
 
 def metric_category(name: str) -> str:
-    low = name.lower()
+    low = name.lower().removeprefix(CONSENSUS_PREFIX)  # the consensus layout's metrics sit beside the draw's
     for category, pattern in CATEGORIES:
         if re.search(pattern, low):
             return category
