@@ -617,3 +617,33 @@ def test_summary_page_shows_ranks_failures_and_targets(tmp_path):
     html = out.read_text()
     assert "#1/3" in html and "too slow: stopped at the time limit of 300 s" in html and "NOT ahead" in html
     assert "not installed: tangram-sc" in html and "2 of 3 targets met" in targets.read_text()
+
+
+@pytest.mark.parametrize("frame", ["per_slice", "shared"])
+def test_the_consensus_layout_is_drawn_beside_the_draw_rigidly_aligned_only_in_a_per_slice_frame(tmp_path, frame):
+    """A consensus that is the true slice turned and moved: in a per-slice frame it is drawn aligned
+    (RMSD 0); in a shared frame it is drawn where it is (RMSD the displacement)."""
+    import anndata as ad
+
+    rng = np.random.default_rng(0)
+    true = rng.uniform(0, 100, size=(120, 2))
+    angle = np.deg2rad(35)
+    rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    consensus = true @ rotation + [40.0, -10.0] if frame == "per_slice" else true + [30.0, 40.0]
+    a = ad.AnnData(X=rng.random((120, 3)).astype(np.float32), obs=pd.DataFrame({"cell_type": rng.choice(["A", "B"], 120)}))
+    a.obsm["spatial"] = true.astype(np.float32)
+    a.obsm["spatial_pred"] = (true + rng.normal(size=true.shape) * 5).astype(np.float32)
+    a.obsm["spatial_pred_consensus"] = consensus.astype(np.float32)
+    a.uns["alphastomics"] = {"mode": "expr_to_pos", "method": "alphastomics", "slice_id": "s1", "generated": ["position"],
+                             "coordinate_frame": frame, "n_dims": 2}
+    a.write_h5ad(tmp_path / "s1.expr_to_pos.h5ad")
+    sample = inputs.load_sample(tmp_path / "s1.expr_to_pos.h5ad")
+    items = sections.tissue_section({("s1", "expr_to_pos", "alphastomics"): [sample]}, {"A": "#f00", "B": "#00f"})
+    assert [item["title"].endswith("consensus layout of the draws") for item in items] == [False, True]
+    consensus_item = items[1]
+    if frame == "per_slice":
+        assert float(consensus_item["rmsd"]) == pytest.approx(0.0, abs=1e-3)
+        assert "rotation or reflection" in consensus_item["how"]
+    else:
+        assert float(consensus_item["rmsd"]) == pytest.approx(50.0, rel=1e-4)
+        assert "no alignment" in consensus_item["how"]
