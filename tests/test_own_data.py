@@ -42,6 +42,8 @@ def test_expr_to_pos_on_dissociated_cells(small_models, dissociated, tmp_path):
     placed = ad.read_h5ad(out)
     assert "spatial" not in placed.obsm and placed.obsm["spatial_pred"].shape == (1088, 2)  # no coordinates invented as truth
     assert np.isfinite(placed.obsm["spatial_pred"]).all() and "position_uncertainty" in placed.obs
+    consensus = placed.obsm["spatial_pred_consensus"]  # one map of the tissue for the user to look at
+    assert consensus.shape == (1088, 2) and np.isfinite(consensus).all() and not np.allclose(consensus, placed.obsm["spatial_pred"])
     report = placed.uns["alphastomics"]["input"]
     assert int(report["genes_matched"]) == 166 - len(missing) and set(report["genes_missing_from_file"]) == set(missing)
     assert len(report["genes_matched_ignoring_case"]) == 166 - len(missing)  # every match was by case
