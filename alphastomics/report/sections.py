@@ -68,6 +68,14 @@ def joint_colours(sample, dataset_dir: Path | None, palette: dict) -> tuple[np.n
     return pca.transform(x_true)[:, 0], pca.transform(x_gen)[:, 0], None, "expression PC1 (PCA of the true slice)"
 
 
+def _placed(sample, generated: np.ndarray) -> tuple[np.ndarray, float]:
+    """Generated coordinates as the report draws them beside the true ones, and their RMS distance
+    to them: as they are in a shared frame (absolute coordinates), rigidly aligned in a per-slice one."""
+    if frame_of(sample) == "shared":
+        return generated, float(np.sqrt(np.nanmean(np.sum((generated - sample.true_pos) ** 2, axis=1))))
+    return plots.rigid_align(sample.true_pos, generated)
+
+
 def tissue_section(groups, palette, dataset_dir: Path | None = None) -> list[dict]:
     items = []
     for (sl, mode, method), ss in groups.items():
@@ -84,11 +92,10 @@ def tissue_section(groups, palette, dataset_dir: Path | None = None) -> list[dic
                           "how": "the generated slice beside the true one, each centred in its own frame, no alignment "
                                  "(generated cells are new cells, not the true ones)"})
             continue
+        aligned, rmsd = _placed(s, s.pred_pos)
         if frame_of(s) == "shared":
-            aligned, how, title = s.pred_pos, "no alignment: a shared coordinate frame, generated coordinates are absolute", "generated"
-            rmsd = float(np.sqrt(np.nanmean(np.sum((aligned - s.true_pos) ** 2, axis=1))))
+            how, title = "no alignment: a shared coordinate frame, generated coordinates are absolute", "generated"
         else:
-            aligned, rmsd = plots.rigid_align(s.true_pos, s.pred_pos)
             how = ("rotation or reflection and translation onto the true coordinates, no scaling: "
                    "a tissue of the wrong size is drawn at its wrong size")
             title = "generated (rigidly aligned)"
@@ -96,13 +103,9 @@ def tissue_section(groups, palette, dataset_dir: Path | None = None) -> list[dic
         img = plots.tissue_figure(s.true_pos, aligned, labels, palette if labels is not None else None, generated_title=title)
         items.append({**common, "img": img, "how": how, "rmsd": fmt_value(rmsd), "coloured_by": coloured_by})
         if CONSENSUS_KEY in s.adata.obsm:
-            consensus = np.asarray(s.adata.obsm[CONSENSUS_KEY], dtype=np.float64)
-            if frame_of(s) == "shared":
-                consensus_rmsd = float(np.sqrt(np.nanmean(np.sum((consensus - s.true_pos) ** 2, axis=1))))
-                placed = "no alignment (a shared frame)"
-            else:
-                consensus, consensus_rmsd = plots.rigid_align(s.true_pos, consensus)
-                placed = "rotation or reflection and translation onto the true coordinates, no scaling"
+            consensus, consensus_rmsd = _placed(s, np.asarray(s.adata.obsm[CONSENSUS_KEY], dtype=np.float64))
+            placed = ("no alignment (a shared frame)" if frame_of(s) == "shared"
+                      else "rotation or reflection and translation onto the true coordinates, no scaling")
             img = plots.tissue_figure(s.true_pos, consensus, labels, palette if labels is not None else None,
                                       generated_title="consensus layout")
             items.append({**common, "title": f"{s.label} · consensus layout of the draws", "img": img, "coloured_by": coloured_by,
