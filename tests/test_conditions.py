@@ -100,8 +100,8 @@ def test_conditioning_on_cell_type_moves_generated_cells_to_that_type(conditione
 def test_joint_draws_cell_types_from_the_training_composition_then_the_tissue_given_them(conditioned):
     """A joint sample of a model conditioned on cell type first draws each cell's type from the
     training composition (recorded at training, checked here by hand), then samples the tissue
-    conditionally on them: generated cells are typed as their drawn type more often than the
-    unconditional draw with the same seed is. ``none`` is unconditional sampling exactly."""
+    given them (no guidance push unless a scale is asked for): generated cells are typed as their
+    drawn type more often than the unconditional draw with the same seed is. ``none`` is unconditional sampling exactly."""
     model = load_model(conditioned[0])
     data = load_slice(conditioned[1], HELD_OUT)
     training = np.concatenate([np.asarray(load_slice(conditioned[1], s).cell_types).astype(str) for s in model.train_slices])
@@ -113,12 +113,19 @@ def test_joint_draws_cell_types_from_the_training_composition_then_the_tissue_gi
     drawn = obs["cell_type_drawn"]
     assert unguided is None and list(drawn) == model.conditions.draw_cell_types(len(data.cell_ids), 5)
     assert uns["joint_cell_types"]["cell_types"] == model.conditions.cell_types
+    assert uns["joint_cell_types"]["guidance_scale"] == 1.0
     counts = np.array([np.sum(drawn == t) for t in model.conditions.cell_types])
     expected = len(drawn) * np.asarray(by_hand)
     assert np.all(np.abs(counts - expected) <= 4 * np.sqrt(expected) + 2)  # multinomial spread
     conditional = draw_samples(model, apply_conditions(known_batch(model, data, "joint"), model.conditions, drawn, "cell_type", {},
                                                        "test"), "joint", 2, seed=5, steps=10, progress=False, guidance_scale=1.0)
     assert np.array_equal(draws.expression, conditional.expression)
+    pushed, uns, _, _ = guided_draws(model, known_batch(model, data, "joint"), data, "joint", 2, 5, 10, "ancestral", False,
+                                     GuidanceRequest(scale=2.0), "test")
+    guided = draw_samples(model, apply_conditions(known_batch(model, data, "joint"), model.conditions, drawn, "cell_type", {},
+                                                  "test"), "joint", 2, seed=5, steps=10, progress=False, guidance_scale=2.0)
+    assert uns["joint_cell_types"]["guidance_scale"] == 2.0 and np.array_equal(pushed.expression, guided.expression)
+    assert not np.array_equal(pushed.expression, draws.expression)
 
     plain, uns, obs, _ = guided_draws(model, known_batch(model, data, "joint"), data, "joint", 2, 5, 10, "ancestral", False,
                                       GuidanceRequest(joint_cell_types="none"), "test")

@@ -187,3 +187,19 @@ def test_ddim_is_deterministic_given_the_initial_noise_and_ancestral_is_not():
             outs.append(out)
         results[name] = torch.allclose(outs[0], outs[1])
     assert results == {"ddim": True, "ancestral": False}
+
+
+def test_classifier_free_guidance_extrapolates_expression_and_never_positions():
+    """Guidance w: expression x0 = u + w (c - u) at any w; positions follow it up to the conditional
+    model (w = 1) and no further, since extrapolated positions stretch the tissue."""
+    from alphastomics.diffusion.sampler import _guided
+    from alphastomics.model.network import Prediction
+
+    g = torch.Generator().manual_seed(0)
+    u = Prediction(torch.randn(2, 5, 3, generator=g), torch.randn(2, 5, 3, generator=g), torch.tensor(0.0))
+    c = Prediction(torch.randn(2, 5, 3, generator=g), torch.randn(2, 5, 3, generator=g), torch.tensor(0.0))
+    for w in (0.0, 0.5, 1.0, 2.0, 3.5):
+        out = _guided(u, c, w)
+        torch.testing.assert_close(out.expression, (1 - w) * u.expression + w * c.expression)
+        expected = (1 - w) * u.positions + w * c.positions if w <= 1 else c.positions
+        torch.testing.assert_close(out.positions, expected)

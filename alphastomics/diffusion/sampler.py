@@ -17,7 +17,10 @@ Guidance, both optional:
 - classifier-free (Ho & Salimans 2022): with conditions in ``known`` (cell labels, slice
   covariates) and ``guidance_scale`` w, each step's x0 is x0_uncond + w (x0_cond - x0_uncond):
   w = 0 is unconditional sampling exactly (the conditional pass is not even run), w = 1
-  conditional, w > 1 pushes further;
+  conditional, w > 1 pushes expression further. Positions are never pushed past the conditional
+  model (their scale is min(w, 1)): extrapolated positions stretch the tissue along the axis the
+  condition informs (STARmap BZ14 joint with drawn cell types at w = 2: worst extent ratio 1.10 ->
+  1.42, against 1.10 with positions at w = 1);
 - gradient guidance of expression (inverse design): ``expression_guidance(x0)`` returns the
   gradient of an objective on the expression x0 estimate, and each step moves that estimate down
   it before the sampler's update.
@@ -64,11 +67,12 @@ def _ddim_step(x_t, x0_hat, ab_t, ab_s):
 
 
 def _guided(unconditional, conditional, scale: float):
-    """x0 of classifier-free guidance for both modalities."""
+    """x0 of classifier-free guidance: expression at ``scale``, positions at most at the conditional model's."""
+    position_scale = min(scale, 1.0)
     return dataclasses.replace(
         conditional,
         expression=unconditional.expression + scale * (conditional.expression - unconditional.expression),
-        positions=unconditional.positions + scale * (conditional.positions - unconditional.positions),
+        positions=unconditional.positions + position_scale * (conditional.positions - unconditional.positions),
     )
 
 
