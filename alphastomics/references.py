@@ -210,6 +210,13 @@ def joint_rows(
         values["cell_type_classifier_accuracy_on_test"] = accuracy
         how["cell_type_classifier_accuracy_on_test"] = {
             "formula": "accuracy of the classifier that types generated cells, on the test slice's true expression and types"}
+        # what cell_type_composition_l1 would be for the test slice's own cells: the classifier's
+        # share of that figure, which no generator can go below except by errors that cancel
+        values["cell_type_classifier_composition_l1_on_test"] = distribution.composition_l1(
+            true_typed[true_known], true_types[true_known].astype(str), types)
+        how["cell_type_classifier_composition_l1_on_test"] = {
+            "formula": "cell_type_composition_l1 of the test slice's own cells typed by the classifier, against their "
+                       "labels: the figure a generator of exactly these cells would get", "typed_by": typer_name(label_k)}
     return rows
 
 

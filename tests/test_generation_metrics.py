@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import pdist
 
-from alphastomics.metrics import distribution, geometry
+from alphastomics.metrics import distribution, geometry, metric_direction
 from alphastomics.references import CellTyper, ReferenceSlice, joint_rows
 
 
@@ -28,6 +28,10 @@ def test_extent_ratios_follow_axis_scaling_and_ignore_rigid_motion():
     assert geometry.extent_ratios(true, moved) == pytest.approx([1.5, 0.5], rel=1e-9)
     values, _ = geometry.shape_metrics(true, moved, 5000, 0)
     assert values["extent_ratio_worst"] == pytest.approx(0.5)
+    assert values["extent_ratio_anisotropy"] == pytest.approx(3.0)  # 1.5 / 0.5
+    # the same shape at any size is not anisotropic, whichever way it is turned
+    resized, _ = geometry.shape_metrics(true, (centred * 2.5) @ q.T, 5000, 0)
+    assert resized["extent_ratio_worst"] == pytest.approx(2.5) and resized["extent_ratio_anisotropy"] == pytest.approx(1.0)
     # a collapsed (1-D) prediction: the second axis ratio is ~0
     line = np.c_[centred[:, 0], np.zeros(len(true))]
     assert geometry.extent_ratios(true, line)[1] < 1e-9
@@ -118,3 +122,7 @@ def test_joint_reference_rows_rank_a_real_slice_above_noise(starmap_dir):
                       reference, n_pcs=30, max_cells=2000, label_k=15, morans_k=10, permutations=20, shape_pairs=20000, seed=0)
     assert same["generated"][0]["cell_type_composition_l1_typed"] == 0.0
     assert same["generated"][0]["cell_type_composition_l1"] > 0.1  # the classifier's own errors, on true cells
+    # ... which every joint table reports as the floor of that figure
+    floor = rows["generated"][0]["cell_type_classifier_composition_l1_on_test"]
+    assert floor == pytest.approx(same["generated"][0]["cell_type_composition_l1"])
+    assert metric_direction("cell_type_classifier_composition_l1_on_test") is None  # the instrument's, not a score
