@@ -607,6 +607,32 @@ def test_targets_say_plainly_where_alphastomics_is_not_ahead():
     assert "NOT ahead" in text and text.strip().endswith("2 of 3 targets met")
 
 
+def test_expr_to_pos_is_judged_on_the_consensus_layout_where_the_sample_has_one():
+    """Against the peers' point estimates, AlphaSTomics' expr_to_pos counts with its consensus layout
+    (its point estimate) in the targets and the summary; the peers and the other modes are untouched."""
+    metrics, runs = _peer_frames()
+    consensus = pd.DataFrame([("d", "s1", "expr_to_pos", "alphastomics", "consensus_distance_spearman_median", 0.65),
+                              ("d", "s1", "expr_to_pos", "alphastomics", "consensus_knn_preservation_k10", 0.10)],
+                             columns=metrics.columns)
+    both = pd.concat([metrics, consensus], ignore_index=True)
+    targets = {(t["mode"], t["metric"]): t for t in tables.target_rows(both)}
+    spearman, knn = targets[("expr_to_pos", "distance_spearman_median")], targets[("expr_to_pos", "knn_preservation_k10")]
+    assert spearman["met"] is True and spearman["alphastomics"] == "0.65" and spearman["best_value"] == "0.6"
+    assert knn["met"] is False and knn["verdict"] == "NOT ahead: behind or level with celery"  # 0.10 against 0.20
+    assert "alphastomics (consensus_distance_spearman_median) 0.65" in tables.targets_text(tables.target_rows(both))
+    assert targets[("impute", "expr_mean_spearman_gene_median")]["alphastomics_metric"] == "expr_mean_spearman_gene_median"
+
+    cols = tables.headline_columns(both)
+    assert [metric for _, metric in cols][:2] == ["distance_spearman_median", "knn_preservation_k10"]
+    rows = {r["method"]: r for r in tables.summary_rows(both, cols, runs) if r["mode"] == "expr_to_pos"}
+    mine, celery = rows["alphastomics"]["cells"][0], rows["celery"]["cells"][0]
+    assert (mine["text"], mine["metric"], mine["rank"]) == ("0.65", "consensus_distance_spearman_median", "#1/3")
+    assert (celery["text"], celery["metric"], celery["rank"]) == ("0.6", "distance_spearman_median", "#2/3")
+    # without a consensus row (older sample files, peers): the draw's figure, as before
+    plain = {r["method"]: r for r in tables.summary_rows(metrics, tables.headline_columns(metrics), runs) if r["mode"] == "expr_to_pos"}
+    assert plain["alphastomics"]["cells"][0]["text"] == "0.5"
+
+
 def test_summary_page_shows_ranks_failures_and_targets(tmp_path):
     metrics, runs = _peer_frames()
     metrics.to_csv(tmp_path / "metrics.tsv", sep="\t", index=False)
