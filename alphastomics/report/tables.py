@@ -364,7 +364,7 @@ def target_rows(df: pd.DataFrame) -> list[dict]:
                 values = sub[sub["slice"] == sl].groupby("method")["value"].mean().to_dict()
                 here = dsub[(dsub["mode"] == mode) & (dsub["slice"] == sl) & (dsub["method"] == MAIN_METHOD)]
                 mine_metric = judged_metric(mode, MAIN_METHOD, metric, set(here["metric"]))
-                mine = float(here[here["metric"] == mine_metric]["value"].mean()) if mine_metric != metric else values.get(MAIN_METHOD, np.nan)
+                mine = float(here[here["metric"] == mine_metric]["value"].mean())  # NaN when AlphaSTomics has none
                 if against == "peers":
                     rivals = {m: v for m, v in values.items() if m != MAIN_METHOD and not is_reference(m)}
                 elif against == "references":
