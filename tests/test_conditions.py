@@ -82,6 +82,18 @@ def test_guidance_zero_is_unconditional_sampling_exactly(conditioned):
     assert not np.array_equal(conditional.expression, unconditional.expression)
 
 
+def test_a_push_outside_the_guidance_interval_is_the_conditional_model_exactly(conditioned):
+    """Guidance 3 limited to an interval no step falls in is sampling at scale 1; over every step it is not."""
+    model = load_model(conditioned[0])
+    data = load_slice(conditioned[1], HELD_OUT)
+    batch = apply_conditions(known_batch(model, data, "joint"), model.conditions, data.cell_types, "cell_type", {}, "test")
+    conditional = draw_samples(model, batch, "joint", 1, seed=3, steps=5, progress=False, guidance_scale=1.0)
+    nowhere = draw_samples(model, batch, "joint", 1, seed=3, steps=5, progress=False, guidance_scale=3.0, guidance_interval=(0.0, 0.0))
+    everywhere = draw_samples(model, batch, "joint", 1, seed=3, steps=5, progress=False, guidance_scale=3.0)
+    assert np.array_equal(nowhere.expression, conditional.expression) and np.array_equal(nowhere.coordinates, conditional.coordinates)
+    assert not np.array_equal(everywhere.expression, conditional.expression)
+
+
 def test_conditioning_on_cell_type_moves_generated_cells_to_that_type(conditioned):
     """pos_to_expr on the held-out slice: a classifier trained on real training cells assigns more
     generated cells to their conditioned type with the condition than without it."""
@@ -100,8 +112,9 @@ def test_conditioning_on_cell_type_moves_generated_cells_to_that_type(conditione
 def test_joint_draws_cell_types_from_the_training_composition_then_the_tissue_given_them(conditioned):
     """A joint sample of a model conditioned on cell type first draws each cell's type from the
     training composition (recorded at training, checked here by hand), then samples the tissue
-    given them (no guidance push unless a scale is asked for): generated cells are typed as their
-    drawn type more often than the unconditional draw with the same seed is. ``none`` is unconditional sampling exactly."""
+    given them (guidance 2 at the middle noise levels by default; a scale asked for applies at every
+    level): generated cells are typed as their drawn type more often than the unconditional draw
+    with the same seed is. ``none`` is unconditional sampling exactly."""
     model = load_model(conditioned[0])
     data = load_slice(conditioned[1], HELD_OUT)
     training = np.concatenate([np.asarray(load_slice(conditioned[1], s).cell_types).astype(str) for s in model.train_slices])
@@ -113,19 +126,20 @@ def test_joint_draws_cell_types_from_the_training_composition_then_the_tissue_gi
     drawn = obs["cell_type_drawn"]
     assert unguided is None and list(drawn) == model.conditions.draw_cell_types(len(data.cell_ids), 5)
     assert uns["joint_cell_types"]["cell_types"] == model.conditions.cell_types
-    assert uns["joint_cell_types"]["guidance_scale"] == 1.0
+    assert uns["joint_cell_types"]["guidance_scale"] == 2.0 and uns["joint_cell_types"]["guidance_interval"] == [0.2, 0.7]
     counts = np.array([np.sum(drawn == t) for t in model.conditions.cell_types])
     expected = len(drawn) * np.asarray(by_hand)
     assert np.all(np.abs(counts - expected) <= 4 * np.sqrt(expected) + 2)  # multinomial spread
     conditional = draw_samples(model, apply_conditions(known_batch(model, data, "joint"), model.conditions, drawn, "cell_type", {},
-                                                       "test"), "joint", 2, seed=5, steps=10, progress=False, guidance_scale=1.0)
+                                                       "test"), "joint", 2, seed=5, steps=10, progress=False, guidance_scale=2.0,
+                               guidance_interval=(0.2, 0.7))
     assert np.array_equal(draws.expression, conditional.expression)
-    pushed, uns, _, _ = guided_draws(model, known_batch(model, data, "joint"), data, "joint", 2, 5, 10, "ancestral", False,
-                                     GuidanceRequest(scale=2.0), "test")
+    everywhere, uns, _, _ = guided_draws(model, known_batch(model, data, "joint"), data, "joint", 2, 5, 10, "ancestral", False,
+                                         GuidanceRequest(scale=2.0), "test")
     guided = draw_samples(model, apply_conditions(known_batch(model, data, "joint"), model.conditions, drawn, "cell_type", {},
                                                   "test"), "joint", 2, seed=5, steps=10, progress=False, guidance_scale=2.0)
-    assert uns["joint_cell_types"]["guidance_scale"] == 2.0 and np.array_equal(pushed.expression, guided.expression)
-    assert not np.array_equal(pushed.expression, draws.expression)
+    assert uns["joint_cell_types"]["guidance_interval"] == [0.0, 1.0] and np.array_equal(everywhere.expression, guided.expression)
+    assert not np.array_equal(everywhere.expression, draws.expression)
 
     plain, uns, obs, _ = guided_draws(model, known_batch(model, data, "joint"), data, "joint", 2, 5, 10, "ancestral", False,
                                       GuidanceRequest(joint_cell_types="none"), "test")
