@@ -11,7 +11,10 @@
 3. ``denoise`` on each dataset's held-out slice with half of its non-zero values set to 0: median
    per-gene Pearson with the undropped values of the denoised expression and of the dropped input,
    beside a ridge regression fitted for this very task on the training slices (same dropout).
-4. ``--perturbation``: no bundled dataset has two conditions, so one is planted in real tissue: the
+4. ``--joint-guidance``: STARmap BZ14 ``joint`` with cell types drawn from the training
+   composition, with the default guidance (2 at the middle noise levels) and with none, seeds 0-2:
+   composition L1, neighbourhood enrichment, Moran's I and energy distance, beside the real slices.
+5. ``--perturbation``: no bundled dataset has two conditions, so one is planted in real tissue: the
    three STARmap sections (condition=control) and a copy of BZ9 whose activity genes are raised 4x
    and six other genes thinned to 25% (condition=treated). A model with the pipeline's settings
    (config/config.yaml, ``--max-steps``) is trained on BZ5, BZ9 and the treated copy; BZ14 is drawn
@@ -86,6 +89,37 @@ def conditional_and_target(checkpoint: Path, data: Path, slice_id: str, target_s
     print(f"target Pcp4:high, scale {target_scale}: mean Pcp4 +{gain:.2f} sd over the unguided draw; energy distance of the "
           f"other genes to real cells x{ratio:.3f}; targeted cells meeting the target {metrics['target_fraction_met']:.1%} "
           f"(unguided {metrics['target_fraction_met_unguided']:.1%})", flush=True)
+    return figures
+
+
+JOINT_FIGURES = ("cell_type_composition_l1", "nhood_enrichment_corr", "morans_i_corr", "expr_energy_distance_pca")
+
+
+def joint_cell_type_guidance(checkpoint: Path, data: Path, slice_id: str, seeds: list[int], out: Path,
+                             steps: int) -> dict:
+    """``joint`` with cell types drawn from the training composition, through the CLI: the default
+    guidance (2 at the middle noise levels) against no push (``--guidance-scale 1``), seed by seed,
+    scored by ``evaluate`` against the real training slices (first draw)."""
+    rows = {}
+    for setting, extra in (("scale1", ("--guidance-scale", "1")), ("default", ())):
+        for seed in seeds:
+            sample = out / f"joint_{setting}_{seed}.h5ad"
+            _cli("sample", "--checkpoint", checkpoint, "--data", data, "--slice", slice_id, "--mode", "joint", "--seed", seed,
+                 "--num-samples", 1, "--steps", steps, "--out", sample, *extra)
+            _cli("evaluate", sample, "--reference", data, "--out", out / f"joint_{setting}_{seed}.tsv")
+            table = pd.read_csv(out / f"joint_{setting}_{seed}.tsv", sep="\t")
+            rows[setting, seed] = table.query("method == 'alphastomics'").set_index("metric")["value"]
+            references = table[table["method"].str.startswith("real:")]
+    figures = {}
+    print(f"joint {slice_id}, cell types drawn, first draw of seeds {seeds}: no push (scale 1) -> default guidance")
+    for metric in JOINT_FIGURES:
+        before = [float(rows["scale1", s][metric]) for s in seeds]
+        after = [float(rows["default", s][metric]) for s in seeds]
+        real = references[references["metric"] == metric].set_index("method")["value"].round(3).to_dict()
+        figures[f"joint_drawn_types_{metric}_scale1"] = round(float(np.mean(before)), 3)
+        figures[f"joint_drawn_types_{metric}"] = round(float(np.mean(after)), 3)
+        print(f"  {metric}: {' / '.join(f'{v:.3f}' for v in before)} -> {' / '.join(f'{v:.3f}' for v in after)} "
+              f"(real slices {real})", flush=True)
     return figures
 
 
@@ -232,6 +266,8 @@ def main() -> None:
     p.add_argument("--config", type=Path, default=Path("config/config.yaml"), help="model settings of the perturbation model")
     p.add_argument("--max-steps", type=int, default=1500, help="training steps of the perturbation model")
     p.add_argument("--only-perturbation", action="store_true", help="skip parts 1-3")
+    p.add_argument("--joint-guidance", action="store_true",
+                   help="also STARmap joint with drawn cell types, default guidance against none, seeds 0-2 (minutes)")
     args = p.parse_args()
     torch.set_num_threads(2)
     starmap = args.results / "starmap_mpfc"
@@ -247,6 +283,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         summary.update(conditional_and_target(starmap / "model/model.ckpt", starmap, HELD_OUT, args.target_scale,
                                               Path(tmp), sampling))
+    if args.joint_guidance:
+        with tempfile.TemporaryDirectory() as tmp:
+            summary.update(joint_cell_type_guidance(starmap / "model/model.ckpt", starmap, HELD_OUT, [0, 1, 2], Path(tmp), args.steps))
     for dataset, slice_id in (("starmap_mpfc", "20180424_BZ14_control"), ("bdtnp_drosophila", "slab2")):
         directory = args.results / dataset
         if (directory / "model/model.ckpt").is_file():
