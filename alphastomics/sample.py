@@ -21,7 +21,7 @@ from alphastomics.checkpoint import LoadedModel, load_model
 from alphastomics.config import JOINT_CELL_TYPES
 from alphastomics.data.batch import SliceBatch
 from alphastomics.data.slices import collate, make_example
-from alphastomics.diffusion.sampler import SAMPLERS, sample
+from alphastomics.diffusion.sampler import FULL_INTERVAL, SAMPLERS, sample
 from alphastomics.diffusion.schedule import expression_noise, position_noise
 from alphastomics.errors import InputError
 from alphastomics.guidance import (
@@ -60,7 +60,7 @@ class Draws:
 def draw_samples(model: LoadedModel, batch: SliceBatch, mode: str, num_samples: int, seed: int, steps: int | None,
                  sampler: str = "ancestral", progress: bool = True, guidance_scale: float = 1.0,
                  target: Target | None = None, target_scale: float = 1.0, posterior_mean_draws: int | None = None,
-                 guidance_interval: tuple[float, float] = (0.0, 1.0)) -> Draws:
+                 guidance_interval: tuple[float, float] = FULL_INTERVAL) -> Draws:
     """``num_samples`` draws of the one slice in ``batch``; draw i uses its own generator seeded ``seed + i``,
     so each draw is reproducible alone whatever the batch it was made in. ``guidance_scale``:
     classifier-free guidance of the conditions in ``batch`` (a push past 1 only within
@@ -176,7 +176,7 @@ class GuidanceRequest:
 
     condition: str | None = None  # "cell_type" (the cells' own labels) or "cell_type=NAME"
     slice_conditions: dict[str, str] = field(default_factory=dict)
-    scale: float | None = None  # classifier-free guidance scale (None: ``guidance_scale``'s default)
+    scale: float | None = None  # classifier-free guidance scale (None: the default of ``guidance_settings``)
     target: str | None = None  # "Gene:high,..." or a TSV
     target_scale: float = 1.0
     target_cells: str | None = None  # file of cell ids
@@ -184,15 +184,12 @@ class GuidanceRequest:
 
 
 CONDITION_GUIDANCE_SCALE = 2.0  # STARmap pos_to_expr: 80% of cells typed as their condition (12% unconditionally)
-# Cell types drawn for a joint sample: pushed at the middle noise levels only. Pushed at every
-# level (scale 2) they typed the cells better but widened the expression distribution's distance
-# (STARmap BZ14 energy 1.06 -> 1.23); within (0.2, 0.7] of the steps, 3 seeds on BZ14: composition
-# L1 0.347 / 0.289 / 0.305 -> 0.303 / 0.243 / 0.287, neighbourhood enrichment 0.61 / 0.66 / 0.57 ->
-# 0.68 / 0.70 / 0.67, Moran's I 0.70 / 0.73 / 0.61 -> 0.72 / 0.76 / 0.68, energy 1.06 / 1.04 / 1.11
-# -> 1.04 / 1.05 / 1.07 (osmFISH: composition 0.975 -> 0.940, enrichment 0.44 -> 0.51, energy
-# 0.35 -> 0.40).
+# Cell types drawn for a joint sample: pushed at the middle noise levels only. Pushed at every level
+# they typed the cells better but moved the expression distribution away from real cells (STARmap
+# BZ14 energy distance 1.06 -> 1.23); at the middle levels composition, neighbourhood enrichment and
+# Moran's I still improved with the energy distance no worse (README; benchmarks/conditions.py
+# --joint-guidance).
 DRAWN_TYPES_GUIDANCE = (2.0, (0.2, 0.7))
-FULL_INTERVAL = (0.0, 1.0)
 
 
 def guidance_settings(request: GuidanceRequest, types_drawn: bool) -> tuple[float, tuple[float, float]]:

@@ -55,6 +55,7 @@ def timestep_grid(total_steps: int, steps: int | None) -> list[int]:
 
 
 SAMPLERS = ("ancestral", "ddim")
+FULL_INTERVAL = (0.0, 1.0)  # guidance_interval: every noise level
 
 
 def _ancestral_step(x_t, x0_hat, ab_t, ab_s, noise):
@@ -96,7 +97,7 @@ def sample(
     progress: bool = True,
     sampler: str = "ancestral",
     guidance_scale: float = 1.0,
-    guidance_interval: tuple[float, float] = (0.0, 1.0),
+    guidance_interval: tuple[float, float] = FULL_INTERVAL,
     expression_guidance: Callable[[torch.Tensor], torch.Tensor] | None = None,
     known_entries: torch.Tensor | None = None,
     start_step: int | None = None,

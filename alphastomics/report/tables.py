@@ -321,7 +321,7 @@ def summary_rows(df: pd.DataFrame, cols: list[tuple[str, str]], runs: pd.DataFra
                     rank = rank_of(values[metric], m, metric_direction(metric))
                     cells.append({"text": fmt_value(values[metric][m]), "best": m in best[metric],
                                   "rank": f"#{rank[0]}/{rank[1]}" if rank and rank[1] > 1 else "",
-                                  "metric": judged[metric][m]})
+                                  "metric": judged[metric][m], "point_estimate": judged[metric][m] != metric})
                 rows.append({
                     "dataset": ds, "mode": mode, "method": m, "n_slices": int(sub[sub["method"] == m]["slice"].nunique()),
                     "slices": sorted(sub[sub["method"] == m]["slice"].unique()),
@@ -391,8 +391,7 @@ def target_rows(df: pd.DataFrame) -> list[dict]:
 
 
 def _judged_on(row: dict) -> str:
-    judged = row.get("alphastomics_metric", row["metric"])
-    return "" if judged == row["metric"] else f" ({judged})"
+    return "" if row["alphastomics_metric"] == row["metric"] else f" ({row['alphastomics_metric']})"
 
 
 def targets_text(rows: list[dict]) -> str:
