@@ -8,9 +8,12 @@
 2. The same with ``--target Pcp4:high --target-scale W``: the rise of mean generated Pcp4 over the
    unguided draw of the same seed, in standard deviations of Pcp4 in the data, and the energy
    distance of the other genes to real cells, guided / unguided.
-3. ``denoise`` on each dataset's held-out slice with half of its non-zero values set to 0: median
-   per-gene Pearson with the undropped values of the denoised expression and of the dropped input,
-   beside a ridge regression fitted for this very task on the training slices (same dropout).
+3. ``denoise`` on the held-out slice of every dataset with a model under ``--results`` (the demo's
+   two, and those of config/benchmarks/ that were run), with half of its non-zero values set to 0:
+   median per-gene Pearson with the undropped values of the denoised expression and of the dropped
+   input, beside a ridge regression fitted for this very task on the training slices (same
+   dropout); the estimated dropout rate (true 0.5); and the undropped slice denoised, which should
+   come back as it was (Pearson 1).
 4. ``--joint-guidance``: STARmap BZ14 ``joint`` with cell types drawn from the training
    composition, with the default guidance (2 at the middle noise levels) and with none, seeds 0-2:
    composition L1, neighbourhood enrichment, Moran's I and energy distance, beside the real slices.
@@ -44,7 +47,8 @@ from sklearn.linear_model import Ridge
 from sklearn.neighbors import NearestNeighbors
 
 from alphastomics.checkpoint import load_model
-from alphastomics.denoise import denoise_slice
+from alphastomics.denoise import DEFAULT_DRAWS, denoise_slice
+from alphastomics.io.manifest import load_manifest
 from alphastomics.io.shards import SliceData, load_slice
 
 
@@ -161,8 +165,9 @@ def denoising(checkpoint: Path, data: Path, slice_id: str, time_fraction: float,
     truth = clean.expression
     dropped = dataclasses.replace(clean, expression=drop_half_of_nonzeros(truth, seed))
     started = time.perf_counter()
-    denoised = denoise_slice(model, dropped, time_fraction, 4, seed)
+    denoised, rate = denoise_slice(model, dropped, time_fraction, DEFAULT_DRAWS, seed)
     seconds = time.perf_counter() - started
+    untouched, _ = denoise_slice(model, clean, time_fraction, DEFAULT_DRAWS, seed)  # no dropout: nothing should be invented
     baseline = dropout_regression_baseline(data, model.train_slices, dropped)
     measured = np.flatnonzero(clean.gene_mask)
 
@@ -171,10 +176,14 @@ def denoising(checkpoint: Path, data: Path, slice_id: str, time_fraction: float,
                                 if truth[:, g].std() > 0 and values[:, g].std() > 0]))
 
     figures = {"input_pearson": round(median_pearson(dropped.expression), 3), "denoised_pearson": round(median_pearson(denoised), 3),
-               "ridge_baseline_pearson": round(median_pearson(baseline), 3), "seconds": round(seconds, 1)}
+               "ridge_baseline_pearson": round(median_pearson(baseline), 3),
+               "dropout_rate_median": round(float(np.median(rate[measured])), 3),
+               "undropped_denoised_pearson": round(median_pearson(untouched), 3), "seconds": round(seconds, 1)}
     print(f"denoise {data.name} {slice_id} (50% of non-zeros dropped, t = {time_fraction}): median per-gene Pearson with "
           f"the undropped values {figures['denoised_pearson']} (dropped input {figures['input_pearson']}; ridge regression "
-          f"fitted on the training slices with the same dropout {figures['ridge_baseline_pearson']}), {seconds:.0f} s", flush=True)
+          f"fitted on the training slices with the same dropout {figures['ridge_baseline_pearson']}), {seconds:.0f} s; "
+          f"estimated dropout rate median {figures['dropout_rate_median']} (true 0.5); the undropped slice denoised: "
+          f"{figures['undropped_denoised_pearson']}", flush=True)
     return figures
 
 
@@ -286,11 +295,13 @@ def main() -> None:
     if args.joint_guidance:
         with tempfile.TemporaryDirectory() as tmp:
             summary.update(joint_cell_type_guidance(starmap / "model/model.ckpt", starmap, HELD_OUT, [0, 1, 2], Path(tmp), args.steps))
-    for dataset, slice_id in (("starmap_mpfc", "20180424_BZ14_control"), ("bdtnp_drosophila", "slab2")):
-        directory = args.results / dataset
-        if (directory / "model/model.ckpt").is_file():
-            figures = denoising(directory / "model/model.ckpt", directory, slice_id, args.denoise_time)
-            summary.update({f"denoise_{dataset}_{k}": v for k, v in figures.items()})
+    # every dataset with a model under --results (the demo's two, and config/benchmarks/ ones that were run)
+    for checkpoint in sorted(args.results.glob("*/model/model.ckpt")):
+        directory = checkpoint.parent.parent
+        held_out = [s for s in load_manifest(directory)["slices"] if s not in load_model(checkpoint).train_slices]
+        if held_out:
+            figures = denoising(checkpoint, directory, held_out[0], args.denoise_time)
+            summary.update({f"denoise_{directory.name}_{k}": v for k, v in figures.items()})
     print(json.dumps(summary))
 
 

@@ -222,12 +222,16 @@ def test_condition_dropout_drops_whole_examples_and_single_cells(conditioned):
     assert abs(dropped_examples - p) < 0.05 and abs(dropped_cells - (1 - (1 - p) ** 2)) < 0.03
 
 
-def test_denoise_keeps_measured_values_and_fills_zeros_from_the_context(conditioned, tmp_path):
-    """Dropout only turns values into 0: measured non-zeros stay exactly, zeros are re-generated,
-    the same seed gives the same result. (How much it recovers: benchmarks/conditions.py.)"""
-    real = ad.read_h5ad(STARMAP[2])
+def test_denoise_keeps_measured_values_and_fills_the_zeros_dropout_made(conditioned, tmp_path):
+    """Dropout only turns values into 0: measured non-zeros stay exactly; with half the non-zeros
+    dropped the estimated dropout rate is about one half and zeros are filled, while the undropped
+    slice keeps every zero of a gene it lost nothing of; the same seed gives the same result.
+    (How much it recovers: benchmarks/conditions.py.)"""
+    real = ad.read_h5ad(STARMAP[2])[:400].copy()
+    clean = np.asarray(real.X.toarray() if hasattr(real.X, "toarray") else real.X, dtype=np.float32)
+    real.X = planted.drop_half_of_nonzeros(clean, 0)
     path = tmp_path / "slice.h5ad"
-    real[:400].copy().write_h5ad(path)
+    real.write_h5ad(path)
     out = tmp_path / "denoised.h5ad"
     result = _cli("denoise", "--checkpoint", conditioned[0], "--data", path, "--time", "0.3", "--num-samples", "2", "--out", out)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -236,12 +240,36 @@ def test_denoise_keeps_measured_values_and_fills_zeros_from_the_context(conditio
     cleaned = denoised.layers["denoised"]
     assert denoised.shape == (400, 166) and np.isfinite(cleaned).all() and (cleaned >= 0).all()
     assert np.array_equal(cleaned[measured > 0], measured[measured > 0])
+    assert abs(float(np.median(denoised.var["dropout_rate"])) - 0.5) < 0.1
     assert (cleaned[measured == 0] > 0).mean() > 0.05  # zeros are filled where the context says so
     model = load_model(conditioned[0])
-    again = denoise_slice(model, load_slice(conditioned[1], HELD_OUT), 0.3, 2, seed=0)
-    assert np.array_equal(again, denoise_slice(model, load_slice(conditioned[1], HELD_OUT), 0.3, 2, seed=0))  # seeded
+    slice_data = load_slice(conditioned[1], HELD_OUT)
+    again, rate = denoise_slice(model, slice_data, 0.3, 2, seed=0)
+    assert np.array_equal(again, denoise_slice(model, slice_data, 0.3, 2, seed=0)[0])  # seeded
+    kept = (rate == 0) & slice_data.gene_mask.astype(bool)
+    assert kept.mean() > 0.4  # an undropped slice: most genes have no more zeros than the training slices
+    assert np.array_equal(again[:, kept], slice_data.expression[:, kept])
     result = _cli("denoise", "--checkpoint", conditioned[0], "--data", path, "--time", "1.5", "--out", tmp_path / "bad.h5ad")
     assert result.returncode != 0 and "--time must be in (0, 1]" in result.stderr and not (tmp_path / "bad.h5ad").exists()
+
+
+def test_the_dropout_rate_and_the_chance_a_zero_was_expressed_match_a_simulated_dropout():
+    """The estimate of alphastomics.denoise against dropout simulated cell by cell: a gene expressed
+    in 40% of cells on the platform, 30% of its values dropped."""
+    from alphastomics.denoise import dropout_rate, expressed_given_zero
+
+    rng = np.random.default_rng(0)
+    expressed = rng.random((200_000, 3)) < np.array([0.4, 0.4, 1.0])
+    lost = rng.random(expressed.shape) < np.array([0.3, 0.0, 0.3])
+    observed = np.where(expressed & ~lost, 1.0, 0.0)
+    rate = dropout_rate(observed, np.array([True, True, False]), np.array([0.6, 0.6, 0.0]))
+    assert rate[0] == pytest.approx(0.3, abs=0.01) and rate[1] == pytest.approx(0.0, abs=0.01) and rate[2] == 0.0
+    zero = observed[:, 0] == 0
+    simulated = expressed[zero, 0].mean()  # of the measured zeros, the share that was expressed
+    assert expressed_given_zero(np.array([0.4]), np.array([0.3]))[0] == pytest.approx(simulated, abs=0.01)
+    assert expressed_given_zero(np.array([1.0, 0.5]), np.array([0.0, 0.0])).tolist() == [0.0, 0.0]  # nothing lost: zeros are zeros
+    assert expressed_given_zero(np.array([1.0]), np.array([0.3]))[0] == 1.0  # never zero on the platform: every zero was lost
+    assert dropout_rate(observed, np.ones(3, bool), None).tolist() == [1.0, 1.0, 1.0]  # older checkpoints: fill every zero
 
 
 def test_a_slice_condition_is_drawn_against_the_slice_as_measured_and_scored_and_drawn_in_the_report(conditioned, tmp_path):

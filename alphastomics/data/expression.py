@@ -42,6 +42,10 @@ class ExpressionCodec:
     std: np.ndarray  # (G,) scale of the magnitude channel
     floor: np.ndarray  # (G,) smallest training value: decoded values never go below it
     zero_inflated: np.ndarray  # (G,) bool: the gene has a presence channel
+    # (G,) fraction of the gene's measured training values that are exactly 0: how sparse the
+    # platform is, which tells dropout in new data from true zeros (alphastomics.denoise); None in
+    # checkpoints written before it was recorded
+    zero_fraction: np.ndarray | None = None
 
     @property
     def num_genes(self) -> int:
@@ -81,7 +85,9 @@ class ExpressionCodec:
         std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
         std = np.where(std < 1e-6, 1.0, std)  # constant genes: keep them centred, not blown up
         floor = np.where(np.isfinite(floor), floor, 0.0)
-        return cls(code, mean.astype(np.float32), std.astype(np.float32), floor.astype(np.float32), zero_inflated)
+        zero_fraction = np.where(n > 0, zeros / np.maximum(n, 1), 0.0)
+        return cls(code, mean.astype(np.float32), std.astype(np.float32), floor.astype(np.float32), zero_inflated,
+                   zero_fraction.astype(np.float32))
 
     def encode(self, expression: np.ndarray, gene_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(cells, G) normalised expression -> (channels (cells, C), target mask (cells, C)).
@@ -113,19 +119,26 @@ class ExpressionCodec:
     def decode_expectation(self, channels: np.ndarray) -> np.ndarray:
         """(..., C) expected channel values (a denoiser's x0 estimate: presence bits in [-1, 1]) ->
         (..., G) expected expression: P(expressed) x the de-standardised expected magnitude."""
+        probability, magnitude = self.decode_parts(channels)
+        return (probability * magnitude).astype(np.float32)
+
+    def decode_parts(self, channels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(..., C) expected channel values -> ((..., G) P(expressed), 1 for genes without a presence
+        channel; (..., G) the de-standardised expected magnitude where expressed)."""
         G = self.num_genes
-        value = np.maximum(channels[..., :G] * self.std + self.mean, self.floor)
+        magnitude = np.maximum(channels[..., :G] * self.std + self.mean, self.floor).astype(np.float32)
+        probability = np.ones(magnitude.shape, dtype=np.float32)
         if self.zero_inflated.any():
-            probability = np.ones(value.shape, dtype=np.float32)
             probability[..., self.zero_inflated] = np.clip((channels[..., G:] + 1.0) / 2.0, 0.0, 1.0)
-            value = value * probability
-        return value.astype(np.float32)
+        return probability, magnitude
 
     def to_dict(self) -> dict:
         return {"code": self.code, "mean": self.mean.tolist(), "std": self.std.tolist(), "floor": self.floor.tolist(),
-                "zero_inflated": self.zero_inflated.astype(bool).tolist()}
+                "zero_inflated": self.zero_inflated.astype(bool).tolist(),
+                "zero_fraction": None if self.zero_fraction is None else self.zero_fraction.tolist()}
 
     @classmethod
     def from_dict(cls, d: dict) -> "ExpressionCodec":
         return cls(d["code"], np.asarray(d["mean"], dtype=np.float32), np.asarray(d["std"], dtype=np.float32),
-                   np.asarray(d["floor"], dtype=np.float32), np.asarray(d["zero_inflated"], dtype=bool))
+                   np.asarray(d["floor"], dtype=np.float32), np.asarray(d["zero_inflated"], dtype=bool),
+                   None if d.get("zero_fraction") is None else np.asarray(d["zero_fraction"], dtype=np.float32))
