@@ -89,6 +89,7 @@ class Sample:
     consensus_positions: np.ndarray | None = None  # obsm['spatial_pred_consensus']: expr_to_pos consensus layout
     coordinate_frame: str = "per_slice"
     train_slices: list[str] = field(default_factory=list)
+    drawn_types: np.ndarray | None = None  # joint: obs['cell_type_drawn'], the type each generated cell was drawn with
 
     @property
     def paired(self) -> bool:
@@ -237,6 +238,7 @@ def sample_from_anndata(adata, dataset: str | None = None, method: str | None = 
         consensus_positions=consensus_positions,
         coordinate_frame=str(info.get("coordinate_frame") or "per_slice"),
         train_slices=_uns_list(info.get("train_slices")),
+        drawn_types=adata.obs["cell_type_drawn"].astype(str).to_numpy() if mode == "joint" and "cell_type_drawn" in adata.obs else None,
     )
 
 
@@ -498,7 +500,7 @@ def _reference_rows(sample: Sample, config: EvaluationConfig, reference_dir, out
     results = references.joint_rows(
         sample.true_expression, sample.true_positions, true_types, sample.generated_expression, sample.generated_positions,
         reference, n_pcs=DISTRIBUTION_PCS, max_cells=ENERGY_MAX_CELLS, label_k=LABEL_TRANSFER_K, morans_k=config.morans_k,
-        permutations=ENRICHMENT_PERMUTATIONS, shape_pairs=SHAPE_PAIRS, seed=config.seed)
+        permutations=ENRICHMENT_PERMUTATIONS, shape_pairs=SHAPE_PAIRS, seed=config.seed, drawn_types=sample.drawn_types)
     seconds = time.perf_counter() - start
     for name, (values, how) in results.items():
         if name == "generated":

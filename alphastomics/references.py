@@ -121,9 +121,13 @@ def joint_rows(
     permutations: int,
     shape_pairs: int,
     seed: int,
+    drawn_types: np.ndarray | None = None,
 ) -> dict[str, tuple[dict, dict]]:
     """Distribution metrics of the generated slice and of every reference slice against the test slice.
 
+    ``drawn_types``: the cell type each generated cell was drawn with (a joint sample of a model
+    conditioned on cell type, obs['cell_type_drawn']), which splits the generated slice's
+    composition distance into the draw of types and how well the cells carry them.
     Returns method -> (values, how); the generated slice is under the key ``"generated"``.
     """
     typer = CellTyper(reference, n_pcs, label_k, seed)
@@ -217,6 +221,19 @@ def joint_rows(
         how["cell_type_classifier_composition_l1_on_test"] = {
             "formula": "cell_type_composition_l1 of the test slice's own cells typed by the classifier, against their "
                        "labels: the figure a generator of exactly these cells would get", "typed_by": typer_name(label_k)}
+        if drawn_types is not None:
+            drawn = np.asarray(drawn_types).astype(str)
+            # read beside cell_type_classifier_accuracy_on_test: cells that carry their type as well as
+            # real cells do are typed as often
+            values["cell_type_drawn_accuracy"] = float(np.mean(typer.predict(generated_expression).astype(str) == drawn))
+            how["cell_type_drawn_accuracy"] = {
+                "formula": "share of generated cells the classifier types as the cell type they were drawn with "
+                           "(obs['cell_type_drawn'])", "typed_by": typer_name(label_k)}
+            values["cell_type_drawn_composition_l1"] = distribution.composition_l1(
+                drawn, true_types[true_known].astype(str), types)
+            how["cell_type_drawn_composition_l1"] = {
+                "formula": "sum over cell types of |fraction drawn - fraction in the test slice|: the part of "
+                           "cell_type_composition_l1 that comes from drawing the types from the training composition"}
     return rows
 
 

@@ -126,3 +126,19 @@ def test_joint_reference_rows_rank_a_real_slice_above_noise(starmap_dir):
     floor = rows["generated"][0]["cell_type_classifier_composition_l1_on_test"]
     assert floor == pytest.approx(same["generated"][0]["cell_type_composition_l1"])
     assert metric_direction("cell_type_classifier_composition_l1_on_test") is None  # the instrument's, not a score
+
+    # a joint sample's drawn types: real cells drawn with their own labels are typed as often as the
+    # classifier types real cells; the same labels in another order keep the composition, not the match
+    labels = test.cell_types.astype(object)
+    for drawn, composition in ((labels, 0.0), (labels[::-1], 0.0), (np.full(len(labels), "Astro", dtype=object), None)):
+        rows = joint_rows(test.expression, test.coords[:, :2], labels, test.expression, test.coords[:, :2], reference,
+                          n_pcs=30, max_cells=2000, label_k=15, morans_k=10, permutations=20, shape_pairs=20000, seed=0,
+                          drawn_types=drawn)
+        values = rows["generated"][0]
+        assert values["cell_type_drawn_accuracy"] == pytest.approx(np.mean(typer.predict(test.expression) == drawn.astype(str)))
+        if composition is not None:
+            assert values["cell_type_drawn_composition_l1"] == pytest.approx(composition, abs=1e-12)
+        else:
+            assert values["cell_type_drawn_composition_l1"] == pytest.approx(2 * (1 - np.mean(labels.astype(str) == "Astro")))
+    assert rows["generated"][0]["cell_type_drawn_accuracy"] < 0.2
+    assert "cell_type_drawn_accuracy" not in same["generated"][0]  # no drawn types, no figure

@@ -37,6 +37,7 @@ METRIC_DIRECTION: dict[str, str] = {
     "cell_type_composition_l1": "lower",
     "cell_type_composition_l1_typed": "lower",
     "cell_type_classifier_accuracy_on_test": "higher",
+    "cell_type_drawn_accuracy": "higher",
     "extent_ratio_": "one",
     "distance_wasserstein_unit_rms": "lower",
     "nn_distance_ratio_median": "one",
