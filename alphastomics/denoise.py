@@ -11,7 +11,7 @@ P(expressed | 0) = p d / (p d + 1 - p): a gene that is often truly zero on the p
 of its zeros. d is estimated per gene from how many more zeros the slice has than the model's
 training data had, 1 - (1 - zeros in the slice) / (1 - zeros in training), so the same command
 leaves data without dropout as it was (STARmap BZ14 undropped: per-gene Pearson with the input 1.0,
-0.989 when every zero was filled with p x m) and fills dense in situ data with dropout fully
+0.994 when every zero was filled with p x m) and fills dense in situ data with dropout fully
 (BDTNP). Output: the input cells with ``layers['denoised']`` beside ``X``, and each gene's estimated
 dropout rate in ``var['dropout_rate']``.
 """
