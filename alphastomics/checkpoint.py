@@ -5,7 +5,9 @@ dict), ``genes``, ``codec`` (expression code and per-gene moments, alphastomics.
 ``frame`` (coordinate frame fitted on the training slices, alphastomics.data.frames),
 ``train_slices`` (the slices the model was trained on), ``preprocessing`` (the training data's
 normalisation and measured genes, to match a user's file), ``state_dict`` (network weights only),
-``training`` (steps, epochs, source checkpoint). A Lightning checkpoint file or a DeepSpeed
+``training`` (steps, epochs, source checkpoint), and, when exported with the training data,
+``expression_calibration`` (per-gene factors of the pos_to_expr posterior mean,
+``alphastomics.sample.expression_level_calibration``). A Lightning checkpoint file or a DeepSpeed
 checkpoint directory (ZeRO shards) can both be exported to it.
 """
 
@@ -61,7 +63,9 @@ def read_training_checkpoint(path: str | Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
-def export_model(training_checkpoint: str | Path, out: str | Path) -> Path:
+def export_model(training_checkpoint: str | Path, out: str | Path, data_dir: str | Path | None = None) -> Path:
+    """The single-file model of a training checkpoint; with ``data_dir`` (the preprocessed dataset it
+    was trained on) the posterior mean of expression is calibrated on the training slices."""
     ckpt = read_training_checkpoint(training_checkpoint)
     hp = ckpt.get("hyper_parameters", {})
     if "config" not in hp or "genes" not in hp:
@@ -69,26 +73,29 @@ def export_model(training_checkpoint: str | Path, out: str | Path) -> Path:
     # The moving average of the weights when training kept one, else the last weights.
     prefix = EMA_PREFIX if any(k.startswith(EMA_PREFIX) for k in ckpt["state_dict"]) else NETWORK_PREFIX
     state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
-    atomic_torch_save(
-        {
-            "format": FORMAT,
-            "config": hp["config"],
-            "genes": hp["genes"],
-            "codec": hp["codec"],
-            "frame": hp["coordinate_frame"],
-            "train_slices": list(hp.get("train_slices") or []),
-            "preprocessing": hp.get("preprocessing") or {},
-            "conditions": hp.get("conditions") or {},
-            "state_dict": state,
-            "training": {
-                "global_step": ckpt.get("global_step"),
-                "epoch": ckpt.get("epoch"),
-                "source": str(training_checkpoint),
-                "weights": "moving average" if prefix == EMA_PREFIX else "last step",
-            },
+    blob = {
+        "format": FORMAT,
+        "config": hp["config"],
+        "genes": hp["genes"],
+        "codec": hp["codec"],
+        "frame": hp["coordinate_frame"],
+        "train_slices": list(hp.get("train_slices") or []),
+        "preprocessing": hp.get("preprocessing") or {},
+        "conditions": hp.get("conditions") or {},
+        "state_dict": state,
+        "training": {
+            "global_step": ckpt.get("global_step"),
+            "epoch": ckpt.get("epoch"),
+            "source": str(training_checkpoint),
+            "weights": "moving average" if prefix == EMA_PREFIX else "last step",
         },
-        out,
-    )
+    }
+    if data_dir is not None:
+        from alphastomics.sample import expression_level_calibration
+
+        model = model_from_blob(blob)
+        blob["expression_calibration"] = expression_level_calibration(model, data_dir).tolist()
+    atomic_torch_save(blob, out)
     return Path(out)
 
 
@@ -119,6 +126,7 @@ class LoadedModel:
     sha256: str
     preprocessing: dict | None = None  # training data: "normalization" applied, "measured_genes" (bool per gene)
     conditions: ConditionVocabulary | None = None  # what the model can be conditioned on
+    expression_calibration: np.ndarray | None = None  # (G,) factors of the pos_to_expr posterior mean; None: not calibrated
 
     @property
     def training_normalization(self) -> str:
@@ -143,6 +151,11 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
         found = blob.get("format") if isinstance(blob, dict) else None
         hint = f"it is {found}, made by an older version: train again" if found else "run `alphastomics export` on a training checkpoint"
         raise InputError(f"{path}: not an AlphaSTomics {FORMAT} model file ({hint})")
+    return model_from_blob(blob, file_sha256(path), device, source=str(path))
+
+
+def model_from_blob(blob: dict, sha256: str = "", device: str | torch.device = "cpu", source: str = "model") -> LoadedModel:
+    """A model from the dict of a model file (``load_model``, or ``export_model`` before it writes one)."""
     config = config_from_dict(blob["config"])
     codec = ExpressionCodec.from_dict(blob["codec"])
     frame = CoordinateFrame.from_dict(blob["frame"])
@@ -152,16 +165,20 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
         network.load_state_dict(blob["state_dict"])
     except RuntimeError as err:
         first = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
-        raise InputError(f"{path}: its weights do not fit this version's network ({first[:200]}); train again") from None
+        raise InputError(f"{source}: its weights do not fit this version's network ({first[:200]}); train again") from None
     network.to(device).eval()
     schedule = NoiseSchedule(config.diffusion.diffusion_steps, config.diffusion.nu_expression, config.diffusion.nu_position).to(device)
+    calibration = blob.get("expression_calibration")
     return LoadedModel(network, schedule, config, list(blob["genes"]), codec, frame, list(blob.get("train_slices", [])),
-                       file_sha256(path), blob.get("preprocessing") or {}, conditions)
+                       sha256, blob.get("preprocessing") or {}, conditions,
+                       None if calibration is None else np.asarray(calibration, dtype=np.float32))
 
 
 def add_arguments(p) -> None:
     p.add_argument("--checkpoint", required=True, help="Lightning checkpoint file, DeepSpeed checkpoint directory, or training.json of a run")
     p.add_argument("--out", required=True, help="single-file model for `alphastomics sample` (model.ckpt)")
+    p.add_argument("--data", default=None, help="the preprocessed dataset the model was trained on: calibrates the per-gene "
+                                                 "level of pos_to_expr's posterior mean on the training slices")
 
 
 def main(args) -> int:
@@ -173,5 +190,5 @@ def main(args) -> int:
             raise InputError(f"training summary not found: {source}")
         summary = json.loads(source.read_text())
         source = source.parent / (summary.get("best_checkpoint") or summary["last_checkpoint"])
-    export_model(source, args.out)
+    export_model(source, args.out, args.data)
     return 0

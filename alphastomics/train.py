@@ -506,7 +506,7 @@ def train(config: Config, data_dir: str | Path, out_dir: str | Path, test_ids=()
         if export_to:
             from alphastomics.checkpoint import export_model
 
-            export_model(best, export_to)
+            export_model(best, export_to, data_dir)
             summary["exported"] = str(export_to)
         tmp = out_dir / ".training.json.tmp"
         tmp.write_text(json.dumps(summary, indent=2))

@@ -433,3 +433,43 @@ def test_a_patch_trained_model_says_it_cannot_lay_out_a_whole_slice(bdtnp_dir, t
     assert f'<p class="warn"><b>slab2 · expr_to_pos · alphastomics</b>: {escape(caveat)}.</p>' in html
     filled = sample_slice(tmp_path / "patches.ckpt", bdtnp_dir, "slab2", "pos_to_expr", steps=2, num_samples=1, progress=False)
     assert "caveat" not in filled.uns["alphastomics"]
+
+
+def test_the_exported_posterior_mean_of_expression_averages_to_the_training_mean(small_models, tmp_path):
+    """export --data calibrates pos_to_expr's posterior mean per gene on the training slices: over
+    the training cells it averages to each gene's training mean; on the held-out slice it is the
+    uncalibrated posterior mean times the factors (the same correlations); a file exported without
+    data samples as before."""
+    from scipy.stats import pearsonr
+
+    from alphastomics.checkpoint import load_model
+    from alphastomics.sample import CALIBRATION_DRAWS, draw_samples, expected_expression, known_batch
+
+    checkpoint, data_dir, slice_id = small_models["starmap"]
+    model = load_model(checkpoint)  # train(..., export_to=...) exports with the training data
+    assert model.expression_calibration is not None and model.expression_calibration.shape == (len(model.genes),)
+    predicted, measured = [], []
+    for train_slice in model.train_slices:
+        data = load_slice(data_dir, train_slice)
+        n = len(data.cell_ids)
+        predicted.append(expected_expression(model, known_batch(model, data, "pos_to_expr"), list(range(CALIBRATION_DRAWS)))[:n])
+        measured.append(data.expression)
+    calibrated_level = (np.concatenate(predicted) * model.expression_calibration).mean(0)
+    assert np.allclose(calibrated_level, np.concatenate(measured).mean(0), rtol=1e-3, atol=1e-5)
+
+    plain = tmp_path / "plain.ckpt"
+    result = subprocess.run([sys.executable, "-m", "alphastomics.cli", "export", "--checkpoint",
+                             str(Path(checkpoint).parent / "starmap" / "training.json"), "--out", str(plain)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    uncalibrated = load_model(plain)
+    assert uncalibrated.expression_calibration is None
+    data = load_slice(data_dir, slice_id)
+    with_factors = draw_samples(model, known_batch(model, data, "pos_to_expr"), "pos_to_expr", 1, 0, 5, progress=False,
+                                posterior_mean_draws=4).expected_expression
+    without = draw_samples(uncalibrated, known_batch(uncalibrated, data, "pos_to_expr"), "pos_to_expr", 1, 0, 5, progress=False,
+                           posterior_mean_draws=4).expected_expression
+    assert np.allclose(with_factors, without * model.expression_calibration, rtol=1e-5, atol=1e-6)
+    gene = int(np.argmax(without.std(0)))
+    assert pearsonr(with_factors[:, gene], data.expression[:, gene])[0] == pytest.approx(
+        pearsonr(without[:, gene], data.expression[:, gene])[0], abs=1e-5)

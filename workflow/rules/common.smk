@@ -256,7 +256,7 @@ SLICE_READING = ["io/shards.py", "io/manifest.py", "io/files.py", "io/names.py"]
 STAGE_CODE = {
     "preprocess": ["preprocess.py", "io", "errors.py"],
     "train": ["train.py", "config.py", "model", "diffusion", "data", *SLICE_READING],
-    "export": ["checkpoint.py"],
+    "export": ["checkpoint.py", "sample.py", "model", "diffusion", "data", *SLICE_READING],  # calibration runs the model
     "sample": ["sample.py", "diffusion", "model", "data", "checkpoint.py", "config.py", *SLICE_READING],
     "evaluate": ["evaluate.py", "references.py", "metrics", *SLICE_READING],
     "report": ["report", "runs.py"],

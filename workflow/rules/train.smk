@@ -55,17 +55,20 @@ rule train:
 
 
 # DeepSpeed writes a checkpoint directory; this rule turns any training checkpoint into the one
-# file that sampling loads.
+# file that sampling loads, calibrating the posterior mean of expression on the training slices.
 rule export_model:
     input:
-        "results/{dataset}/model/training.json",
+        training="results/{dataset}/model/training.json",
+        manifest="results/{dataset}/manifest.json",
     output:
         "results/{dataset}/model/model.ckpt",
     params:
+        data=lambda w: f"results/{w.dataset}",
         code=code_fingerprint("export"),
     log:
         "logs/{dataset}/export_model.log",
+    threads: 1
     conda:
         ENV
     shell:
-        "alphastomics export --checkpoint {input:q} --out {output:q} > {log:q} 2>&1"
+        "alphastomics --threads {threads} export --checkpoint {input.training:q} --data {params.data:q} --out {output:q} > {log:q} 2>&1"
