@@ -293,7 +293,7 @@ def test_a_slice_condition_is_drawn_against_the_slice_as_measured_and_scored_and
     data = load_slice(conditioned[1], HELD_OUT)
     as_measured = apply_conditions(known_batch(model, data, "pos_to_expr"), model.conditions, data.cell_types, None,
                                    {"condition": "control"}, "test")
-    expected = expected_expression(model, as_measured, [0, 1, 2, 3], chunk=2)[: len(data.cell_ids)]
+    expected = expected_expression(model, as_measured, [0, 1, 2, 3], chunk=2)[: len(data.cell_ids)] * model.expression_calibration
     np.testing.assert_allclose(drawn.layers["expr_pred_mean_unguided"], expected, rtol=1e-4, atol=1e-5)
     assert not np.allclose(drawn.layers["expr_pred_mean"], drawn.layers["expr_pred_mean_unguided"])
 
