@@ -183,7 +183,7 @@ def joint_rows(
                                            "vs this slice's expression on its own coordinates", "k": morans_k}
         if classifier is not None:
             if labels is None:
-                labels = typer.predict(expr)
+                labels = generated_typed = typer.predict(expr)
                 typed_by = typer_name(label_k)
             else:
                 typed_by = "the slice's own labels"
@@ -225,7 +225,7 @@ def joint_rows(
             drawn = np.asarray(drawn_types).astype(str)
             # read beside cell_type_classifier_accuracy_on_test: cells that carry their type as well as
             # real cells do are typed as often
-            values["cell_type_drawn_accuracy"] = float(np.mean(typer.predict(generated_expression).astype(str) == drawn))
+            values["cell_type_drawn_accuracy"] = float(np.mean(np.asarray(generated_typed).astype(str) == drawn))
             how["cell_type_drawn_accuracy"] = {
                 "formula": "share of generated cells the classifier types as the cell type they were drawn with "
                            "(obs['cell_type_drawn'])", "typed_by": typer_name(label_k)}

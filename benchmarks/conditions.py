@@ -159,8 +159,14 @@ def dropout_regression_baseline(data: Path, train_slices: list[str], dropped: Sl
     return np.where(dropped.expression > 0, dropped.expression, predicted).astype(np.float32)
 
 
-def denoising(checkpoint: Path, data: Path, slice_id: str, time_fraction: float, seed: int = 0) -> dict:
+def denoising(checkpoint: Path, data: Path, slice_id: str | None, time_fraction: float, seed: int = 0) -> dict | None:
+    """The figures on ``slice_id`` (default: the first slice of the dataset the model was not trained on; None if none)."""
     model = load_model(checkpoint)
+    if slice_id is None:
+        held_out = [s for s in load_manifest(data)["slices"] if s not in model.train_slices]
+        if not held_out:
+            return None
+        slice_id = held_out[0]
     clean = load_slice(data, slice_id)
     truth = clean.expression
     dropped = dataclasses.replace(clean, expression=drop_half_of_nonzeros(truth, seed))
@@ -298,9 +304,8 @@ def main() -> None:
     # every dataset with a model under --results (the demo's two, and config/benchmarks/ ones that were run)
     for checkpoint in sorted(args.results.glob("*/model/model.ckpt")):
         directory = checkpoint.parent.parent
-        held_out = [s for s in load_manifest(directory)["slices"] if s not in load_model(checkpoint).train_slices]
-        if held_out:
-            figures = denoising(checkpoint, directory, held_out[0], args.denoise_time)
+        figures = denoising(checkpoint, directory, None, args.denoise_time)
+        if figures is not None:
             summary.update({f"denoise_{directory.name}_{k}": v for k, v in figures.items()})
     print(json.dumps(summary))
 
