@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("alphastomics.train", "train the diffusion model on the shards of a dataset"),
     "sample": ("alphastomics.sample", "sample one slice in a mode -> h5ad with true and generated values"),
     "evaluate": ("alphastomics.evaluate", "score one sample file -> tidy metric table"),
-    "denoise": ("alphastomics.denoise", "denoised expression of measured cells (model run from a small diffusion time)"),
+    "denoise": ("alphastomics.denoise", "denoised expression of measured cells (zeros regenerated from the tissue context)"),
     "extract": ("alphastomics.extract", "per-cell embeddings of any h5ad -> obsm['X_alphastomics'] (for scanpy neighbors/leiden)"),
     "test": ("alphastomics.benchmark_checkpoint", "the whole benchmark of one checkpoint without Snakemake: sample every held-out slice "
                                        "in every mode, evaluate, report"),

@@ -47,7 +47,7 @@ from sklearn.linear_model import Ridge
 from sklearn.neighbors import NearestNeighbors
 
 from alphastomics.checkpoint import load_model
-from alphastomics.denoise import DEFAULT_DRAWS, denoise_slice
+from alphastomics.denoise import DEFAULT_DRAWS, DEFAULT_TIME, denoise_slice
 from alphastomics.io.manifest import load_manifest
 from alphastomics.io.shards import SliceData, load_slice
 
@@ -273,7 +273,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--results", default="results", type=Path)
     p.add_argument("--target-scale", type=float, default=1.0)
-    p.add_argument("--denoise-time", type=float, default=0.2)
+    p.add_argument("--denoise-time", type=float, default=DEFAULT_TIME)
     # the pipeline's sampling settings (config/config.yaml), not the model's own defaults
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--num-samples", type=int, default=4)

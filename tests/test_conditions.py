@@ -272,6 +272,43 @@ def test_the_dropout_rate_and_the_chance_a_zero_was_expressed_match_a_simulated_
     assert dropout_rate(observed, np.ones(3, bool), None).tolist() == [1.0, 1.0, 1.0]  # older checkpoints: fill every zero
 
 
+def test_each_cells_chance_of_expression_is_matched_to_the_nonzeros_it_kept():
+    """Cells that differ in how many genes they express (depth), half of their non-zeros dropped, and
+    a model that reads every cell at face value (the gene's base rate): matched to the non-zeros each
+    cell kept, P(expressed | measured 0) follows the simulated share of expressed genes among each
+    depth group's zeros; without the match it does not. Genes outside ``adjustable`` are left alone."""
+    from alphastomics.denoise import expressed_given_zero, match_kept_nonzeros
+
+    rng = np.random.default_rng(0)
+    depth, base = rng.normal(0, 1, (3000, 1)), rng.normal(-0.5, 1, (1, 150))
+    expressed = rng.random((3000, 150)) < 1 / (1 + np.exp(-(depth + base)))
+    observed = expressed & (rng.random(expressed.shape) >= 0.5)
+    rate = np.full(150, 0.5)
+    face_value = np.broadcast_to(1 / (1 + np.exp(-base)), expressed.shape).astype(np.float32)
+    adjustable = np.ones(150, bool)
+    adjustable[:10] = False
+    matched = match_kept_nonzeros(face_value, rate, observed, adjustable)
+    assert np.array_equal(matched[:, :10], face_value[:, :10])
+    group = np.digitize(depth[:, 0], np.quantile(depth[:, 0], [0.2, 0.4, 0.6, 0.8]))
+    for probability, tolerance in [(matched, 0.03), (face_value, None)]:
+        errors = []
+        for g in range(5):
+            zeros = ~observed[group == g][:, 10:]
+            simulated = expressed[group == g][:, 10:][zeros].mean()
+            estimated = expressed_given_zero(probability[group == g][:, 10:], rate[None, 10:])[zeros].mean()
+            errors.append(abs(estimated - simulated))
+        if tolerance is not None:
+            assert max(errors) < tolerance
+        else:
+            assert max(errors) > 0.1  # read at face value, the deepest and shallowest cells are far off
+    true_model = (1 / (1 + np.exp(-(depth + base)))).astype(np.float32)  # a model that already knows each cell's depth
+    rematched = match_kept_nonzeros(true_model, rate, observed, adjustable)
+    assert abs(float((rematched - true_model).mean())) < 0.01  # unbiased: only each cell's counting noise is added
+    assert np.corrcoef(rematched.ravel(), true_model.ravel())[0, 1] > 0.95
+    none_kept = match_kept_nonzeros(face_value[:1], rate, np.zeros((1, 150), bool), adjustable)
+    assert none_kept[0, 10:].max() < 1e-6  # a cell that kept nothing expresses nothing of what it could have kept
+
+
 def test_a_slice_condition_is_drawn_against_the_slice_as_measured_and_scored_and_drawn_in_the_report(conditioned, tmp_path):
     """BZ14 (control) drawn under condition=treated: the baseline is the same seeds under the
     slice's own condition (not unconditional), the posterior means of both are kept, the shift
