@@ -7,7 +7,8 @@ and targets (gradient guidance on expression, inverse design).
 - ``--target Gad1:high,Slc17a7:low`` (or a TSV of gene, target, weight) asks for expression levels:
   ``high`` is the gene's typical high level in the training data (mean + 1.5 sd of its expressed
   values), ``low`` its floor (0 for normalised counts), a number is taken as is. Optionally only
-  for some cells (``--target-cells``, a file of cell ids). At every sampling step the expression x0
+  for some cells: ``--target-cells`` (a file of cell ids) and/or ``--target-region`` (a box on the
+  slice's coordinates, where they are given: ``pos_to_expr``, ``impute``). At every sampling step the expression x0
   estimate moves down the gradient of J = sum_g w_g (E[x_g] - target_g)^2 / (2 sd_g^2), with
   E[x_g] = P(expressed) x magnitude (non-negative by construction); ``--target-scale`` sets the
   step (1: a magnitude moves all the way to its target in one step).
@@ -87,8 +88,38 @@ class Target:
     labels: list[str]  # as given, for the output
 
 
-def parse_target(spec: str, genes: list[str], codec: ExpressionCodec, cell_ids=None, cells_file: str | None = None) -> Target:
-    """``Gene:high,Gene:low,Gene:2.5`` or a TSV (gene, target[, weight]) -> Target."""
+def region_cells(spec: str, coords: np.ndarray | None) -> np.ndarray:
+    """``X0:X1,Y0:Y1[,Z0:Z1]`` -> (N,) bool: the cells whose given coordinates lie in the box, in the
+    slice's own units (obsm['spatial']); an empty bound is open (``:500,200:`` is x <= 500 and
+    y >= 200), an axis left out is not limited."""
+    if coords is None:
+        raise InputError(f"--target-region {spec}: a region needs the slice's coordinates, which this mode generates "
+                         "(use pos_to_expr or impute, or --target-cells)")
+    inside = np.ones(len(coords), dtype=bool)
+    axes = spec.split(",")
+    if len(axes) > coords.shape[1]:
+        raise InputError(f"--target-region {spec}: {len(axes)} axes for {coords.shape[1]}-D coordinates")
+    for axis, bounds in enumerate(axes):
+        low, sep, high = bounds.strip().partition(":")
+        try:
+            low_value = float(low) if low.strip() else -np.inf
+            high_value = float(high) if high.strip() else np.inf
+        except ValueError:
+            low_value = high_value = None
+        if not sep or low_value is None or low_value > high_value:
+            raise InputError(f"--target-region {spec}: expected X0:X1,Y0:Y1[,Z0:Z1] with numbers (empty for open), "
+                             f"low <= high; got {bounds!r}")
+        inside &= (coords[:, axis] >= low_value) & (coords[:, axis] <= high_value)
+    if not inside.any():
+        spans = ", ".join(f"{name} {coords[:, a].min():.4g}..{coords[:, a].max():.4g}" for a, name in zip(range(coords.shape[1]), "xyz"))
+        raise InputError(f"--target-region {spec}: no cell lies in it (the slice spans {spans})")
+    return inside
+
+
+def parse_target(spec: str, genes: list[str], codec: ExpressionCodec, cell_ids=None, cells_file: str | None = None,
+                 coords: np.ndarray | None = None, region: str | None = None) -> Target:
+    """``Gene:high,Gene:low,Gene:2.5`` or a TSV (gene, target[, weight]) -> Target, for the cells of
+    ``cells_file`` and inside ``region`` (``region_cells``) when given (both: those in both)."""
     rows: list[tuple[str, str, float]] = []
     if Path(spec).is_file():
         table = pd.read_csv(spec, sep=None, engine="python", header=None, comment="#")
@@ -130,6 +161,11 @@ def parse_target(spec: str, genes: list[str], codec: ExpressionCodec, cell_ids=N
         cells = np.array([str(c) in wanted for c in cell_ids])
         if not cells.any():
             raise InputError(f"{cells_file}: none of its cell ids is in the data")
+    if region is not None:
+        inside = region_cells(region, coords)
+        cells = inside if cells is None else cells & inside
+        if not cells.any():
+            raise InputError(f"--target-region {region}: none of the cells of --target-cells lies in it")
     return Target(np.array(idx), np.array(values, np.float32), np.array(weights, np.float32), cells, labels)
 
 

@@ -211,6 +211,7 @@ class GuidanceRequest:
     target: str | None = None  # "Gene:high,..." or a TSV
     target_scale: float = 1.0
     target_cells: str | None = None  # file of cell ids
+    target_region: str | None = None  # "X0:X1,Y0:Y1[,Z0:Z1]" on the given coordinates
     joint_cell_types: str | None = None  # joint: "training" | "none" (default: sampling.joint_cell_types)
 
 
@@ -285,7 +286,9 @@ def guided_draws(model: LoadedModel, batch: SliceBatch, data: SliceData, mode: s
     if request.target:
         if "expression" not in GENERATED[mode]:
             raise InputError(f"--target steers generated expression: mode {mode} generates none")
-        target = parse_target(request.target, model.genes, model.codec, data.cell_ids, request.target_cells)
+        given = None if "position" in GENERATED[mode] else data.coords[:, : data.n_dims]
+        target = parse_target(request.target, model.genes, model.codec, data.cell_ids, request.target_cells, given,
+                              request.target_region)
     scale, interval = guidance_settings(request, drawn is not None)
     draws = draw_samples(model, batch, mode, num_samples, seed, steps, sampler, progress, scale, target, request.target_scale,
                          posterior_mean_draws, interval)
@@ -329,7 +332,7 @@ def guided_draws(model: LoadedModel, batch: SliceBatch, data: SliceData, mode: s
         if target.cells is not None:
             obs["targeted"] = target.cells
         uns["target"] = {"genes": [model.genes[g] for g in genes], "spec": target.labels, "levels": target.values.tolist(),
-                         "weights": target.weights.tolist(), "scale": request.target_scale,
+                         "weights": target.weights.tolist(), "scale": request.target_scale, "region": request.target_region or "",
                          "unguided_mean": unguided.expression[0][:, genes].mean(0).tolist(),
                          "n_targeted_cells": int(len(data.cell_ids) if target.cells is None else target.cells.sum())}
     return draws, uns, obs, unguided
@@ -688,6 +691,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                        help="expression levels to steer generated cells towards (gradient guidance)")
     guide.add_argument("--target-scale", type=float, default=1.0, help="step of the target guidance (default 1)")
     guide.add_argument("--target-cells", default=None, metavar="FILE", help="cell ids (one per line) the target applies to")
+    guide.add_argument("--target-region", default=None, metavar="X0:X1,Y0:Y1[,Z0:Z1]",
+                       help="the target applies to the cells in this box of the slice's coordinates (its own units; an empty "
+                            "bound is open); pos_to_expr and impute")
     p.add_argument("--atlas-context-cells", type=int, default=None, metavar="N",
                    help="expr_to_pos in a shared frame, on a dataset directory: lay the slice out among up to N cells of the "
                         "training slices (their expression only), then drop them; 0: alone (default: sampling.atlas_context_cells)")
@@ -700,7 +706,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     started = time.time()
     guidance = GuidanceRequest(args.condition, parse_slice_conditions(args.slice_condition), args.guidance_scale,
-                               args.target, args.target_scale, args.target_cells, args.joint_cell_types)
+                               args.target, args.target_scale, args.target_cells, args.target_region, args.joint_cell_types)
     if args.data is not None and Path(args.data).is_dir():
         if args.slice_id is None:
             raise InputError(f"{args.data}: a preprocessed dataset directory: name the slice with --slice")

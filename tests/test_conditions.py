@@ -175,6 +175,26 @@ def test_a_high_target_raises_the_gene_over_the_unguided_draw_with_the_same_seed
     assert np.isfinite(metrics[["target_energy_other_genes", "target_energy_other_genes_unguided"]]).all()
 
 
+def test_a_target_limited_to_a_region_raises_the_gene_there_only(conditioned, tmp_path):
+    """--target-region: the cells in the box (the slice's own units, open bounds) are the targeted
+    ones, and the gene rises there, not elsewhere, over the unguided draw of the same seed."""
+    data = load_slice(conditioned[1], HELD_OUT)
+    x_middle = float(np.median(data.coords[:, 0]))
+    out = tmp_path / "region.h5ad"
+    result = _cli("sample", "--checkpoint", conditioned[0], "--data", conditioned[1], "--slice", HELD_OUT, "--mode", "pos_to_expr",
+                  "--target", "Pcp4:high", "--target-scale", "0.5", "--target-region", f":{x_middle}", "--num-samples", "1",
+                  "--steps", "10", "--out", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    designed = ad.read_h5ad(out)
+    inside = designed.obsm["spatial"][:, 0] <= x_middle
+    assert np.array_equal(designed.obs["targeted"].to_numpy(bool), inside) and 0.4 < inside.mean() < 0.6
+    assert designed.uns["alphastomics"]["target"]["region"] == f":{x_middle}"
+    pcp4 = list(designed.var_names).index("Pcp4")
+    rise = designed.layers["expr_pred"][:, pcp4] - designed.layers["expr_pred_unguided"][:, pcp4]
+    sd = designed.X[:, pcp4].std()
+    assert rise[inside].mean() > sd and abs(rise[~inside].mean()) < 0.25 * rise[inside].mean()
+
+
 def test_guidance_errors_name_the_problem(conditioned, small_models, tmp_path):
     model = load_model(conditioned[0])
     data = load_slice(conditioned[1], HELD_OUT)
@@ -186,6 +206,13 @@ def test_guidance_errors_name_the_problem(conditioned, small_models, tmp_path):
         parse_target("NotAGene:high", model.genes, model.codec)
     with pytest.raises(InputError, match="high, low or a number"):
         parse_target("Pcp4:loud", model.genes, model.codec)
+    coords = data.coords[:, : data.n_dims]
+    for region, message in [("0:1,2:3,4:5", "3 axes for 2-D"), ("5:1", "low <= high"), ("a:b", "with numbers"),
+                            ("100000:", "no cell lies in it"), ("10", "expected X0:X1")]:
+        with pytest.raises(InputError, match=message):
+            parse_target("Pcp4:high", model.genes, model.codec, data.cell_ids, None, coords, region)
+    with pytest.raises(InputError, match="needs the slice's coordinates"):
+        parse_target("Pcp4:high", model.genes, model.codec, data.cell_ids, None, None, ":0")
     unconditioned = small_models["starmap"][0]
     result = _cli("sample", "--checkpoint", unconditioned, "--data", conditioned[1], "--slice", HELD_OUT, "--mode", "pos_to_expr",
                   "--condition", "cell_type", "--out", tmp_path / "x.h5ad")
