@@ -50,7 +50,7 @@ from alphastomics.user_data import NORMALIZATIONS, read_user_h5ad
 
 log = logging.getLogger(__name__)
 
-DEFAULT_DRAWS = 16  # STARmap BZ14, dropout seeds 0-3: +0.001 to +0.006 over the input with 8 draws, +0.002 to +0.008 with 16
+DEFAULT_DRAWS = 16  # STARmap BZ14, dropout seeds 0-3: +0.001 to +0.006 over the input with 8 draws, +0.0015 to +0.008 with 16
 DEFAULT_TIME = 1.0  # module docstring
 
 

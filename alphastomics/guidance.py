@@ -8,10 +8,11 @@ and targets (gradient guidance on expression, inverse design).
   ``high`` is the gene's typical high level in the training data (mean + 1.5 sd of its expressed
   values), ``low`` its floor (0 for normalised counts), a number is taken as is. Optionally only
   for some cells: ``--target-cells`` (a file of cell ids) and/or ``--target-region`` (a box on the
-  slice's coordinates, where they are given: ``pos_to_expr``, ``impute``). At every sampling step the expression x0
-  estimate moves down the gradient of J = sum_g w_g (E[x_g] - target_g)^2 / (2 sd_g^2), with
-  E[x_g] = P(expressed) x magnitude (non-negative by construction); ``--target-scale`` sets the
-  step (1: a magnitude moves all the way to its target in one step).
+  slice's coordinates, where they are given: ``pos_to_expr``, ``impute``). At every sampling step
+  the expression x0 estimate moves down the gradient of
+  J = sum_g w_g (E[x_g] - target_g)^2 / (2 sd_g^2), with E[x_g] = P(expressed) x magnitude
+  (non-negative by construction); ``--target-scale`` sets the step (1: a magnitude moves all the
+  way to its target in one step).
 """
 
 from __future__ import annotations
@@ -111,7 +112,7 @@ def region_cells(spec: str, coords: np.ndarray | None) -> np.ndarray:
                              f"low <= high; got {bounds!r}")
         inside &= (coords[:, axis] >= low_value) & (coords[:, axis] <= high_value)
     if not inside.any():
-        spans = ", ".join(f"{name} {coords[:, a].min():.4g}..{coords[:, a].max():.4g}" for a, name in zip(range(coords.shape[1]), "xyz"))
+        spans = ", ".join(f"{name} {values.min():.4g}..{values.max():.4g}" for name, values in zip("xyz", coords.T))
         raise InputError(f"--target-region {spec}: no cell lies in it (the slice spans {spans})")
     return inside
 

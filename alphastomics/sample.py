@@ -705,8 +705,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     started = time.time()
-    guidance = GuidanceRequest(args.condition, parse_slice_conditions(args.slice_condition), args.guidance_scale,
-                               args.target, args.target_scale, args.target_cells, args.target_region, args.joint_cell_types)
+    guidance = GuidanceRequest(condition=args.condition, slice_conditions=parse_slice_conditions(args.slice_condition),
+                               scale=args.guidance_scale, target=args.target, target_scale=args.target_scale,
+                               target_cells=args.target_cells, target_region=args.target_region,
+                               joint_cell_types=args.joint_cell_types)
     if args.data is not None and Path(args.data).is_dir():
         if args.slice_id is None:
             raise InputError(f"{args.data}: a preprocessed dataset directory: name the slice with --slice")
