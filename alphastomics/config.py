@@ -179,11 +179,11 @@ class SamplingConfig:
     # method: alphastomics.heldout), chosen with this seed.
     holdout_fraction: float = 0.1
     holdout_seed: int = 0
-    # joint, on a model conditioned on cell type: ``training`` draws each cell's type from the
-    # training composition and generates the tissue given those types (ancestral sampling of
-    # types, then tissue); ``none`` samples unconditionally. (STARmap BZ14, 3 seeds: neighbourhood
-    # enrichment correlation 0.63-0.67 against 0.20-0.44 unconditionally, Moran's I 0.64-0.71
-    # against 0.30-0.45, extents 0.87-1.04 against 0.74.)
+    # joint, on a model conditioned on cell type: ``training`` gives the cells the training
+    # composition (counts rounded, each cell's type drawn by the seed) and generates the tissue
+    # given those types (types, then tissue); ``none`` samples unconditionally. (STARmap BZ14, 3
+    # seeds: neighbourhood enrichment correlation 0.63-0.67 against 0.20-0.44 unconditionally,
+    # Moran's I 0.64-0.71 against 0.30-0.45, extents 0.87-1.04 against 0.74.)
     joint_cell_types: str = "training"
     # expr_to_pos in a shared frame: lay the slice out among up to this many cells of the training
     # slices (their expression only; their generated positions are dropped); 0: alone. A trade, so

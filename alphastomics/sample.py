@@ -300,7 +300,7 @@ def guided_draws(model: LoadedModel, batch: SliceBatch, data: SliceData, mode: s
     if drawn is not None:
         obs["cell_type_drawn"] = np.array(drawn, dtype=object)
         # lists, not a dict keyed by type: names such as "eL2/3" are not valid HDF5 keys
-        uns["joint_cell_types"] = {"drawn_from": "training composition", "seed": seed, "guidance_scale": scale,
+        uns["joint_cell_types"] = {"drawn_from": "training composition, counts rounded", "seed": seed, "guidance_scale": scale,
                                    "guidance_interval": list(interval),
                                    "cell_types": list(model.conditions.cell_types),
                                    "fractions": [float(f) for f in model.conditions.cell_type_fractions]}
@@ -698,8 +698,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="expr_to_pos in a shared frame, on a dataset directory: lay the slice out among up to N cells of the "
                         "training slices (their expression only), then drop them; 0: alone (default: sampling.atlas_context_cells)")
     guide.add_argument("--joint-cell-types", choices=JOINT_CELL_TYPES, default=None,
-                       help="joint on a model conditioned on cell type: draw each cell's type from the training composition "
-                            "and generate the tissue given them (training), or sample unconditionally (none); "
+                       help="joint on a model conditioned on cell type: give the cells the training composition (which "
+                            "cell gets which type drawn) and generate the tissue given them (training), or sample "
+                            "unconditionally (none); "
                             "default: sampling.joint_cell_types (training)")
 
 

@@ -80,9 +80,19 @@ class ConditionVocabulary:
                    [float(f) for f in d.get("cell_type_fractions", [])])
 
     def draw_cell_types(self, n: int, seed: int) -> list[str] | None:
-        """``n`` cell types drawn independently from the training composition (None where it is unknown)."""
+        """``n`` cell types in the training composition, assigned to the cells at random (seeded);
+        None where the composition is unknown.
+
+        The counts are the training fractions times ``n``, rounded by largest remainder, not ``n``
+        independent draws: independent draws add multinomial noise to the composition that no real
+        tissue asked for (STARmap BZ14, 1,088 cells: the drawn composition's L1 to the test slice
+        0.21-0.25 over seeds, against 0.195 for the training composition itself)."""
         if not self.cell_types or len(self.cell_type_fractions) != len(self.cell_types):
             return None
         fractions = np.asarray(self.cell_type_fractions, dtype=np.float64)
-        drawn = np.random.default_rng(seed).choice(len(self.cell_types), size=n, p=fractions / fractions.sum())
-        return [self.cell_types[i] for i in drawn]
+        share = fractions / fractions.sum() * n
+        counts = np.floor(share).astype(np.int64)
+        counts[np.argsort(counts - share, kind="stable")[: n - counts.sum()]] += 1
+        codes = np.repeat(np.arange(len(self.cell_types)), counts)
+        np.random.default_rng(seed).shuffle(codes)
+        return [self.cell_types[i] for i in codes]
