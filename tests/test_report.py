@@ -401,6 +401,32 @@ def test_metric_tables_mark_best_per_direction():
     assert not single["any_best"]
 
 
+def test_a_joint_slice_is_drawn_beside_the_true_one_on_the_same_spans():
+    """2D: true | generated in one row (the issue's "side by side"), each axis spanning the larger
+    of the two slices, so a slice twice as wide as tall is not drawn in a half-blank square; 3D: a
+    row per slice with three projections."""
+    import io
+
+    import matplotlib.image
+
+    rng = np.random.default_rng(0)
+    true = rng.uniform([-6000, -3000], [6000, 3000], (500, 2))
+    generated = 1.2 * rng.normal(0, 1, (400, 2)) * [3000, 1500]
+    types = np.array(["a", "b"])
+    palette = {"a": "#1f77b4", "b": "#ff7f0e"}
+
+    def shape(uri):
+        return matplotlib.image.imread(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))).shape[:2]
+
+    height, width = shape(plots.side_by_side_figure(true, generated, types[rng.integers(0, 2, 500)],
+                                                    types[rng.integers(0, 2, 400)], palette, "cell type"))
+    assert width > 2.5 * height, (height, width)
+    true3 = np.c_[true, rng.uniform(-2000, 2000, 500)]
+    generated3 = np.c_[generated, rng.normal(0, 1500, 400)]
+    height3, width3 = shape(plots.side_by_side_figure(true3, generated3, true3[:, 0], generated3[:, 0], None, "x"))
+    assert height3 > 1.6 * height, (height, height3)  # a row per slice
+
+
 def test_training_section_reads_sparse_lightning_log(tmp_path):
     log = tmp_path / "logs" / "metrics.csv"
     _write_training_log(log, np.random.default_rng(0), epochs=10)

@@ -274,35 +274,44 @@ def side_by_side_figure(
     units: str = "source units",
 ) -> str:
     """A real slice and a generated one, each in its own frame (no alignment: the generated cells
-    are not the real ones), on the same scale. Colours are cell-type labels (with ``palette``) or
-    a continuous value shared by both panels."""
+    are not the real ones), on the same scale. 2D: true | generated, side by side; 3D: a row for
+    each, with the xy, xz and yz projections. Colours are cell-type labels (with ``palette``) or a
+    continuous value shared by both panels."""
     d = true.shape[1]
     ti, gi = subsample(len(true)), subsample(len(generated))
     t, g = true[ti] - true[ti].mean(0), generated[gi] - generated[gi].mean(0)
     projections = [(0, 1)] if d == 2 else list(PROJECTIONS_3D)
-    # centred on the mean, a lopsided slice reaches further on one side than half its extent
-    span = max(np.abs(t).max(), np.abs(g).max(), 1e-9) * 1.05
+    # per axis, so that a long slice is not drawn in a square of blank space; centred on the mean,
+    # a lopsided slice reaches further on one side than half its extent
+    half = np.maximum(np.abs(np.vstack([t, g])).max(0), 1e-9) * 1.05
+    ratios = [float(np.clip(half[a] / half[b], 0.35, 3.0)) for a, b in projections]
+    slices = ((t, true_colour, ti, "true slice"), (g, generated_colour, gi, "generated slice"))
+    if d == 2:
+        panels = [[(*one, projections[0]) for one in slices]]
+        ratios = ratios * 2
+    else:
+        panels = [[(*one, p) for p in projections] for one in slices]
     categorical = palette is not None
     if categorical:
         present = set(np.asarray(true_colour).astype(str)) | set(np.asarray(generated_colour).astype(str))
         legend_names = [n for n in palette if n in present]
         legend_cols, legend_w = _legend_layout(legend_names)
-    fig, axes, h = _panel_grid(2, [1.0] * len(projections), extra_w=legend_w if categorical else 1.2, h_max=3.6,
-                               w_avail=3.6 * len(projections) if d == 3 else 4.2)
-    size = point_size(max(ti.size, gi.size), h, 1.0)
+    fig, axes, h = _panel_grid(len(panels), ratios, extra_w=legend_w if categorical else 1.2, h_max=3.6,
+                               w_avail=3.6 * len(projections) if d == 3 else 8.4)
+    size = point_size(max(ti.size, gi.size), h, float(np.mean(ratios)))
     mappable = None
     values = np.r_[np.asarray(true_colour)[ti], np.asarray(generated_colour)[gi]] if not categorical else None
     vmin, vmax = (float(np.nanpercentile(values, 1)), float(np.nanpercentile(values, 99))) if values is not None else (None, None)
-    for r, (pts, colour, idx, name) in enumerate(((t, true_colour, ti, "true slice"), (g, generated_colour, gi, "generated slice"))):
-        for c, (a, b) in enumerate(projections):
+    for r, row in enumerate(panels):
+        for c, (pts, colour, idx, name, (a, b)) in enumerate(row):
             ax = axes[r, c]
             if categorical:
                 _scatter_labels(ax, pts, np.asarray(colour)[idx], palette, a, b, size)
             else:
                 mappable = ax.scatter(pts[:, a], pts[:, b], c=np.asarray(colour)[idx], cmap="viridis", vmin=vmin, vmax=vmax,
                                       s=size, linewidths=0, rasterized=True)
-            ax.set_xlim(-span, span)
-            ax.set_ylim(-span, span)
+            ax.set_xlim(-half[a], half[a])
+            ax.set_ylim(-half[b], half[b])
             ax.set_aspect("equal", adjustable="box")
             ax.set_xlabel(f"{AXIS_NAMES[a]} ({units}, centred)")
             ax.set_ylabel(f"{AXIS_NAMES[b]} ({units}, centred)")
