@@ -24,6 +24,9 @@ import numpy as np
 from scipy.linalg import orthogonal_procrustes
 
 CONSENSUS_KEY = "spatial_pred_consensus"  # obsm key of the sample files
+# joint: every draw of the virtual tissue, (N, S, d) and (N, S, G), draw 0 = spatial_pred / expr_pred
+JOINT_POSITION_DRAWS_KEY = "spatial_pred_draws"
+JOINT_EXPRESSION_DRAWS_KEY = "expr_pred_draws"
 CONSENSUS_PREFIX = "consensus_"  # its metrics: the draw's metrics under this prefix
 
 

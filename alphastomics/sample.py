@@ -37,7 +37,13 @@ from alphastomics.user_data import NORMALIZATIONS as USER_NORMALIZATIONS
 from alphastomics.user_data import UserData, coordinates_as_slice, empty_slice, read_user_h5ad
 from alphastomics.io.manifest import load_manifest
 from alphastomics.io.shards import SliceData, load_slice
-from alphastomics.layout import CONSENSUS_KEY, consensus_layout, procrustes_mean
+from alphastomics.layout import (
+    CONSENSUS_KEY,
+    JOINT_EXPRESSION_DRAWS_KEY,
+    JOINT_POSITION_DRAWS_KEY,
+    consensus_layout,
+    procrustes_mean,
+)
 
 log = logging.getLogger(__name__)
 
@@ -541,6 +547,11 @@ def to_anndata(data: SliceData, draws: Draws, mode: str, frame_kind: str, heldou
             adata.obsm[CONSENSUS_KEY] = draws.consensus_positions[:, :d].astype(np.float32)
         if mode == "expr_to_pos" and len(draws.seeds) > 1:
             adata.obs["position_uncertainty"] = position_uncertainty(draws.coordinates, d, frame_kind)
+        if mode == "joint" and len(draws.seeds) > 1:
+            # Each joint draw is a tissue of its own (no cell stands for a true cell, so there is
+            # nothing to average): all are kept, and evaluate scores every one of them.
+            adata.obsm[JOINT_POSITION_DRAWS_KEY] = draws.coordinates[:, :, :d].transpose(1, 0, 2).astype(np.float32)
+            adata.obsm[JOINT_EXPRESSION_DRAWS_KEY] = (draws.expression * covered).transpose(1, 0, 2).astype(np.float32)
     else:
         adata.obsm["spatial_pred"] = data.coords[:, :d].astype(np.float32)
     adata.obsm["alphastomics_embedding"] = draws.embedding

@@ -156,6 +156,30 @@ def test_joint_gives_its_cells_the_training_composition_then_the_tissue_given_th
     assert agreement["drawn"] > 1.3 * agreement["unconditional"], agreement
 
 
+def test_a_joint_sample_keeps_every_draw_and_evaluate_scores_each(conditioned, tmp_path):
+    """Each joint draw is a tissue of its own: the file keeps all S (draw 0 is spatial_pred /
+    expr_pred) and the metrics JSON gives each draw's figure beside their mean."""
+    import json
+
+    from alphastomics.sample import sample_slice, write_h5ad_atomic
+
+    adata = sample_slice(conditioned[0], conditioned[1], HELD_OUT, "joint", steps=5, seed=5, num_samples=2, progress=False)
+    path = tmp_path / f"{HELD_OUT}.joint.h5ad"
+    write_h5ad_atomic(adata, path)
+    adata = ad.read_h5ad(path)
+    positions, expression = adata.obsm["spatial_pred_draws"], adata.obsm["expr_pred_draws"]
+    assert positions.shape == (adata.n_obs, 2, 2) and expression.shape == (adata.n_obs, 2, adata.n_vars)
+    assert np.array_equal(positions[:, 0], adata.obsm["spatial_pred"]) and np.array_equal(expression[:, 0], adata.layers["expr_pred"])
+    assert not np.allclose(positions[:, 1], positions[:, 0]) and not np.allclose(expression[:, 1], expression[:, 0])
+    result = _cli("evaluate", path, "--reference", conditioned[1], "--out", tmp_path / "joint.tsv")
+    assert result.returncode == 0, result.stderr
+    details = json.loads((tmp_path / "joint.json").read_text())
+    composition = details["cell_type_composition_l1"]
+    assert len(composition["per_draw"]) == 2
+    table = pd.read_csv(tmp_path / "joint.tsv", sep="\t").query("method == 'alphastomics'").set_index("metric")["value"]
+    assert table["cell_type_composition_l1"] == pytest.approx(np.mean(composition["per_draw"]))
+
+
 def test_a_high_target_raises_the_gene_over_the_unguided_draw_with_the_same_seed(conditioned, tmp_path):
     out = tmp_path / "designed.h5ad"
     result = _cli("sample", "--checkpoint", conditioned[0], "--data", conditioned[1], "--slice", HELD_OUT, "--mode", "pos_to_expr",

@@ -330,6 +330,50 @@ def test_joint_gets_distribution_metrics_beside_real_training_slices(starmap_dir
         assert worse[metric] > max(r[metric] for r in real), metric
 
 
+def test_a_joint_sample_of_several_draws_is_scored_by_the_mean_over_its_draws(starmap_dir, tmp_path):
+    """Each draw scored as a one-draw file of its own, then averaged by hand, gives the table's
+    figures; the reference rows are those of any single draw; a draws array of the wrong shape is
+    an InputError naming the file."""
+    rng = np.random.default_rng(1)
+    adata, data = _preprocessed_sample(starmap_dir, "joint")
+    true_xy = data.coords[:, :2]
+    draws = [
+        (data.expression, rotate(true_xy)),  # the true tissue, rotated
+        (np.stack([rng.permutation(col) for col in data.expression.T], axis=1), true_xy * 0.5),  # noise, shrunk
+        (np.clip(data.expression + rng.normal(scale=0.3, size=data.expression.shape), 0, None), true_xy + rng.normal(size=true_xy.shape)),
+    ]
+    adata.layers["expr_pred"] = draws[0][0].astype(np.float32)
+    adata.obsm["spatial_pred"] = draws[0][1].astype(np.float32)
+    adata.obsm["expr_pred_draws"] = np.stack([d[0] for d in draws], axis=1).astype(np.float32)
+    adata.obsm["spatial_pred_draws"] = np.stack([d[1] for d in draws], axis=1).astype(np.float32)
+    table, details = evaluate_sample(adata, EvaluationConfig(), reference_dir=starmap_dir)
+    mine = values_of(table[table["method"] == "alphastomics"])
+
+    singles = []
+    for expression, positions in draws:
+        single, _ = _preprocessed_sample(starmap_dir, "joint", expression=expression, positions=positions)
+        singles.append(evaluate_sample(single, EvaluationConfig(), reference_dir=starmap_dir)[0])
+    per_draw = [values_of(t[t["method"] == "alphastomics"]) for t in singles]
+    for metric in ("cell_type_composition_l1", "expr_energy_distance_pca", "extent_ratio_worst", "morans_i_corr",
+                   "nhood_enrichment_corr", "distance_wasserstein_unit_rms"):
+        by_hand = [d[metric] for d in per_draw]
+        assert mine[metric] == pytest.approx(np.mean(by_hand), rel=1e-6), metric
+        assert details[metric]["per_draw"] == pytest.approx(by_hand, rel=1e-6), metric
+        assert details[metric]["sd_over_draws"] == pytest.approx(np.std(by_hand, ddof=1), rel=1e-6), metric
+    # the draws differ, so the mean is not the first draw's figure
+    assert per_draw[1]["cell_type_composition_l1"] > per_draw[0]["cell_type_composition_l1"] + 0.1
+    assert mine["cell_type_composition_l1"] != pytest.approx(per_draw[0]["cell_type_composition_l1"])
+    real = table[table["method"] != "alphastomics"].reset_index(drop=True)
+    assert real.equals(singles[1][singles[1]["method"] != "alphastomics"].reset_index(drop=True))
+
+    broken = adata.copy()
+    broken.obsm["spatial_pred_draws"] = broken.obsm["spatial_pred_draws"][:, :2]
+    path = tmp_path / "BZ14.joint.h5ad"
+    broken.write_h5ad(path)
+    with pytest.raises(InputError, match=r"BZ14\.joint\.h5ad.*spatial_pred_draws"):
+        sample_from_anndata(ad.read_h5ad(path), source=str(path))
+
+
 def test_pos_to_expr_scores_the_posterior_mean_and_the_training_mean_predictor(starmap_dir):
     from alphastomics.io.shards import load_slice
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from alphastomics.layout import CONSENSUS_KEY
+from alphastomics.layout import CONSENSUS_KEY, JOINT_POSITION_DRAWS_KEY
 from alphastomics.report import plots
 from alphastomics.report.inputs import find_training_log, training_summary
 from alphastomics.report.tables import fmt_value, order_modes
@@ -88,9 +88,11 @@ def tissue_section(groups, palette, dataset_dir: Path | None = None) -> list[dic
         if mode == "joint":
             true_colour, gen_colour, used_palette, colour_label = joint_colours(s, dataset_dir, palette)
             img = plots.side_by_side_figure(s.true_pos, s.pred_pos, true_colour, gen_colour, used_palette, colour_label)
+            draws = s.adata.obsm[JOINT_POSITION_DRAWS_KEY].shape[1] if JOINT_POSITION_DRAWS_KEY in s.adata.obsm else 1
+            which = f"; the first of {draws} draws, whose metrics the tables average" if draws > 1 else ""
             items.append({**common, "img": img, "coloured_by": colour_label,
                           "how": "the generated slice beside the true one, each centred in its own frame, no alignment "
-                                 "(generated cells are new cells, not the true ones)"})
+                                 f"(generated cells are new cells, not the true ones){which}"})
             continue
         aligned, rmsd = _placed(s, s.pred_pos)
         if frame_of(s) == "shared":

@@ -257,9 +257,9 @@ STAGE_CODE = {
     "preprocess": ["preprocess.py", "io", "errors.py"],
     "train": ["train.py", "config.py", "model", "diffusion", "data", *SLICE_READING],
     "export": ["checkpoint.py", "sample.py", "model", "diffusion", "data", *SLICE_READING],  # calibration runs the model
-    "sample": ["sample.py", "diffusion", "model", "data", "checkpoint.py", "config.py", *SLICE_READING],
-    "evaluate": ["evaluate.py", "references.py", "metrics", *SLICE_READING],
-    "report": ["report", "runs.py"],
+    "sample": ["sample.py", "layout.py", "diffusion", "model", "data", "checkpoint.py", "config.py", *SLICE_READING],
+    "evaluate": ["evaluate.py", "layout.py", "references.py", "metrics", *SLICE_READING],
+    "report": ["report", "runs.py", "layout.py"],
     "peer": ["peers", "heldout.py", "extract.py", *SLICE_READING],
 }
 
