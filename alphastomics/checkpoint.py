@@ -14,7 +14,6 @@ checkpoint directory (ZeRO shards) can both be exported to it.
 from __future__ import annotations
 
 import hashlib
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from alphastomics.io.files import atomic_output
 from alphastomics.config import Config, config_from_dict
 from alphastomics.data.conditions import ConditionVocabulary
 from alphastomics.data.expression import ExpressionCodec
@@ -36,16 +36,8 @@ EMA_PREFIX = "ema_network."
 
 
 def atomic_torch_save(obj, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_output(path) as temp:
+        torch.save(obj, temp)
 
 
 def read_training_checkpoint(path: str | Path) -> dict:

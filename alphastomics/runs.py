@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from alphastomics.io.files import atomic_write_text
 from alphastomics.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -115,13 +115,7 @@ def main(args: argparse.Namespace) -> int:
             log.warning("%s: benchmark file not found; that run's time and memory are left blank", path)
     table = runs_table(args.status, benchmarks, args.dataset, keys)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    temporary = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        temporary.write_text(table.to_csv(sep="\t", index=False, na_rep="NaN", float_format="%.6g"))
-        os.replace(temporary, out)
-    finally:
-        temporary.unlink(missing_ok=True)
+    atomic_write_text(out, table.to_csv(sep="\t", index=False, na_rep="NaN", float_format="%.6g"))
     failed = table[table["status"] != "ok"]
     for _, r in failed.iterrows():
         log.warning("%s %s %s: %s (%s)", r["method"], r["mode"], r["slice"], r["status"], r["reason"])

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +33,7 @@ from alphastomics.guidance import (
 from alphastomics.heldout import heldout_genes
 from alphastomics.user_data import NORMALIZATIONS as USER_NORMALIZATIONS
 from alphastomics.user_data import UserData, coordinates_as_slice, empty_slice, read_user_h5ad
+from alphastomics.io.files import atomic_output
 from alphastomics.io.manifest import load_manifest
 from alphastomics.io.shards import SliceData, load_slice
 from alphastomics.layout import (
@@ -568,16 +567,8 @@ def to_anndata(data: SliceData, draws: Draws, mode: str, frame_kind: str, heldou
 
 
 def write_h5ad_atomic(adata: ad.AnnData, out: str | Path) -> None:
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp.h5ad", dir=out.parent)
-    os.close(fd)
-    try:
-        adata.write_h5ad(tmp)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_output(out) as temp:
+        adata.write_h5ad(temp)
 
 
 def sample_user_data(model: LoadedModel, user: UserData, mode: str, steps: int | None, seed: int, num_samples: int,

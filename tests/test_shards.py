@@ -18,7 +18,7 @@ import pytest
 from alphastomics.cli import main as cli_main
 from alphastomics.errors import InputError
 from alphastomics.io.manifest import load_manifest, merge_manifests, write_manifest
-from alphastomics.io.files import is_temp_file, remove_stale_temp_files, sha256_file, temp_path_for
+from alphastomics.io.files import atomic_output, is_temp_file, remove_stale_temp_files, sha256_file, temp_path_for
 from alphastomics.io.shards import BackgroundWriter, CellBatch, SliceShardWriter, load_slice
 
 GENES = ["A", "B", "C"]
@@ -128,6 +128,32 @@ def test_load_manifest_errors(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps({"format_version": 1, "genes": []}))
     with pytest.raises(InputError, match="lacks key.*platforms"):
         load_manifest(tmp_path)
+
+
+def test_outputs_appear_whole_with_the_usual_permissions_or_not_at_all(tmp_path):
+    """A sample file, a model and a report are written through atomic_output: readable by the group
+    and others as any file this process creates (not a private temporary's 0600), and an error
+    while writing leaves the old file as it was and no temporary."""
+    import anndata as ad
+    import torch
+
+    from alphastomics.checkpoint import atomic_torch_save
+    from alphastomics.sample import write_h5ad_atomic
+
+    (tmp_path / "plain.txt").write_text("x")
+    usual = (tmp_path / "plain.txt").stat().st_mode & 0o777
+    write_h5ad_atomic(ad.AnnData(np.ones((3, 2), np.float32)), tmp_path / "s.h5ad")
+    atomic_torch_save({"w": torch.ones(2)}, tmp_path / "m.ckpt")
+    for name in ("s.h5ad", "m.ckpt"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == usual, name
+
+    (tmp_path / "report.html").write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_output(tmp_path / "report.html") as temp:
+            temp.write_text("half")
+            raise RuntimeError("killed while writing")
+    assert (tmp_path / "report.html").read_text() == "old"
+    assert not [p for p in tmp_path.iterdir() if is_temp_file(p)]
 
 
 def test_stale_temp_files_of_dead_processes_are_removed(tmp_path):

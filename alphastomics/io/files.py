@@ -12,6 +12,8 @@ import logging
 import os
 import re
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -64,20 +66,27 @@ def remove_stale_temp_files(directory: str | Path) -> int:
     return removed
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old file, or the complete new one."""
+@contextmanager
+def atomic_output(path: str | Path) -> Iterator[Path]:
+    """``with atomic_output(out) as temp: write(temp)``: ``out`` appears complete when the block
+    ends, and not at all when it raises. The writer creates ``temp`` itself, so the file gets the
+    usual permissions (umask), not a private temporary's 0600: collaborators can read results."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = temp_path_for(path)
     try:
-        with open(temp, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
+        yield temp
         os.replace(temp, path)
-    except BaseException:
+    finally:
         temp.unlink(missing_ok=True)
-        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that readers see the old file, or the complete new one."""
+    with atomic_output(path) as temp, open(temp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def sha256_file(path: str | Path, block_size: int = 1 << 22) -> str:

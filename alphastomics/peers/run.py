@@ -23,6 +23,7 @@ import time
 import traceback
 from pathlib import Path
 
+from alphastomics.io.files import atomic_write_text
 from alphastomics import EVALUATION_MODES
 from alphastomics.errors import InputError
 from alphastomics.peers import PEER_MODES, PEER_PACKAGES
@@ -33,14 +34,7 @@ STATUS_OK, STATUS_FAILED, STATUS_NOT_APPLICABLE = "ok", "failed", "not applicabl
 
 
 def write_json_atomic(path: str | Path, data: dict) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        temporary.write_text(json.dumps(data, indent=1) + "\n")
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    atomic_write_text(path, json.dumps(data, indent=1) + "\n")
 
 
 def read_status(path: str | Path) -> dict:

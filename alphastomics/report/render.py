@@ -12,12 +12,12 @@ import datetime as _dt
 import logging
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from alphastomics.io.files import atomic_write_text
 from alphastomics import __version__
 from alphastomics.io.manifest import load_manifest, slice_ids_by_file_key
 from alphastomics.report import plots
@@ -194,16 +194,5 @@ def render_summary(metrics: list[str | Path], reports: dict[str, str] | None = N
 
 def write_atomic(text: str, out: str | Path) -> Path:
     """Write ``text`` to ``out`` through a temporary file in the same folder and a rename."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return out
+    atomic_write_text(out, text)
+    return Path(out)
