@@ -171,8 +171,9 @@ def test_a_joint_sample_keeps_every_draw_and_evaluate_scores_each(conditioned, t
     assert positions.shape == (adata.n_obs, 2, 2) and expression.shape == (adata.n_obs, 2, adata.n_vars)
     assert np.array_equal(positions[:, 0], adata.obsm["spatial_pred"]) and np.array_equal(expression[:, 0], adata.layers["expr_pred"])
     assert not np.allclose(positions[:, 1], positions[:, 0]) and not np.allclose(expression[:, 1], expression[:, 0])
-    result = _cli("evaluate", path, "--reference", conditioned[1], "--out", tmp_path / "joint.tsv")
-    assert result.returncode == 0, result.stderr
+    from alphastomics.cli import main as cli_main
+
+    assert cli_main(["evaluate", str(path), "--reference", str(conditioned[1]), "--out", str(tmp_path / "joint.tsv")]) == 0
     details = json.loads((tmp_path / "joint.json").read_text())
     composition = details["cell_type_composition_l1"]
     assert len(composition["per_draw"]) == 2
