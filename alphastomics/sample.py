@@ -661,7 +661,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--impute-genes", default=None, metavar="GENE,GENE",
                    help="impute on an h5ad: the genes to generate (default: every gene the model knows and the file lacks)")
     p.add_argument("--num-samples", type=int, default=None,
-                   help="draws per slice (default: sampling.num_samples of the training config)")
+                   help="draws per slice (default: sampling.num_samples of the training config); joint keeps every "
+                        "draw (obsm['spatial_pred_draws'], obsm['expr_pred_draws']), the other modes the first draw and "
+                        "summaries over the draws")
     p.add_argument("--posterior-mean-draws", type=int, default=None,
                    help="pos_to_expr, impute: starting noises averaged for layers['expr_pred_mean'], one network pass each "
                         "(default: sampling.posterior_mean_draws, 32)")
