@@ -171,6 +171,10 @@ class SamplingConfig:
     seed: int = 0
     # Draws per slice; the sample file keeps the first draw and the mean of all (expr_pred_mean).
     num_samples: int = 4
+    # joint: virtual tissues drawn per slice. Each is kept whole in the sample file and scored (N x G
+    # values per draw), so joint has its own count: 32 draws for expr_to_pos's consensus are cheap
+    # to keep, 32 tissues of 100k cells are not.
+    joint_num_samples: int = 4
     # Starting noises averaged for the posterior mean of expression (expr_pred_mean): one network
     # evaluation each, so many more than num_samples cost less than one extra draw. (32 against 8:
     # BDTNP slab2 per-gene Pearson 0.600 -> 0.622, STARmap BZ14 MSE 3.504 -> 3.493.)
@@ -193,12 +197,16 @@ class SamplingConfig:
     # seqFISH z-plane: unchanged.
     atlas_context_cells: int = 0
 
+    def draws(self, mode: str) -> int:
+        """Draws per slice of a mode, when the command line does not say."""
+        return self.joint_num_samples if mode == "joint" else self.num_samples
+
     def validate(self) -> None:
         _check_against_schema("sampling", self)
         for mode in self.modes:
             _check_choice("sampling.modes", mode, MODES)
-        if self.num_samples < 1:
-            raise ConfigError("sampling.num_samples must be at least 1")
+        if self.num_samples < 1 or self.joint_num_samples < 1:
+            raise ConfigError("sampling.num_samples and sampling.joint_num_samples must be at least 1")
         if self.posterior_mean_draws < 1:
             raise ConfigError("sampling.posterior_mean_draws must be at least 1")
         _check_choice("sampling.sampler", self.sampler, ("ancestral", "ddim"))

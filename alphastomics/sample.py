@@ -438,7 +438,7 @@ def sample_slice(checkpoint: str | Path, data_dir: str | Path, slice_id: str, mo
     placed = data if context is None else stack_cells(data, [data, context])  # the slice's cells first
     batch = known_batch(model, placed, mode, heldout).to(device)
     steps = steps or model.config.sampling.steps or None
-    num_samples = num_samples or model.config.sampling.num_samples
+    num_samples = num_samples or model.config.sampling.draws(mode)
     sampler = sampler or model.config.sampling.sampler
     draws, guidance_uns, guidance_obs, unguided = guided_draws(model, batch, placed, mode, num_samples, seed, steps, sampler,
                                                                progress, guidance, f"{data_dir}: slice {slice_id!r}",
@@ -661,9 +661,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--impute-genes", default=None, metavar="GENE,GENE",
                    help="impute on an h5ad: the genes to generate (default: every gene the model knows and the file lacks)")
     p.add_argument("--num-samples", type=int, default=None,
-                   help="draws per slice (default: sampling.num_samples of the training config); joint keeps every "
-                        "draw (obsm['spatial_pred_draws'], obsm['expr_pred_draws']), the other modes the first draw and "
-                        "summaries over the draws")
+                   help="draws per slice (default: the training config's sampling.num_samples, for joint "
+                        "sampling.joint_num_samples); joint keeps every draw (obsm['spatial_pred_draws'], "
+                        "obsm['expr_pred_draws']), the other modes the first draw and summaries over the draws")
     p.add_argument("--posterior-mean-draws", type=int, default=None,
                    help="pos_to_expr, impute: starting noises averaged for layers['expr_pred_mean'], one network pass each "
                         "(default: sampling.posterior_mean_draws, 32)")
@@ -736,7 +736,7 @@ def main(args: argparse.Namespace) -> int:
                              "or --num-cells N (joint)")
         impute = [g.strip() for g in args.impute_genes.split(",") if g.strip()] if args.impute_genes else None
         adata = sample_user_data(model, user, args.mode, args.steps or model.config.sampling.steps or None, args.seed,
-                                 args.num_samples or model.config.sampling.num_samples, args.sampler or model.config.sampling.sampler,
+                                 args.num_samples or model.config.sampling.draws(args.mode), args.sampler or model.config.sampling.sampler,
                                  impute, args.holdout_fraction, args.holdout_seed or 0, guidance=guidance,
                                  posterior_mean_draws=args.posterior_mean_draws)
         adata.uns["alphastomics"].update({"dataset": args.dataset or "", "checkpoint_sha256": model.sha256,

@@ -234,6 +234,12 @@ def method_options(method):
     return ["--options", json.dumps(options, sort_keys=True)] if options else []
 
 
+def sampling_draws(mode):
+    """Draws per slice of a mode (alphastomics.config.SamplingConfig.draws, same defaults)."""
+    sampling = config.get("sampling", {})
+    return sampling.get("joint_num_samples", 4) if mode == "joint" else sampling.get("num_samples", 4)
+
+
 def training_excluded(dataset):
     """Slices no method may train on: every test and validation slice."""
     return [*test_slices(dataset), *validation_slices(dataset)]

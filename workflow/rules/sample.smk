@@ -9,7 +9,7 @@ rule sample:
         data=lambda w: f"results/{w.dataset}",
         steps=config.get("sampling", {}).get("steps", 0),
         sampler=config.get("sampling", {}).get("sampler", "ancestral"),
-        num_samples=config.get("sampling", {}).get("num_samples", 8),
+        num_samples=lambda w: sampling_draws(w.mode),
         posterior_mean_draws=config.get("sampling", {}).get("posterior_mean_draws", 32),
         seed=config.get("sampling", {}).get("seed", 0),
         atlas_context_cells=config.get("sampling", {}).get("atlas_context_cells", 0),
