@@ -235,9 +235,10 @@ def method_options(method):
 
 
 def sampling_draws(mode):
-    """Draws per slice of a mode (alphastomics.config.SamplingConfig.draws, same defaults)."""
-    sampling = config.get("sampling", {})
-    return sampling.get("joint_num_samples", 4) if mode == "joint" else sampling.get("num_samples", 4)
+    """Draws per slice of a mode, as `alphastomics sample` counts them (SamplingConfig.draws)."""
+    from alphastomics.config import config_from_dict
+
+    return config_from_dict({"sampling": config.get("sampling", {})}).sampling.draws(mode)
 
 
 def training_excluded(dataset):
