@@ -168,6 +168,14 @@ class SamplingConfig:
     # took 8 min for the 1,088 cells of a STARmap section on CPU.
     steps: int = 50
     sampler: str = "ancestral"  # ancestral | ddim (deterministic, good with few steps)
+    # Ancestral sampler: scale of the noise each step adds to generated expression (1: the model's
+    # own distribution). The demo-size models spread expression too wide at 1 (per-gene std 1.08x the
+    # truth in STARmap BZ14 joint, 1.47x in seqFISH). Joint, mean of 4 draws, at 1 / 0.9 / 0.8:
+    # expression energy distance STARmap 1.08 / 1.00 / 0.92, seqFISH 0.84 / 0.75 / 0.66, osmFISH
+    # 0.43 / 0.30 / 0.19, BDTNP 0.31 / 0.34 / 0.35; but STARmap's distance distribution W 0.053 /
+    # 0.075 / 0.104 (0.034 / 0.053 / 0.081 with seeds 1-4). 0.9 takes about half of the expression
+    # gain for half of the shape cost. Coordinates always get the full noise.
+    expression_temperature: float = 0.9
     seed: int = 0
     # Draws per slice; the sample file keeps the first draw and the mean of all (expr_pred_mean).
     num_samples: int = 4
@@ -209,6 +217,9 @@ class SamplingConfig:
             raise ConfigError("sampling.num_samples and sampling.joint_num_samples must be at least 1")
         if self.posterior_mean_draws < 1:
             raise ConfigError("sampling.posterior_mean_draws must be at least 1")
+        if not 0.0 < self.expression_temperature <= 2.0:
+            raise ConfigError(f"sampling.expression_temperature must be in (0, 2] (1: the model's own distribution), "
+                              f"not {self.expression_temperature}")
         _check_choice("sampling.sampler", self.sampler, ("ancestral", "ddim"))
         _check_choice("sampling.joint_cell_types", self.joint_cell_types, JOINT_CELL_TYPES)
 

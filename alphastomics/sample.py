@@ -65,14 +65,17 @@ class Draws:
 def draw_samples(model: LoadedModel, batch: SliceBatch, mode: str, num_samples: int, seed: int, steps: int | None,
                  sampler: str = "ancestral", progress: bool = True, guidance_scale: float = 1.0,
                  target: Target | None = None, target_scale: float = 1.0, posterior_mean_draws: int | None = None,
-                 guidance_interval: tuple[float, float] = FULL_INTERVAL) -> Draws:
+                 guidance_interval: tuple[float, float] = FULL_INTERVAL, expression_temperature: float | None = None) -> Draws:
     """``num_samples`` draws of the one slice in ``batch``; draw i uses its own generator seeded ``seed + i``,
     so each draw is reproducible alone whatever the batch it was made in. ``guidance_scale``:
     classifier-free guidance of the conditions in ``batch`` (a push past 1 only within
     ``guidance_interval`` of the noise levels, alphastomics.diffusion.sampler); ``target``: gradient guidance of
     expression (alphastomics.guidance). pos_to_expr and impute: the posterior mean of expression
     averages ``posterior_mean_draws`` starting noises (seeds ``seed + i``; default
-    sampling.posterior_mean_draws, at least ``num_samples``)."""
+    sampling.posterior_mean_draws, at least ``num_samples``). ``expression_temperature``: default
+    sampling.expression_temperature (alphastomics.diffusion.sampler)."""
+    if expression_temperature is None:
+        expression_temperature = model.config.sampling.expression_temperature
     seeds = [seed + i for i in range(num_samples)]
     generators = [torch.Generator().manual_seed(s) for s in seeds]
     known = batch.repeat(num_samples)
@@ -83,6 +86,7 @@ def draw_samples(model: LoadedModel, batch: SliceBatch, mode: str, num_samples: 
         model.network, model.schedule, known, "expression" in GENERATED[mode], "position" in GENERATED[mode],
         centred_positions=model.frame.kind == "per_slice", steps=steps, generator=generators, progress=progress,
         sampler=sampler, guidance_scale=guidance_scale, guidance_interval=guidance_interval, expression_guidance=guide,
+        expression_temperature=expression_temperature,
     )
     embedding = cell_embedding(model.network, expression[:1], positions[:1], batch)
     n = int(batch.node_mask[0].sum())
@@ -278,7 +282,8 @@ def patch_size_caveat(model: LoadedModel, mode: str, n_cells: int) -> str | None
 
 def guided_draws(model: LoadedModel, batch: SliceBatch, data: SliceData, mode: str, num_samples: int, seed: int,
                  steps: int | None, sampler: str, progress: bool, request: GuidanceRequest | None, source: str,
-                 posterior_mean_draws: int | None = None) -> tuple[Draws, dict, dict[str, np.ndarray], Draws | None]:
+                 posterior_mean_draws: int | None = None, expression_temperature: float | None = None,
+                 ) -> tuple[Draws, dict, dict[str, np.ndarray], Draws | None]:
     """Draws with the request's conditions and target; (draws, uns entries, obs columns, the same
     seeds drawn without conditions or target when either was asked for)."""
     request = request or GuidanceRequest()
@@ -296,7 +301,7 @@ def guided_draws(model: LoadedModel, batch: SliceBatch, data: SliceData, mode: s
                               request.target_region)
     scale, interval = guidance_settings(request, drawn is not None)
     draws = draw_samples(model, batch, mode, num_samples, seed, steps, sampler, progress, scale, target, request.target_scale,
-                         posterior_mean_draws, interval)
+                         posterior_mean_draws, interval, expression_temperature)
     uns, obs = {}, {}
     caveat = patch_size_caveat(model, mode, len(data.cell_ids))
     if caveat:
@@ -323,7 +328,8 @@ def guided_draws(model: LoadedModel, batch: SliceBatch, data: SliceData, mode: s
         # its draws are kept (expr_pred_unguided); its posterior mean only where a perturbation's shift is
         # measured on it (expr_pred_mean_unguided, the same noises as the guided one), else the fewest noises
         unguided = draw_samples(model, plain, mode, num_samples, seed, steps, sampler, progress,
-                                posterior_mean_draws=posterior_mean_draws if request.slice_conditions else num_samples)
+                                posterior_mean_draws=posterior_mean_draws if request.slice_conditions else num_samples,
+                                expression_temperature=expression_temperature)
     if request.condition or request.slice_conditions:
         uns["conditions"] = {"cell_type": request.condition or "", "slice_conditions": dict(request.slice_conditions),
                              "baseline_slice_conditions": own, "guidance_scale": scale}
@@ -408,7 +414,8 @@ def sample_slice(checkpoint: str | Path, data_dir: str | Path, slice_id: str, mo
                  seed: int = 0, device: str = "cpu", dataset: str | None = None, num_samples: int | None = None,
                  progress: bool = True, sampler: str | None = None, holdout_fraction: float | None = None,
                  holdout_seed: int | None = None, guidance: GuidanceRequest | None = None,
-                 posterior_mean_draws: int | None = None, atlas_context_cells: int | None = None) -> ad.AnnData:
+                 posterior_mean_draws: int | None = None, atlas_context_cells: int | None = None,
+                 expression_temperature: float | None = None) -> ad.AnnData:
     """One slice of a preprocessed dataset in one mode. ``impute``: the genes chosen by
     alphastomics.heldout (``holdout_fraction``, ``holdout_seed``; default the config's) are hidden
     and generated from the other genes and the coordinates. ``atlas_context_cells``: see
@@ -440,9 +447,11 @@ def sample_slice(checkpoint: str | Path, data_dir: str | Path, slice_id: str, mo
     steps = steps or model.config.sampling.steps or None
     num_samples = num_samples or model.config.sampling.draws(mode)
     sampler = sampler or model.config.sampling.sampler
+    if expression_temperature is None:
+        expression_temperature = model.config.sampling.expression_temperature
     draws, guidance_uns, guidance_obs, unguided = guided_draws(model, batch, placed, mode, num_samples, seed, steps, sampler,
                                                                progress, guidance, f"{data_dir}: slice {slice_id!r}",
-                                                               posterior_mean_draws)
+                                                               posterior_mean_draws, expression_temperature)
     if context is not None:
         n = len(data.cell_ids)
         draws, unguided = first_cells(draws, n), unguided and first_cells(unguided, n)
@@ -460,6 +469,7 @@ def sample_slice(checkpoint: str | Path, data_dir: str | Path, slice_id: str, mo
             "num_samples": num_samples,
             "posterior_mean_draws": draws.posterior_mean_draws,
             "sampler": sampler,
+            "expression_temperature": expression_temperature,
             "steps": steps or model.schedule.steps,
             "checkpoint_sha256": model.sha256,
             "train_slices": list(model.train_slices),
@@ -574,7 +584,7 @@ def write_h5ad_atomic(adata: ad.AnnData, out: str | Path) -> None:
 def sample_user_data(model: LoadedModel, user: UserData, mode: str, steps: int | None, seed: int, num_samples: int,
                      sampler: str, impute_genes: list[str] | None = None, holdout_fraction: float | None = None,
                      holdout_seed: int = 0, progress: bool = True, guidance: GuidanceRequest | None = None,
-                     posterior_mean_draws: int | None = None) -> ad.AnnData:
+                     posterior_mean_draws: int | None = None, expression_temperature: float | None = None) -> ad.AnnData:
     """Sample every slice of a user's file (alphastomics.user_data) in one mode; one AnnData.
 
     Generated expression covers every gene the model knows (measured in training). ``impute``:
@@ -582,6 +592,8 @@ def sample_user_data(model: LoadedModel, user: UserData, mode: str, steps: int |
     the file's other genes and its coordinates stay fixed; ``holdout_fraction`` instead hides a
     seeded fraction of the file's measured genes and keeps their truth, so evaluate can score them.
     """
+    if expression_temperature is None:
+        expression_temperature = model.config.sampling.expression_temperature
     needs = {"expr_to_pos": ["expression"], "pos_to_expr": ["coordinates"], "impute": ["expression", "coordinates"], "joint": []}[mode]
     source = user.report.get("source", "the input")
     if "expression" in needs and not user.has_expression:
@@ -601,7 +613,8 @@ def sample_user_data(model: LoadedModel, user: UserData, mode: str, steps: int |
             model_view = dataclasses.replace(data, gene_mask=known_genes | data.gene_mask.astype(bool))
         batch = known_batch(model, model_view, mode, heldout)
         draws, guidance_uns, guidance_obs, unguided = guided_draws(model, batch, data, mode, num_samples, seed, steps, sampler,
-                                                                   progress, guidance, source, posterior_mean_draws)
+                                                                   progress, guidance, source, posterior_mean_draws,
+                                                                   expression_temperature)
         adata = to_anndata(data, draws, mode, model.frame.kind, heldout, generated_genes, user.has_coordinates)
         attach_guidance(adata, guidance_uns, guidance_obs, unguided and to_anndata(
             data, unguided, mode, model.frame.kind, heldout, generated_genes, user.has_coordinates))
@@ -611,7 +624,8 @@ def sample_user_data(model: LoadedModel, user: UserData, mode: str, steps: int |
     adata = parts[0] if len(parts) == 1 else ad.concat(parts, merge="same", uns_merge="first")
     adata.uns["alphastomics"] = {**parts[0].uns["alphastomics"], "slice_id": ", ".join(d.slice_id for d in user.slices),
                                  "input": _plain_report(user.report), "seeds": draws.seeds, "num_samples": num_samples,
-                                 "posterior_mean_draws": draws.posterior_mean_draws}
+                                 "posterior_mean_draws": draws.posterior_mean_draws, "sampler": sampler,
+                                 "expression_temperature": expression_temperature}
     return adata
 
 
@@ -669,6 +683,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(default: sampling.posterior_mean_draws, 32)")
     p.add_argument("--sampler", choices=SAMPLERS, default=None,
                    help="ancestral (stochastic) or ddim (deterministic, good with few --steps); default: sampling.sampler")
+    p.add_argument("--expression-temperature", type=float, default=None, metavar="T",
+                   help="ancestral sampler: scale of the noise each step adds to generated expression (1: the model's own "
+                        "distribution, < 1 sharper; coordinates always get the full noise); default: sampling.expression_temperature")
     p.add_argument("--dataset", default=None, help="dataset name recorded in the output")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     own = p.add_argument_group("own data (--data FILE.h5ad, --coordinates FILE, or joint with --num-cells)")
@@ -710,6 +727,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     started = time.time()
+    if args.expression_temperature is not None and not 0.0 < args.expression_temperature <= 2.0:
+        raise InputError(f"--expression-temperature must be in (0, 2] (1: the model's own distribution), "
+                         f"not {args.expression_temperature}")
     guidance = GuidanceRequest(condition=args.condition, slice_conditions=parse_slice_conditions(args.slice_condition),
                                scale=args.guidance_scale, target=args.target, target_scale=args.target_scale,
                                target_cells=args.target_cells, target_region=args.target_region,
@@ -720,7 +740,7 @@ def main(args: argparse.Namespace) -> int:
         adata = sample_slice(args.checkpoint, args.data, args.slice_id, args.mode, args.steps, args.seed, args.device,
                              args.dataset, args.num_samples, sampler=args.sampler, holdout_fraction=args.holdout_fraction,
                              holdout_seed=args.holdout_seed, guidance=guidance, posterior_mean_draws=args.posterior_mean_draws,
-                             atlas_context_cells=args.atlas_context_cells)
+                             atlas_context_cells=args.atlas_context_cells, expression_temperature=args.expression_temperature)
     else:
         model = load_model(args.checkpoint, args.device)
         dims = args.dims or model.frame.dims
@@ -738,7 +758,7 @@ def main(args: argparse.Namespace) -> int:
         adata = sample_user_data(model, user, args.mode, args.steps or model.config.sampling.steps or None, args.seed,
                                  args.num_samples or model.config.sampling.draws(args.mode), args.sampler or model.config.sampling.sampler,
                                  impute, args.holdout_fraction, args.holdout_seed or 0, guidance=guidance,
-                                 posterior_mean_draws=args.posterior_mean_draws)
+                                 posterior_mean_draws=args.posterior_mean_draws, expression_temperature=args.expression_temperature)
         adata.uns["alphastomics"].update({"dataset": args.dataset or "", "checkpoint_sha256": model.sha256,
                                           "train_slices": list(model.train_slices), "runtime_s": round(time.time() - started, 2)})
     write_h5ad_atomic(adata, args.out)

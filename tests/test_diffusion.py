@@ -189,6 +189,40 @@ def test_ddim_is_deterministic_given_the_initial_noise_and_ancestral_is_not():
     assert results == {"ddim": True, "ancestral": False}
 
 
+@pytest.mark.parametrize("temperature", [1.0, 0.6])
+def test_expression_temperature_scales_the_noise_each_ancestral_step_adds(temperature):
+    """A model that predicts x0 = x_t makes the ancestral chain linear: each step scales the state
+    by c = sqrt(ab_s)(1 - a)/(1 - ab_t) + sqrt(a)(1 - ab_s)/(1 - ab_t) and adds noise of variance
+    temperature^2 (1 - a)(1 - ab_s)/(1 - ab_t), so the returned state's variance follows a recursion
+    computed here without the sampler. Coordinates keep the full noise whatever the temperature."""
+    from alphastomics.diffusion.sampler import sample, timestep_grid
+    from alphastomics.model.network import Prediction
+
+    def identity(expression, positions, *args, **kwargs):
+        return Prediction(expression, positions, torch.tensor(0.0))
+
+    schedule = NoiseSchedule(20)
+    batch = _toy_batch(B=1, N=4000)
+    expression, positions = sample(identity, schedule, batch, True, True, False, steps=8, progress=False,
+                                   generator=torch.Generator().manual_seed(0), expression_temperature=temperature)
+
+    def expected_variance(scale):
+        ab = schedule.alpha_bar("expression").double()
+        variance = 1.0
+        grid = timestep_grid(20, 8)
+        for t, s in zip(grid[:-2], grid[1:-1]):  # the last step returns x0 = x_t unchanged
+            a = ab[t] / ab[s]
+            c = ab[s].sqrt() * (1 - a) / (1 - ab[t]) + a.sqrt() * (1 - ab[s]) / (1 - ab[t])
+            variance = c**2 * variance + scale**2 * (1 - a) * (1 - ab[s]) / (1 - ab[t])
+        return float(variance)
+
+    assert expression.var().item() == pytest.approx(expected_variance(temperature), rel=0.03)
+    xy = positions[..., :2]
+    assert xy.var().item() == pytest.approx(expected_variance(1.0), rel=0.05)
+    if temperature != 1.0:
+        assert expected_variance(temperature) < 0.9 * expected_variance(1.0)  # the test can tell the two apart
+
+
 def test_classifier_free_guidance_extrapolates_expression_and_never_positions():
     """Guidance w: expression x0 = u + w (c - u) at any w; positions follow it up to the conditional
     model (w = 1) and no further, since extrapolated positions stretch the tissue."""

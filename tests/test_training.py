@@ -97,6 +97,10 @@ def test_sample_refuses_unknown_slice_and_bad_checkpoint(starmap_dir, tmp_path):
                   "--out", str(tmp_path / "o.h5ad"))
     assert result.returncode != 0 and "model.ckpt" in result.stderr
     assert not (tmp_path / "o.h5ad").exists()
+    result = _cli("sample", "--checkpoint", str(bogus), "--data", str(starmap_dir), "--slice", "x", "--mode", "joint",
+                  "--expression-temperature", "0", "--out", str(tmp_path / "o.h5ad"))
+    assert result.returncode != 0 and "--expression-temperature" in result.stderr
+    assert not (tmp_path / "o.h5ad").exists()
 
 
 def _module_and_batch(data_dir, slices, frame_kind="per_slice", **changes):
@@ -473,3 +477,18 @@ def test_the_exported_posterior_mean_of_expression_averages_to_the_training_mean
     gene = int(np.argmax(without.std(0)))
     assert pearsonr(with_factors[:, gene], data.expression[:, gene])[0] == pytest.approx(
         pearsonr(without[:, gene], data.expression[:, gene])[0], abs=1e-5)
+
+
+def test_the_expression_temperature_changes_the_draws_not_the_posterior_mean_and_is_recorded(small_models):
+    from alphastomics.sample import sample_slice
+
+    checkpoint, data_dir, slice_id = small_models["bdtnp"]
+    sharp, full = (sample_slice(checkpoint, data_dir, slice_id, "pos_to_expr", steps=5, num_samples=2, progress=False,
+                                posterior_mean_draws=2, expression_temperature=t) for t in (0.5, 1.0))
+    assert sharp.uns["alphastomics"]["expression_temperature"] == 0.5 and full.uns["alphastomics"]["expression_temperature"] == 1.0
+    assert not np.allclose(sharp.layers["expr_pred"], full.layers["expr_pred"])
+    # the posterior mean averages first-step estimates, not sampler draws
+    assert np.array_equal(sharp.layers["expr_pred_mean"], full.layers["expr_pred_mean"])
+    default = sample_slice(checkpoint, data_dir, slice_id, "pos_to_expr", steps=5, num_samples=2, progress=False,
+                           posterior_mean_draws=2)
+    assert default.uns["alphastomics"]["expression_temperature"] == 0.9  # sampling.expression_temperature

@@ -234,11 +234,16 @@ def method_options(method):
     return ["--options", json.dumps(options, sort_keys=True)] if options else []
 
 
-def sampling_draws(mode):
-    """Draws per slice of a mode, as `alphastomics sample` counts them (SamplingConfig.draws)."""
+def sampling_settings():
+    """The config's sampling section with the package's defaults filled in (SamplingConfig)."""
     from alphastomics.config import config_from_dict
 
-    return config_from_dict({"sampling": config.get("sampling", {})}).sampling.draws(mode)
+    return config_from_dict({"sampling": config.get("sampling", {})}).sampling
+
+
+def sampling_draws(mode):
+    """Draws per slice of a mode, as `alphastomics sample` counts them (SamplingConfig.draws)."""
+    return sampling_settings().draws(mode)
 
 
 def training_excluded(dataset):

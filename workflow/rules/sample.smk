@@ -9,6 +9,7 @@ rule sample:
         data=lambda w: f"results/{w.dataset}",
         steps=config.get("sampling", {}).get("steps", 0),
         sampler=config.get("sampling", {}).get("sampler", "ancestral"),
+        expression_temperature=sampling_settings().expression_temperature,
         num_samples=lambda w: sampling_draws(w.mode),
         posterior_mean_draws=config.get("sampling", {}).get("posterior_mean_draws", 32),
         seed=config.get("sampling", {}).get("seed", 0),
@@ -24,5 +25,6 @@ rule sample:
     shell:
         "alphastomics --threads {threads} sample --checkpoint {input.model:q} --data {params.data:q} --slice {params.slice_id:q}"
         " --mode {wildcards.mode:q} --steps {params.steps:q} --sampler {params.sampler:q}"
+        " --expression-temperature {params.expression_temperature:q}"
         " --num-samples {params.num_samples:q} --posterior-mean-draws {params.posterior_mean_draws:q} --seed {params.seed:q} --dataset {wildcards.dataset:q}"
         " --atlas-context-cells {params.atlas_context_cells:q} --out {output:q} > {log:q} 2>&1"
