@@ -217,11 +217,16 @@ class SamplingConfig:
             raise ConfigError("sampling.num_samples and sampling.joint_num_samples must be at least 1")
         if self.posterior_mean_draws < 1:
             raise ConfigError("sampling.posterior_mean_draws must be at least 1")
-        if not 0.0 < self.expression_temperature <= 2.0:
-            raise ConfigError(f"sampling.expression_temperature must be in (0, 2] (1: the model's own distribution), "
-                              f"not {self.expression_temperature}")
+        check_expression_temperature(self.expression_temperature, "sampling.expression_temperature")
         _check_choice("sampling.sampler", self.sampler, ("ancestral", "ddim"))
         _check_choice("sampling.joint_cell_types", self.joint_cell_types, JOINT_CELL_TYPES)
+
+
+def check_expression_temperature(value: float, name: str) -> None:
+    """The sampler's expression noise scale (config key or command-line flag ``name``): at 0 the
+    draws would not be samples at all, and past 2 they are mostly noise."""
+    if not 0.0 < value <= 2.0:
+        raise ConfigError(f"{name} must be in (0, 2] (1: the model's own distribution), not {value}")
 
 
 @dataclass

@@ -16,7 +16,7 @@ import torch
 
 from alphastomics import GENERATED_BY_MODE, MODES, __version__
 from alphastomics.checkpoint import LoadedModel, load_model
-from alphastomics.config import JOINT_CELL_TYPES
+from alphastomics.config import JOINT_CELL_TYPES, check_expression_temperature
 from alphastomics.data.batch import SliceBatch
 from alphastomics.data.slices import collate, make_example
 from alphastomics.diffusion.sampler import FULL_INTERVAL, SAMPLERS, sample
@@ -727,9 +727,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     started = time.time()
-    if args.expression_temperature is not None and not 0.0 < args.expression_temperature <= 2.0:
-        raise InputError(f"--expression-temperature must be in (0, 2] (1: the model's own distribution), "
-                         f"not {args.expression_temperature}")
+    if args.expression_temperature is not None:
+        check_expression_temperature(args.expression_temperature, "--expression-temperature")
     guidance = GuidanceRequest(condition=args.condition, slice_conditions=parse_slice_conditions(args.slice_condition),
                                scale=args.guidance_scale, target=args.target, target_scale=args.target_scale,
                                target_cells=args.target_cells, target_region=args.target_region,
