@@ -59,6 +59,28 @@ def test_spacing_metrics_catch_piled_up_cells_and_gaps():
     assert geometry.spacing_metrics(grid, grid * 2)[0]["nn_distance_wasserstein_rel"] == pytest.approx(1.0)
 
 
+def test_density_spread_tells_an_evenly_filled_tissue_from_a_gaussian_cloud():
+    from sklearn.neighbors import NearestNeighbors
+
+    rng = np.random.default_rng(1)
+    square = rng.uniform(0, 100, size=(1500, 2))
+    # independent computation: the 10th other neighbour from scikit-learn's brute-force search
+    distances, _ = NearestNeighbors(n_neighbors=11, algorithm="brute").fit(square).kneighbors(square)
+    expected = np.log(distances[:, 10]).std()
+    assert geometry.local_density_spread(square) == pytest.approx(expected, rel=1e-9)
+    # size, position and a flat z = 0 column change nothing
+    flat = np.c_[square * 3.0 + 40.0, np.zeros(len(square))]
+    assert geometry.local_density_spread(flat) == pytest.approx(expected, rel=1e-9)
+    # a Gaussian cloud of the same extent on both axes: dense middle, sparse rim
+    cloud = rng.normal(size=square.shape) * square.std(0)
+    values, how = geometry.spacing_metrics(square, cloud)
+    assert geometry.extent_ratios(square, cloud) == pytest.approx([1.0, 1.0], abs=0.1)
+    assert values["density_spread_ratio"] > 1.4
+    assert how["density_spread_ratio"]["true_spread"] == pytest.approx(expected)
+    assert geometry.spacing_metrics(square, square[::-1] * 0.5)[0]["density_spread_ratio"] == pytest.approx(1.0)
+    assert metric_direction("density_spread_ratio") == "one"
+
+
 def _naive_energy(a, b):
     ab = np.mean([np.linalg.norm(x - y) for x in a for y in b])
     aa = np.mean([np.linalg.norm(x - y) for i, x in enumerate(a) for j, y in enumerate(a) if i != j])

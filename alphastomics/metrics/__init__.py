@@ -42,6 +42,7 @@ METRIC_DIRECTION: dict[str, str] = {
     "distance_wasserstein_unit_rms": "lower",
     "nn_distance_ratio_median": "one",
     "nn_distance_wasserstein_rel": "lower",
+    "density_spread_ratio": "one",
     "position_error_median": "lower",
     "procrustes_disparity": "lower",
     "rssd_kabsch": "lower",
