@@ -237,3 +237,44 @@ def test_classifier_free_guidance_extrapolates_expression_and_never_positions():
         torch.testing.assert_close(out.expression, (1 - w) * u.expression + w * c.expression)
         expected = (1 - w) * u.positions + w * c.positions if w <= 1 else c.positions
         torch.testing.assert_close(out.positions, expected)
+
+
+def test_position_denoising_benchmark_ratio_is_one_for_a_network_that_moves_nothing_and_zero_for_an_oracle():
+    """benchmarks/position_denoising.py: MSE of the coordinate estimate over that of the shrunk noisy input."""
+    import importlib.util
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from alphastomics.data.batch import SliceBatch
+    from alphastomics.model.network import Prediction, masked_centre, precondition
+
+    spec = importlib.util.spec_from_file_location("position_denoising", Path(__file__).parents[1] / "benchmarks/position_denoising.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    n = 300
+    positions = torch.zeros(1, n, 3)
+    positions[0, :, :2] = torch.from_numpy(np.random.default_rng(0).uniform(0, 3, size=(n, 2))).float()
+    batch = SliceBatch(expression=torch.zeros(1, n, 4), expression_target=torch.ones(1, n, 4), positions=positions,
+                       node_mask=torch.ones(1, n, dtype=torch.bool), gene_mask=torch.ones(1, 4),
+                       dim_mask=torch.tensor([[1.0, 1.0, 0.0]]))
+    clean = masked_centre(positions, batch.node_mask)
+    schedule = NoiseSchedule(200, 1.0, 1.0)
+
+    def still(expression, x_t, t_e, t_p, ab_e, ab_p, *rest):
+        c_skip, _ = precondition(ab_p)
+        return Prediction(expression=expression, positions=torch.where(batch.dim_mask[:, None, :].bool(), c_skip * x_t, x_t),
+                          aux_loss=torch.zeros(()))
+
+    def oracle(expression, x_t, *rest):
+        return Prediction(expression=expression, positions=clean, aux_loss=torch.zeros(()))
+
+    def halfway(expression, x_t, t_e, t_p, ab_e, ab_p, *rest):  # halves the shrunk input's error: ratio 1/4
+        c_skip, _ = precondition(ab_p)
+        return Prediction(expression=expression, positions=(c_skip * x_t + clean) / 2, aux_loss=torch.zeros(()))
+
+    for network, expected in ((still, 1.0), (oracle, 0.0), (halfway, 0.25)):
+        model = SimpleNamespace(frame=SimpleNamespace(kind="per_slice"), schedule=schedule, network=network)
+        ratios = bench.denoising_ratios(model, batch, [2, 15, 120], repeats=2, seed=0)
+        assert list(ratios) == [2, 15, 120]
+        assert all(r == pytest.approx(expected, abs=1e-6) for r in ratios.values()), (network.__name__, ratios)
