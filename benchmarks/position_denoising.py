@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -35,6 +34,7 @@ from alphastomics.io.manifest import load_manifest
 from alphastomics.io.shards import load_slice
 from alphastomics.model.network import masked_centre, precondition
 from alphastomics.sample import known_batch
+from common import add_model_arguments, trained_models
 
 
 @torch.no_grad()
@@ -63,22 +63,14 @@ def denoising_ratios(model, batch, steps: list[int], repeats: int, seed: int) ->
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--results", default="results")
-    p.add_argument("--datasets", nargs="+", default=["starmap_mpfc", "bdtnp_drosophila"])
+    add_model_arguments(p)
     p.add_argument("--steps", nargs="+", type=int, default=[2, 5, 10, 15, 30, 60, 120])
     p.add_argument("--repeats", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
 
     summary: dict = {}
-    for dataset in args.datasets:
-        data_dir = Path(args.results) / dataset
-        checkpoint = data_dir / "model" / "model.ckpt"
-        if not checkpoint.exists():
-            print(f"{dataset}: no model at {checkpoint}, skipped")
-            continue
+    for dataset, data_dir, checkpoint in trained_models(args):
         model = load_model(checkpoint)
         manifest = load_manifest(data_dir)
         steps = [t for t in args.steps if 0 < t <= model.schedule.steps]

@@ -25,13 +25,13 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from alphastomics.config import EvaluationConfig
 from alphastomics.evaluate import evaluate_sample
 from alphastomics.io.manifest import load_manifest
 from alphastomics.references import REAL_PREFIX
 from alphastomics.sample import sample_slice
+from common import add_model_arguments, trained_models
 
 JOINT = ("expr_energy_distance_pca", "cell_type_composition_l1", "distance_wasserstein_unit_rms", "expr_std_ratio_median")
 POS_TO_EXPR = ("expr_std_ratio_median", "expr_zero_fraction_abs_diff")
@@ -59,23 +59,15 @@ def scores(adata, data_dir: Path, metrics: tuple[str, ...]) -> tuple[dict, dict]
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--results", default="results")
-    p.add_argument("--datasets", nargs="+", default=["starmap_mpfc", "bdtnp_drosophila"])
+    add_model_arguments(p)
     p.add_argument("--temperatures", nargs="+", type=float, default=[1.0, 0.9, 0.8])
     p.add_argument("--seeds", nargs="+", type=int, default=[0], help="first seed of each set of draws")
     p.add_argument("--num-samples", type=int, default=4)
     p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
 
     summary: dict = {}
-    for dataset in args.datasets:
-        data_dir = Path(args.results) / dataset
-        checkpoint = data_dir / "model" / "model.ckpt"
-        if not checkpoint.exists():
-            print(f"{dataset}: no model at {checkpoint}, skipped")
-            continue
+    for dataset, data_dir, checkpoint in trained_models(args):
         slice_id = held_out_slice(data_dir)
         print(f"\n{dataset}, held-out slice {slice_id}")
         rows = []

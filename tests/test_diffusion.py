@@ -239,7 +239,7 @@ def test_classifier_free_guidance_extrapolates_expression_and_never_positions():
         torch.testing.assert_close(out.positions, expected)
 
 
-def test_position_denoising_benchmark_ratio_is_one_for_a_network_that_moves_nothing_and_zero_for_an_oracle():
+def test_position_denoising_benchmark_ratio_is_one_for_a_network_that_moves_nothing_and_zero_for_an_oracle(monkeypatch):
     """benchmarks/position_denoising.py: MSE of the coordinate estimate over that of the shrunk noisy input."""
     import importlib.util
     from pathlib import Path
@@ -248,7 +248,9 @@ def test_position_denoising_benchmark_ratio_is_one_for_a_network_that_moves_noth
     from alphastomics.data.batch import SliceBatch
     from alphastomics.model.network import Prediction, masked_centre, precondition
 
-    spec = importlib.util.spec_from_file_location("position_denoising", Path(__file__).parents[1] / "benchmarks/position_denoising.py")
+    benchmarks = Path(__file__).parents[1] / "benchmarks"
+    monkeypatch.syspath_prepend(str(benchmarks))  # as when run as a script: its helpers sit beside it
+    spec = importlib.util.spec_from_file_location("position_denoising", benchmarks / "position_denoising.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
 
