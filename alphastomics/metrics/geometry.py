@@ -252,9 +252,8 @@ def local_density_spread(points: np.ndarray, k: int = DENSITY_K) -> float:
     from scipy.spatial import cKDTree
 
     points = np.asarray(points, np.float64)
-    points = points[:, points.std(0) > 0]  # a flat axis (2D data at z = 0) is no dimension of the density
     k = min(k, len(points) - 1)
-    if k < 1 or points.shape[1] == 0:
+    if k < 1:
         return float("nan")
     radius = cKDTree(points).query(points, k=k + 1)[0][:, k]
     radius = radius[radius > 0]  # cells piled onto k others have no defined density
