@@ -25,7 +25,7 @@ POSITION_METRICS = {
 MORAN_METRICS = {"morans_i_corr", "morans_i_abs_diff"}
 SHAPE_METRICS = {"extent_ratio_axis1", "extent_ratio_axis2", "extent_ratio_worst", "extent_ratio_anisotropy",
                  "distance_wasserstein_unit_rms", "nn_distance_ratio_median", "nn_distance_wasserstein_rel",
-                 "density_spread_ratio"}
+                 "density_spread_ratio", "axis_profile_wasserstein_worst"}
 DISTRIBUTION_METRICS = {"expr_zero_fraction_abs_diff", "expr_std_ratio_median", "expr_negative_fraction"}
 TYPED_POSITION_METRICS = {"nhood_enrichment_corr", "label_transfer_accuracy_spatial"}
 TYPED_EXPRESSION_METRICS = {"leiden_ari", "leiden_nmi", "leiden_accuracy", "label_transfer_accuracy_expression"}

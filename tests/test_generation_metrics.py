@@ -81,6 +81,37 @@ def test_density_spread_tells_an_evenly_filled_tissue_from_a_gaussian_cloud():
     assert metric_direction("density_spread_ratio") == "one"
 
 
+def _sorted_wasserstein(a, b):
+    """1-D Wasserstein distance of two equal-size samples: the mean gap between their order statistics."""
+    return np.mean(np.abs(np.sort(a) - np.sort(b)))
+
+
+def test_axis_profile_tells_an_evenly_filled_axis_from_a_gaussian_one():
+    rng = np.random.default_rng(2)
+    n = 2000
+    rectangle = rng.uniform(-1, 1, size=(n, 2)) * [300.0, 100.0]
+    # the same extents, evenly filled along the long axis and a Gaussian along the short one
+    half_cloud = np.c_[rng.uniform(-1, 1, n) * 300.0, rng.normal(size=n) * 100.0 / np.sqrt(3)]
+    distances = geometry.axis_profile_distances(rectangle, half_cloud)
+    # independent computation: the profiles along x and y, standardised, compared by their order statistics
+    standardised = [(p - p.mean(0)) / p.std(0) for p in (rectangle, half_cloud)]
+    for axis in range(2):
+        expected = min(_sorted_wasserstein(standardised[0][:, axis], standardised[1][:, axis]),
+                       _sorted_wasserstein(standardised[0][:, axis], -standardised[1][:, axis]))
+        assert distances[axis] == pytest.approx(expected, abs=0.01)  # the principal axes are x and y up to sampling
+    assert distances[0] < 0.05 < 0.1 < distances[1]
+    # rotation, reflection, size, position and a flat z column change nothing
+    angle = 0.7
+    rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    moved = np.c_[(half_cloud @ rotation) * [-2.5, 2.5] + 40.0, np.zeros(n)]
+    assert geometry.axis_profile_distances(rectangle, moved) == pytest.approx(distances, abs=1e-9)
+    values, how = geometry.shape_metrics(rectangle, half_cloud, 1000, 0)
+    assert values["axis_profile_wasserstein_worst"] == pytest.approx(distances.max())
+    assert how["axis_profile_wasserstein_worst"]["per_axis"] == pytest.approx(list(distances))
+    assert geometry.shape_metrics(rectangle, rectangle[::-1] * 0.5, 1000, 0)[0]["axis_profile_wasserstein_worst"] < 1e-9
+    assert metric_direction("axis_profile_wasserstein_worst") == "lower"
+
+
 def _naive_energy(a, b):
     ab = np.mean([np.linalg.norm(x - y) for x in a for y in b])
     aa = np.mean([np.linalg.norm(x - y) for i, x in enumerate(a) for j, y in enumerate(a) if i != j])

@@ -43,6 +43,7 @@ METRIC_DIRECTION: dict[str, str] = {
     "nn_distance_ratio_median": "one",
     "nn_distance_wasserstein_rel": "lower",
     "density_spread_ratio": "one",
+    "axis_profile_wasserstein_worst": "lower",
     "position_error_median": "lower",
     "procrustes_disparity": "lower",
     "rssd_kabsch": "lower",
