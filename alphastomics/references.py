@@ -234,6 +234,18 @@ def joint_rows(
             how["cell_type_drawn_composition_l1"] = {
                 "formula": "sum over cell types of |fraction drawn - fraction in the test slice|: the part of "
                            "cell_type_composition_l1 that comes from drawing the types from the training composition"}
+            # What real cells of exactly the drawn types would score, typed as often as the test slice's
+            # own cells are (the classifier mistypes some types far more than others: STARmap eL5-2 is
+            # typed as itself for 23% of its real cells): the figure above it is the model's share.
+            confusion = distribution.confusion_rows(true_types[true_known], true_typed[true_known], types)
+            expected = distribution.composition(drawn, types) @ confusion
+            values["cell_type_drawn_composition_l1_expected"] = float(
+                np.abs(expected - distribution.composition(true_types[true_known], types)).sum())
+            how["cell_type_drawn_composition_l1_expected"] = {
+                "formula": "sum over cell types of |(drawn composition x the classifier's confusion matrix on the test "
+                           "slice's cells) - fraction in the test slice|: cell_type_composition_l1 expected of real cells "
+                           "of exactly the drawn types", "typed_by": typer_name(label_k),
+                "types_absent_from_test": "typed as themselves"}
     return rows
 
 

@@ -82,6 +82,18 @@ def composition_l1(a: np.ndarray, b: np.ndarray, types: list[str]) -> float:
     return float(np.abs(composition(a, types) - composition(b, types)).sum())
 
 
+def confusion_rows(labels: np.ndarray, typed: np.ndarray, types: list[str]) -> np.ndarray:
+    """(T, T) share of the cells of each true type (row) typed as each type (column); a type with
+    no cell gets the identity row (typed as itself: nothing says otherwise)."""
+    labels, typed = np.asarray(labels).astype(str), np.asarray(typed).astype(str)
+    rows = np.eye(len(types))
+    for i, t in enumerate(types):
+        mine = labels == t
+        if mine.any():
+            rows[i] = composition(typed[mine], types)
+    return rows
+
+
 def zero_fraction(expression: np.ndarray) -> float:
     return float(np.mean(np.asarray(expression) < NEAR_ZERO))
 
