@@ -15,7 +15,7 @@
    dropout); the estimated dropout rate (true 0.5); and the undropped slice denoised, which should
    come back as it was (Pearson 1).
 4. ``--joint-guidance``: STARmap BZ14 ``joint`` with cell types drawn from the training
-   composition, with the default guidance (2 at the middle noise levels) and with none, seeds 0-2:
+   composition, with the default guidance (3 at the middle noise levels) and with none, seeds 0-2:
    composition L1, neighbourhood enrichment, Moran's I and energy distance, beside the real slices.
 5. ``--perturbation``: no bundled dataset has two conditions, so one is planted in real tissue: the
    three STARmap sections (condition=control) and a copy of BZ9 whose activity genes are raised 4x
@@ -102,7 +102,7 @@ JOINT_FIGURES = ("cell_type_composition_l1", "nhood_enrichment_corr", "morans_i_
 def joint_cell_type_guidance(checkpoint: Path, data: Path, slice_id: str, seeds: list[int], out: Path,
                              steps: int) -> dict:
     """``joint`` with cell types drawn from the training composition, through the CLI: the default
-    guidance (2 at the middle noise levels) against no push (``--guidance-scale 1``), seed by seed,
+    guidance (3 at the middle noise levels) against no push (``--guidance-scale 1``), seed by seed,
     scored by ``evaluate`` against the real training slices (first draw)."""
     rows = {}
     for setting, extra in (("scale1", ("--guidance-scale", "1")), ("default", ())):

@@ -112,7 +112,7 @@ def test_conditioning_on_cell_type_moves_generated_cells_to_that_type(conditione
 def test_joint_gives_its_cells_the_training_composition_then_the_tissue_given_them(conditioned):
     """A joint sample of a model conditioned on cell type first gives its cells the training
     composition (recorded at training, checked here by hand; counts rounded, the cells that get each
-    type drawn by the seed), then samples the tissue given them (guidance 2 at the middle noise
+    type drawn by the seed), then samples the tissue given them (guidance 3 at the middle noise
     levels by default; a scale asked for applies at every level): generated cells are typed as their
     drawn type more often than the unconditional draw with the same seed is. ``none`` is
     unconditional sampling exactly."""
@@ -127,14 +127,14 @@ def test_joint_gives_its_cells_the_training_composition_then_the_tissue_given_th
     drawn = obs["cell_type_drawn"]
     assert unguided is None and list(drawn) == model.conditions.draw_cell_types(len(data.cell_ids), 5)
     assert uns["joint_cell_types"]["cell_types"] == model.conditions.cell_types
-    assert uns["joint_cell_types"]["guidance_scale"] == 2.0 and uns["joint_cell_types"]["guidance_interval"] == [0.2, 0.7]
+    assert uns["joint_cell_types"]["guidance_scale"] == 3.0 and uns["joint_cell_types"]["guidance_interval"] == [0.2, 0.7]
     counts = np.array([np.sum(drawn == t) for t in model.conditions.cell_types])
     expected = len(drawn) * np.asarray(by_hand)
     assert counts.sum() == len(drawn) and np.all(np.abs(counts - expected) < 1)  # the composition itself, rounded
     other_seed = model.conditions.draw_cell_types(len(data.cell_ids), 6)
     assert sorted(other_seed) == sorted(drawn) and list(other_seed) != list(drawn)  # same counts, other cells
     conditional = draw_samples(model, apply_conditions(known_batch(model, data, "joint"), model.conditions, drawn, "cell_type", {},
-                                                       "test"), "joint", 2, seed=5, steps=10, progress=False, guidance_scale=2.0,
+                                                       "test"), "joint", 2, seed=5, steps=10, progress=False, guidance_scale=3.0,
                                guidance_interval=(0.2, 0.7))
     assert np.array_equal(draws.expression, conditional.expression)
     everywhere, uns, _, _ = guided_draws(model, known_batch(model, data, "joint"), data, "joint", 2, 5, 10, "ancestral", False,
