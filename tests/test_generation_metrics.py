@@ -189,21 +189,19 @@ def test_joint_reference_rows_rank_a_real_slice_above_noise(starmap_dir):
                           drawn_types=drawn)
         values = rows["generated"][0]
         assert values["cell_type_drawn_accuracy"] == pytest.approx(np.mean(typer.predict(test.expression) == drawn.astype(str)))
-        # real cells of the drawn types, typed as often as the test cells are: drawn with the test
-        # slice's own labels that is the test cells typed; all drawn as Astro, the test's Astro cells typed
+        # ..._expected: real cells of the drawn types, typed as often as the test cells are. Drawn with
+        # the test slice's own labels, that is the test cells typed; all drawn as Astro, its Astro cells typed
         if composition is not None:
+            assert values["cell_type_drawn_composition_l1"] == pytest.approx(composition, abs=1e-12)
             assert values["cell_type_drawn_composition_l1_expected"] == pytest.approx(
                 values["cell_type_classifier_composition_l1_on_test"], abs=1e-12)
         else:
+            assert values["cell_type_drawn_composition_l1"] == pytest.approx(2 * (1 - np.mean(labels.astype(str) == "Astro")))
             known = np.array([t is not None for t in labels])
             true_labels, typed = labels[known].astype(str), typer.predict(test.expression)[known]
             astro_typed = typed[true_labels == "Astro"]
             by_hand = sum(abs(np.mean(astro_typed == t) - np.mean(true_labels == t)) for t in types)
             assert values["cell_type_drawn_composition_l1_expected"] == pytest.approx(by_hand)
-        if composition is not None:
-            assert values["cell_type_drawn_composition_l1"] == pytest.approx(composition, abs=1e-12)
-        else:
-            assert values["cell_type_drawn_composition_l1"] == pytest.approx(2 * (1 - np.mean(labels.astype(str) == "Astro")))
     assert rows["generated"][0]["cell_type_drawn_accuracy"] < 0.2
     assert "cell_type_drawn_accuracy" not in same["generated"][0]  # no drawn types, no figure
     assert metric_direction("cell_type_drawn_composition_l1_expected") is None
