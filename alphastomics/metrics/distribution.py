@@ -85,12 +85,12 @@ def composition_l1(a: np.ndarray, b: np.ndarray, types: list[str]) -> float:
 def confusion_rows(labels: np.ndarray, typed: np.ndarray, types: list[str]) -> np.ndarray:
     """(T, T) share of the cells of each true type (row) typed as each type (column); a type with
     no cell gets the identity row (typed as itself: nothing says otherwise)."""
+    from sklearn.metrics import confusion_matrix
+
     labels, typed = np.asarray(labels).astype(str), np.asarray(typed).astype(str)
-    rows = np.eye(len(types))
-    for i, t in enumerate(types):
-        mine = labels == t
-        if mine.any():
-            rows[i] = composition(typed[mine], types)
+    rows = confusion_matrix(labels, typed, labels=types, normalize="true")
+    absent = ~np.isin(types, labels)
+    rows[absent] = np.eye(len(types))[absent]
     return rows
 
 
