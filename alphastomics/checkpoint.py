@@ -130,6 +130,16 @@ class LoadedModel:
         measured = (self.preprocessing or {}).get("measured_genes")
         return np.asarray(measured, dtype=bool) if measured else np.ones(len(self.genes), dtype=bool)
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.network.parameters()).device
+
+    def sampling_steps(self, requested: int | None) -> int | None:
+        """Steps to sample with: ``requested`` when given, else the training config's
+        ``sampling.steps``; 0 from either means every diffusion step (None for the sampler)."""
+        steps = self.config.sampling.steps if requested is None else requested
+        return steps or None
+
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
     path = Path(path)

@@ -109,17 +109,17 @@ def denoise_slice(model: LoadedModel, data: SliceData, time_fraction: float, num
         raise InputError(f"--time must be in (0, 1] (a fraction of the diffusion steps), got {time_fraction}")
     batch = known_batch(model, data, "pos_to_expr").repeat(num_samples)
     n = len(data.cell_ids)
-    measured_nonzero = torch.zeros(batch.expression.shape[:2] + (model.codec.num_genes,), dtype=torch.bool)
-    measured_nonzero[:, :n] = torch.from_numpy((data.expression > 0) & data.gene_mask.astype(bool)[None, :])
-    known_entries = measured_nonzero[..., torch.from_numpy(model.codec.channel_genes)]
+    measured_nonzero = torch.zeros(batch.expression.shape[:2] + (model.codec.num_genes,), dtype=torch.bool, device=batch.expression.device)
+    measured_nonzero[:, :n] = torch.from_numpy((data.expression > 0) & data.gene_mask.astype(bool)[None, :]).to(measured_nonzero.device)
+    known_entries = measured_nonzero[..., torch.from_numpy(model.codec.channel_genes).to(measured_nonzero.device)]
     start = max(1, int(round(time_fraction * model.schedule.steps)))
-    total = steps or model.config.sampling.steps or model.schedule.steps
+    total = model.sampling_steps(steps) or model.schedule.steps
     grid_steps = max(2, int(round(total * time_fraction)))
     generators = [torch.Generator().manual_seed(seed + i) for i in range(num_samples)]
     expression, _ = sample(model.network, model.schedule, batch, True, False, centred_positions=model.frame.kind == "per_slice",
                            steps=max(2, int(round(grid_steps / time_fraction))), generator=generators, progress=progress,
                            known_entries=known_entries, start_step=start)
-    probability, magnitude = model.codec.decode_parts(expression[:, :n].float().numpy())
+    probability, magnitude = model.codec.decode_parts(expression[:, :n].float().cpu().numpy())
     rate = dropout_rate(data.expression, data.gene_mask, model.codec.zero_fraction)
     adjustable = model.codec.zero_inflated & data.gene_mask.astype(bool)
     probability = match_kept_nonzeros(probability.mean(0), rate, data.expression > 0, adjustable)

@@ -58,7 +58,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     started = time.time()
     model = load_model(args.checkpoint, args.device)
-    steps = args.steps or model.config.sampling.steps or None
+    steps = model.sampling_steps(args.steps)
     parts = []
     if Path(args.data).is_dir():
         if args.slice_id is None:

@@ -41,8 +41,8 @@ def apply_conditions(batch: SliceBatch, conditions: ConditionVocabulary | None, 
                              "model.slice_covariates): it cannot be conditioned")
         return batch
     B, N = batch.node_mask.shape
-    batch.cell_labels = torch.zeros(B, N, dtype=torch.long)
-    batch.covariates = torch.zeros(B, len(conditions.covariates), dtype=torch.long)
+    batch.cell_labels = torch.zeros(B, N, dtype=torch.long, device=batch.node_mask.device)
+    batch.covariates = torch.zeros(B, len(conditions.covariates), dtype=torch.long, device=batch.node_mask.device)
     if condition:
         key, _, value = condition.partition("=")
         if key != "cell_type":
@@ -58,7 +58,7 @@ def apply_conditions(batch: SliceBatch, conditions: ConditionVocabulary | None, 
                 raise InputError(f"{source}: --condition cell_type takes the cells' own labels, and the data have none "
                                  "(give --cell-type-key, or --condition cell_type=NAME)")
             codes = conditions.cell_codes(cell_types, len(cell_types))
-        batch.cell_labels[:, : len(codes)] = torch.from_numpy(np.asarray(codes, dtype=np.int64))
+        batch.cell_labels[:, : len(codes)] = torch.from_numpy(np.asarray(codes, dtype=np.int64)).to(batch.cell_labels.device)
     for key, value in slice_conditions.items():
         if key not in conditions.covariates:
             raise InputError(f"--slice-condition {key}={value}: the model knows no covariate {key!r} "
@@ -209,7 +209,7 @@ def gradient_guidance(target: Target, codec: ExpressionCodec, scale: float, node
             weight = node_mask.to(j.dtype)
             if cells is not None:
                 weight = weight.clone()
-                weight[:, : len(cells)] = weight[:, : len(cells)] * cells.to(j.dtype)
+                weight[:, : len(cells)] = weight[:, : len(cells)] * cells.to(device=j.device, dtype=j.dtype)
             (grad,) = torch.autograd.grad((j * weight).sum(), x)
         return scale * grad
 

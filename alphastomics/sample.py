@@ -446,8 +446,8 @@ def sample_slice(checkpoint: str | Path, data_dir: str | Path, slice_id: str, mo
         log.warning("%s: no atlas context (it needs a shared frame and training slices of the same "
                     "panel and dimensionality in %s): laid out alone", slice_id, data_dir)
     placed = data if context is None else stack_cells(data, [data, context])  # the slice's cells first
-    batch = known_batch(model, placed, mode, heldout).to(device)
-    steps = steps or model.config.sampling.steps or None
+    batch = known_batch(model, placed, mode, heldout)
+    steps = model.sampling_steps(steps)
     num_samples = num_samples or model.config.sampling.draws(mode)
     sampler = sampler or model.config.sampling.sampler
     if expression_temperature is None:
@@ -484,15 +484,15 @@ def sample_slice(checkpoint: str | Path, data_dir: str | Path, slice_id: str, mo
 
 
 def known_batch(model: LoadedModel, data: SliceData, mode: str, heldout: np.ndarray | None = None) -> SliceBatch:
-    """The model-space batch of one slice as sampling sees it; ``heldout`` (G,) bool: imputation,
-    the genes to generate (the other measured genes are given)."""
+    """The model-space batch of one slice as sampling sees it, on the model's device; ``heldout``
+    (G,) bool: imputation, the genes to generate (the other measured genes are given)."""
     batch = collate([make_example(data, model.codec, model.frame, conditions=model.conditions)])
     if batch.cell_labels is not None:  # unconditional unless conditions are asked for (apply_conditions)
         batch.cell_labels = torch.zeros_like(batch.cell_labels)
         batch.covariates = torch.zeros_like(batch.covariates)
     if heldout is not None:
         batch.given_genes = torch.from_numpy(data.gene_mask.astype(bool) & ~heldout).float()[None, :]
-    return batch
+    return batch.to(model.device)
 
 
 @torch.no_grad()
@@ -580,7 +580,9 @@ def to_anndata(data: SliceData, draws: Draws, mode: str, frame_kind: str, heldou
 
 
 def write_h5ad_atomic(adata: ad.AnnData, out: str | Path) -> None:
-    with atomic_output(out) as temp:
+    # pandas 3 makes every string column a StringArray, which anndata writes only when allowed to
+    # (files then need anndata >= 0.11 to read).
+    with atomic_output(out) as temp, ad.settings.override(allow_write_nullable_strings=True):
         adata.write_h5ad(temp)
 
 
@@ -757,7 +759,7 @@ def main(args: argparse.Namespace) -> int:
             raise InputError("give --data (a dataset directory or an .h5ad), --coordinates FILE (pos_to_expr), "
                              "or --num-cells N (joint)")
         impute = [g.strip() for g in args.impute_genes.split(",") if g.strip()] if args.impute_genes else None
-        adata = sample_user_data(model, user, args.mode, args.steps or model.config.sampling.steps or None, args.seed,
+        adata = sample_user_data(model, user, args.mode, model.sampling_steps(args.steps), args.seed,
                                  args.num_samples or model.config.sampling.draws(args.mode), args.sampler or model.config.sampling.sampler,
                                  impute, args.holdout_fraction, args.holdout_seed or 0, guidance=guidance,
                                  posterior_mean_draws=args.posterior_mean_draws, expression_temperature=args.expression_temperature)

@@ -207,6 +207,12 @@ class DiffusionModule(L.LightningModule):
             self.log(f"train/{name}", value, prog_bar=name == "loss", on_step=True, on_epoch=True, batch_size=B)
         return losses["loss"]
 
+    def on_fit_start(self):
+        # DeepSpeed's bf16 casts the whole module, the moving average too. In bf16 an average at
+        # decay 0.999 cannot move: each step's change is below bf16's resolution. Keep it in fp32.
+        if self.ema_network is not None:
+            self.ema_network.float()
+
     @torch.no_grad()
     def on_train_batch_end(self, outputs, batch, batch_idx):
         if self.ema_network is None:

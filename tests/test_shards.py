@@ -156,6 +156,22 @@ def test_outputs_appear_whole_with_the_usual_permissions_or_not_at_all(tmp_path)
     assert not [p for p in tmp_path.iterdir() if is_temp_file(p)]
 
 
+def test_sample_files_with_pandas_string_arrays_are_written(tmp_path):
+    """pandas 3 makes every string column a StringArray (pandas 2 when asked): anndata refuses to
+    write one unless allowed; a GPU machine with pandas 3 failed at obs['cell_id']."""
+    import anndata as ad
+    import pandas as pd
+
+    from alphastomics.sample import write_h5ad_atomic
+
+    adata = ad.AnnData(np.ones((2, 1), np.float32))
+    adata.obs["cell_id"] = pd.array(["a", "b"], dtype="string")
+    with pytest.raises(RuntimeError, match="allow_write_nullable_strings"):
+        adata.write_h5ad(tmp_path / "plain.h5ad")
+    write_h5ad_atomic(adata, tmp_path / "s.h5ad")
+    assert ad.read_h5ad(tmp_path / "s.h5ad").obs["cell_id"].tolist() == ["a", "b"]
+
+
 def test_stale_temp_files_of_dead_processes_are_removed(tmp_path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead_pid = int(dead.stdout)

@@ -122,6 +122,42 @@ def test_batches_pad_slices_of_different_size_and_losses_are_finite(bdtnp_dir):
     assert module.network.blocks[0].attention.qkv.weight.grad.abs().sum() > 0
 
 
+def test_a_module_cast_to_bf16_as_deepspeed_does_trains_and_keeps_its_average_in_fp32(starmap_dir):
+    """DeepSpeed's bf16 casts every weight but not the batch nor the noise drawn in fp32; on an H200
+    the first step failed (mat1 and mat2 must have the same dtype). The moving average goes back to
+    fp32 at fit start: in bf16 it could not move."""
+    import copy
+
+    fp32, batch = _module_and_batch(starmap_dir, ["20180417_BZ5_control"], **{"model.local_neighbours": 4})
+    module = copy.deepcopy(fp32).to(torch.bfloat16)
+    assert module.ema_network.radius_in.weight.dtype == torch.bfloat16
+    module.on_fit_start()
+    assert {p.dtype for p in module.ema_network.parameters()} == {torch.float32}
+    assert module.network.radius_in.weight.dtype == torch.bfloat16
+    for seed in (0, 1, 2):  # noise and regimes drawn from the seed: both modalities, then one
+        losses = module.compute_losses(batch, torch.Generator().manual_seed(seed))
+        reference = fp32.compute_losses(batch, torch.Generator().manual_seed(seed))
+        assert losses.keys() == reference.keys()
+        for name in losses:
+            assert losses[name].item() == pytest.approx(reference[name].item(), rel=0.03), (seed, name)
+        module.zero_grad()
+        fp32.zero_grad()
+        losses["loss"].backward()
+        reference["loss"].backward()
+        learning = {n for n, p in fp32.network.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+        assert learning and learning == {n for n, p in module.network.named_parameters()
+                                         if p.grad is not None and p.grad.abs().sum() > 0}
+    before = [p.clone() for p in module.ema_network.parameters()]
+    with torch.no_grad():
+        for p in module.network.parameters():
+            p.add_(0.01)
+    module.on_train_batch_end(None, batch, 0)
+    assert all(not torch.equal(b, a) for b, a in zip(before, module.ema_network.parameters()))
+    # the fp32 average scores batches like the network it follows
+    ema = module.compute_losses(batch, torch.Generator().manual_seed(0), network=module.ema_network)
+    assert all(torch.isfinite(v) for v in ema.values())
+
+
 def test_training_modes_noise_the_right_modality(starmap_dir):
     module, batch = _module_and_batch(starmap_dir, ["20180417_BZ5_control"], **{"training.training_mode": "expr_to_pos"})
     _, _, t_e, t_p, w_e, w_p, _ = module._draw(batch, torch.Generator().manual_seed(0))
@@ -492,3 +528,21 @@ def test_the_expression_temperature_changes_the_draws_not_the_posterior_mean_and
     default = sample_slice(checkpoint, data_dir, slice_id, "pos_to_expr", steps=5, num_samples=2, progress=False,
                            posterior_mean_draws=2)
     assert default.uns["alphastomics"]["expression_temperature"] == 0.9  # sampling.expression_temperature
+
+
+def test_zero_sampling_steps_means_every_diffusion_step(small_models):
+    """`--steps 0` (config/full.yaml's sampling.steps) samples all diffusion steps; it once fell
+    back to the training config's 50."""
+    from alphastomics.checkpoint import load_model
+    from alphastomics.sample import sample_slice
+
+    checkpoint, data_dir, slice_id = small_models["starmap"]
+    model = load_model(checkpoint)
+    assert model.schedule.steps == 20 and model.config.sampling.steps == 50
+    assert model.sampling_steps(0) is None and model.sampling_steps(7) == 7 and model.sampling_steps(None) == 50
+    model.config.sampling.steps = 0
+    assert model.sampling_steps(None) is None
+    every = sample_slice(checkpoint, data_dir, slice_id, "expr_to_pos", steps=0, num_samples=1, progress=False)
+    assert every.uns["alphastomics"]["steps"] == 20
+    few = sample_slice(checkpoint, data_dir, slice_id, "expr_to_pos", steps=4, num_samples=1, progress=False)
+    assert few.uns["alphastomics"]["steps"] == 4

@@ -271,6 +271,17 @@ def test_config_values_reach_commands_as_single_quoted_arguments(tmp_path):
     assert not (tmp_path / "INJECTED").exists() and not (REPO / "INJECTED").exists()
 
 
+def test_the_full_size_config_passes_the_schema_and_samples_every_diffusion_step(tmp_path):
+    """config/full.yaml laid over the bundled config, as the README runs it on a GPU."""
+    configfile = small_config(tmp_path)
+    result = run_snakemake(tmp_path, configfile, "-n", "-p", "--configfile", str(configfile), str(REPO / "config/full.yaml"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    samples = {_argument(c, "--mode")[0]: c for c in _printed_commands(result, "sample") if "results/starmap_mpfc" in c}
+    assert set(samples) == set(MODES)
+    assert all(_argument(c, "--steps") == ["0"] for c in samples.values())  # 0: all 1,000 (alphastomics.checkpoint)
+    assert _argument(samples["expr_to_pos"], "--num-samples") == ["32"] and _argument(samples["joint"], "--num-samples") == ["4"]
+
+
 def test_slice_named_in_config_but_in_no_file_stops_before_any_job(tmp_path):
     configfile = small_config(tmp_path)
     edit_config(configfile, lambda c: c["datasets"]["starmap_mpfc"].update(

@@ -139,6 +139,19 @@ class AlphaSTomicsNet(nn.Module):
     ) -> Prediction:
         """``given_genes`` (B, G): imputation, genes given clean while the others are generated;
         ``cell_labels`` (B, N), ``covariates`` (B, K): condition codes (0 = none)."""
+        inputs = (expression, positions, t_expression, t_position, expression_alpha_bar, position_alpha_bar, node_mask,
+                  gene_mask, dim_mask, given_genes, cell_labels, covariates)
+        weights = self.radius_in.weight.dtype
+        if weights in (torch.bfloat16, torch.float16) and not torch.is_autocast_enabled(expression.device.type):
+            # DeepSpeed's bf16 (or fp16) casts every weight but neither the inputs nor the noise the
+            # training step draws in fp32: the matrix products run in the weights' precision, the
+            # coordinates' arithmetic stays in fp32.
+            with torch.autocast(expression.device.type, dtype=weights):
+                return self._forward(*inputs)
+        return self._forward(*inputs)
+
+    def _forward(self, expression, positions, t_expression, t_position, expression_alpha_bar, position_alpha_bar,
+                 node_mask, gene_mask, dim_mask, given_genes, cell_labels, covariates) -> Prediction:
         mask = node_mask[..., None].to(positions.dtype)
         x_t = positions * mask if self.absolute_positions else masked_centre(positions, node_mask)
         centred = masked_centre(x_t, node_mask)
