@@ -124,6 +124,14 @@ def test_3c_model_code_edit_reruns_training_onward(complete_run, tmp_path):
     assert [reason for rule, _, reason in jobs if rule == "train"][0].startswith("Params have changed")
 
 
+def test_3d_sampling_code_edit_reruns_export_and_sampling_onward(complete_run, tmp_path):
+    """guidance.py sets every draw's condition codes; an edit there once re-ran nothing."""
+    copy = complete_run[0]
+    with edited(copy / "alphastomics/guidance.py"):
+        jobs, text = dry_run(complete_run, tmp_path)
+    assert counts(jobs) == {"export_model": N_DATASETS, "sample": N_SAMPLES, **DOWNSTREAM_OF_SAMPLES, **RUNS_TABLE}, text[-3000:]
+
+
 def test_4_new_h5ad_file_preprocesses_only_that_file(complete_run, tmp_path):
     config = json.loads(json.dumps(complete_run[2]))
     files = config["datasets"][DATASET]["platforms"]["starmap"]["files"]

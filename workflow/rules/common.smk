@@ -268,8 +268,11 @@ SLICE_READING = ["io/shards.py", "io/manifest.py", "io/files.py", "io/names.py"]
 STAGE_CODE = {
     "preprocess": ["preprocess.py", "io", "errors.py"],
     "train": ["train.py", "config.py", "model", "diffusion", "data", *SLICE_READING],
-    "export": ["checkpoint.py", "sample.py", "model", "diffusion", "data", *SLICE_READING],  # calibration runs the model
-    "sample": ["sample.py", "layout.py", "diffusion", "model", "data", "checkpoint.py", "config.py", *SLICE_READING],
+    # calibration runs the model through sample.py's draws
+    "export": ["checkpoint.py", "config.py", "sample.py", "guidance.py", "heldout.py", "model", "diffusion", "data", *SLICE_READING],
+    # guidance.py: the condition codes of every draw and the drawn cell types; heldout.py: impute's genes
+    "sample": ["sample.py", "guidance.py", "heldout.py", "layout.py", "diffusion", "model", "data", "checkpoint.py", "config.py",
+               *SLICE_READING],
     "evaluate": ["evaluate.py", "layout.py", "references.py", "metrics", *SLICE_READING],
     "report": ["report", "runs.py", "layout.py"],
     "peer": ["peers", "heldout.py", "extract.py", *SLICE_READING],
