@@ -273,8 +273,10 @@ STAGE_CODE = {
     # guidance.py: the condition codes of every draw and the drawn cell types; heldout.py: impute's genes
     "sample": ["sample.py", "guidance.py", "heldout.py", "layout.py", "diffusion", "model", "data", "checkpoint.py", "config.py",
                *SLICE_READING],
-    "evaluate": ["evaluate.py", "layout.py", "references.py", "metrics", *SLICE_READING],
-    "report": ["report", "runs.py", "layout.py"],
+    "evaluate": ["evaluate.py", "config.py", "layout.py", "references.py", "metrics", *SLICE_READING],  # config.py: defaults
+    # evaluate.py: the tables' columns and cell-type labels; metrics: the figures' Moran's I
+    "report": ["report", "runs.py", "layout.py", "evaluate.py", "metrics", *SLICE_READING],
+    "runs": ["runs.py", "io/files.py"],
     "peer": ["peers", "heldout.py", "extract.py", *SLICE_READING],
 }
 

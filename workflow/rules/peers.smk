@@ -73,7 +73,7 @@ rule method_runs:
         "results/{dataset}/methods.tsv",
     params:
         benchmarks=lambda w: benchmark_files(w.dataset),
-        code=code_fingerprint("report"),
+        code=code_fingerprint("runs"),
     log:
         "logs/{dataset}/method_runs.log",
     conda:
