@@ -170,3 +170,32 @@ def test_evaluate_with_a_bad_config_value_stops_with_the_key_not_a_traceback(tmp
     assert cli(["evaluate", str(tmp_path / "sample.h5ad"), "--config", str(config), "--out", str(tmp_path / "m.tsv")]) == 1
     err = capsys.readouterr().err
     assert "bad.yaml" in err and "evaluation.contact_quantiles" in err and "Traceback" not in err
+
+
+def test_training_length_benchmark_variants_are_valid_training_settings(monkeypatch):
+    """benchmarks/training_length.py trains each variant from the settings it writes: the demo's with
+    the run's length and seed, or config/full.yaml's model laid over them with a warm-up that fits."""
+    import importlib.util
+
+    benchmarks = REPO / "benchmarks"
+    monkeypatch.syspath_prepend(str(benchmarks))  # as when run as a script: its helpers sit beside it
+    spec = importlib.util.spec_from_file_location("training_length", benchmarks / "training_length.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    bundled = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    demo = {k: bundled[k] for k in ("model", "diffusion", "loss", "masking", "training")}
+    full_yaml = yaml.safe_load((REPO / "config/full.yaml").read_text())
+
+    short = config_from_dict(bench.variant_settings(demo, full_yaml, "demo", 3000, 2))
+    assert (short.training.max_steps, short.training.seed) == (3000, 2)
+    assert short.model.hidden_dim == demo["model"]["hidden_dim"]
+    assert short.diffusion.diffusion_steps == demo["diffusion"]["diffusion_steps"]
+
+    full = config_from_dict(bench.variant_settings(demo, full_yaml, "full", 3600, 0))
+    assert full.model.hidden_dim == full_yaml["model"]["hidden_dim"] != demo["model"]["hidden_dim"]
+    assert full.model.num_layers == full_yaml["model"]["num_layers"]
+    assert full.diffusion.diffusion_steps == full_yaml["diffusion"]["diffusion_steps"]
+    assert full.training.max_steps == 3600 and full.training.warmup_steps == 360  # full.yaml's 1,000 would outlast a tenth
+    assert full.training.lr == full_yaml["training"]["lr"]
+    assert demo["training"]["max_steps"] != 3600  # the demo's own settings were not changed in place
