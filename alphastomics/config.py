@@ -46,6 +46,10 @@ class ModelConfig:
     # Conditions (classifier-free guidance at sampling): per-cell cell type, per-slice covariates.
     condition_on_cell_type: bool = False
     slice_covariates: list[str] = field(default_factory=list)
+    # Add the conditions' embedding before every block, not only at the input, so that a cell's
+    # label is not averaged away by its neighbours deep in the network (README, "Conditions").
+    # The bundled config sets it; False here so that models saved before it existed still load.
+    condition_every_block: bool = False
 
     def validate(self) -> None:
         _check_against_schema("model", self)  # bounds first: num_heads = 0 must not reach the modulo below

@@ -234,3 +234,38 @@ def test_moe_parameter_counts():
     per_expert = sum(p.numel() for p in net.blocks[0].ffn.experts[0].parameters())
     assert total == sum(p.numel() for p in net.parameters())
     assert total - active == 2 * per_expert * (8 - 2)
+
+
+def test_conditions_before_every_block_start_as_the_input_only_network_and_then_reach_every_block():
+    """model.condition_every_block: per-block projections of the condition embedding, zero at start."""
+    expression, positions, t, node_mask, gene_mask, dim_mask = _inputs()
+    labels = torch.tensor([[1, 2, 3, 1, 2] * 10, [3, 3, 1, 1, 2] * 10])
+    alpha_bar = torch.tensor([0.6, 0.3])
+    config = ModelConfig(hidden_dim=32, num_layers=3, num_heads=4)
+    channel_genes = list(range(12)) * 2
+
+    def net(every: bool):
+        torch.manual_seed(0)
+        return AlphaSTomicsNet(dataclasses.replace(config, condition_every_block=every), channel_genes, num_genes=12,
+                               diffusion_steps=100, condition_sizes=(4, []))
+
+    def run(model, cell_labels):
+        return model(expression, positions, t, t, alpha_bar, alpha_bar, node_mask, gene_mask, dim_mask, None, cell_labels, None)
+
+    input_only, every = net(False), net(True)
+    assert input_only.conditions_per_block is None and len(every.conditions_per_block) == 3
+    start_a, start_b = run(input_only, labels), run(every, labels)
+    assert torch.equal(start_a.expression, start_b.expression) and torch.equal(start_a.positions, start_b.positions)
+
+    (run(every, labels).expression.pow(2).mean() + run(every, labels).positions.pow(2).mean()).backward()
+    assert all(p.weight.grad.abs().sum() > 0 for p in every.conditions_per_block)  # the projections learn
+
+    with torch.no_grad():
+        for projection in every.conditions_per_block:
+            torch.nn.init.normal_(projection.weight, std=0.5)
+    other = labels.flip(-1)
+    moved = (run(every, labels).expression - run(every, other).expression).abs().mean()
+    moved_input_only = (run(input_only, labels).expression - run(input_only, other).expression).abs().mean()
+    assert moved > moved_input_only  # labels now enter every block, not just the first
+    no_labels = run(every, None)  # unconditioned calls (labels absent) still run
+    assert torch.isfinite(no_labels.expression).all()

@@ -121,6 +121,14 @@ class AlphaSTomicsNet(nn.Module):
         # Shared frame: the equivariant moves are combinations of offsets between cells and cannot
         # say "this cell belongs at x = 50"; an absolute head can (what is expressed where).
         self.position_out = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, 3)) if absolute_positions else None
+        # One projection per block, zero at start: the network begins as the input-only one
+        # (made last, so the other weights draw the same random numbers as without them).
+        self.conditions_per_block = nn.ModuleList(nn.Linear(dim, dim) for _ in range(config.num_layers)) \
+            if self.conditions_in is not None and config.condition_every_block else None
+        if self.conditions_per_block is not None:
+            for projection in self.conditions_per_block:
+                nn.init.zeros_(projection.weight)
+                nn.init.zeros_(projection.bias)
 
     def forward(
         self,
@@ -165,13 +173,16 @@ class AlphaSTomicsNet(nn.Module):
             # at high noise they would only feed the features noise.
             signal = position_alpha_bar.clamp(0.0, 1.0).sqrt().to(h.dtype)[:, None, None]
             h = h + signal * self.position_in(x_t)
-        if self.conditions_in is not None:
-            h = h + self.conditions_in(cell_labels, covariates)
+        conditions = self.conditions_in(cell_labels, covariates) if self.conditions_in is not None else None
+        if conditions is not None:
+            h = h + conditions
         h = h * node_mask[..., None]
         graph = knn_graph(x_t, node_mask, self.config.local_neighbours) if self.config.local_neighbours > 0 else None
         x = x_t
         aux = h.new_zeros(())
-        for block in self.blocks:
+        for index, block in enumerate(self.blocks):
+            if self.conditions_per_block is not None and torch.is_tensor(conditions):
+                h = h + self.conditions_per_block[index](conditions) * node_mask[..., None]
             h, x, block_aux = block(h, x, node_mask, graph)
             aux = aux + block_aux
         features = self.norm_out(h)
