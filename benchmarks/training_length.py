@@ -21,7 +21,7 @@ Each model samples the dataset's first test slice in ``--modes`` with the pipeli
 settings (the config's ``sampling`` section, as ``alphastomics sample`` gets them) and is scored by
 ``alphastomics evaluate``'s own function. Per variant it prints the figures issue 9's criteria name:
 ``expr_to_pos`` consensus distance Spearman, kNN@10 and extent ratios (lowest, highest), the draw's
-Spearman and kNN@10, the x0 error in a shared frame; ``pos_to_expr`` per-gene Pearson of
+Spearman and kNN@10, the consensus layout's median position error in a shared frame; ``pos_to_expr`` per-gene Pearson of
 ``expr_pred_mean``; ``joint`` composition L1 and expression energy distance.
 
 The last line is one JSON object, ``{"training_length": {dataset: {variant: {figure: value}}}}``.
@@ -61,7 +61,7 @@ FIGURES = {  # (mode, metric) -> the name printed and put in the JSON
 
 def variant_settings(demo: dict, full_yaml: dict, size: str, steps: int, seed: int) -> dict:
     """The training settings of one variant: the demo's, or config/full.yaml's laid over them."""
-    body = overlay(demo, {k: v for k, v in full_yaml.items() if k in SECTIONS}) if size == "full" else overlay(demo, {})
+    body = overlay(demo, {k: v for k, v in full_yaml.items() if k in SECTIONS}) if size == "full" else demo
     training = dict(body["training"], max_steps=steps, seed=seed)
     if size == "full":  # full.yaml's warm-up belongs to 50,000 steps
         training["warmup_steps"] = min(training.get("warmup_steps", 0), steps // 10)

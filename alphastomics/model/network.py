@@ -173,9 +173,8 @@ class AlphaSTomicsNet(nn.Module):
             # at high noise they would only feed the features noise.
             signal = position_alpha_bar.clamp(0.0, 1.0).sqrt().to(h.dtype)[:, None, None]
             h = h + signal * self.position_in(x_t)
-        conditions = self.conditions_in(cell_labels, covariates) if self.conditions_in is not None else None
-        if conditions is not None:
-            h = h + conditions
+        conditions = self.conditions_in(cell_labels, covariates) if self.conditions_in is not None else 0.0
+        h = h + conditions
         h = h * node_mask[..., None]
         graph = knn_graph(x_t, node_mask, self.config.local_neighbours) if self.config.local_neighbours > 0 else None
         x = x_t
