@@ -97,6 +97,30 @@ def test_celery_regressor_beats_random_positions(dataset, request):
     assert distance_spearman(inputs, predicted) > distance_spearman(inputs, random) + 0.15
 
 
+def test_oracle_recovers_positions_its_expression_encodes_and_never_fits_a_cell_on_itself():
+    """Synthetic slice whose expression is a smooth function of position: cross-validated regression
+    recovers the layout; with expression shuffled across cells it cannot. With k = 1 a fit that saw
+    the cell itself would return its exact coordinates: none does."""
+    from alphastomics.io.shards import SliceData
+    from alphastomics.peers.common import PeerInputs
+
+    rng = np.random.default_rng(0)
+    coords = np.c_[rng.uniform(0, 100, (300, 2)), np.zeros(300)].astype(np.float32)
+    centres = np.stack(np.meshgrid(np.linspace(0, 100, 4), np.linspace(0, 100, 3)), -1).reshape(12, 2)
+    bumps = np.exp(-((coords[:, None, :2] - centres) ** 2).sum(-1) / (2 * 30.0**2))  # 12 genes, each high near its centre
+    expression = (bumps + 0.02 * rng.normal(size=bumps.shape)).astype(np.float32)
+    test = SliceData("s", "synthetic", np.arange(300).astype(str), coords, 2, expression, np.ones(12, bool), None,
+                     [f"g{i}" for i in range(12)])
+    inputs = PeerInputs("synthetic", test, [], "per_slice", np.ones(12, bool))
+    predicted = baselines.oracle_positions(inputs, k=5)
+    assert predicted.shape == (300, 2)
+    assert distance_spearman(inputs, predicted) > 0.9
+    nearest = baselines.oracle_positions(inputs, k=1)
+    assert not np.isclose(nearest, coords[:, :2]).all(1).any()
+    shuffled = dataclasses.replace(inputs, test=dataclasses.replace(test, expression=expression[rng.permutation(300)]))
+    assert distance_spearman(shuffled, baselines.oracle_positions(shuffled, k=5)) < 0.2
+
+
 def test_celery_alignment_rotates_a_rotated_copy_back():
     from alphastomics.peers.celery import align_slices
 

@@ -633,6 +633,25 @@ def test_targets_say_plainly_where_alphastomics_is_not_ahead():
     assert "NOT ahead" in text and text.strip().endswith("2 of 3 targets met")
 
 
+def test_the_oracle_is_a_reference_row_never_ranked_nor_a_rival():
+    """An oracle that sees the held-out slice's coordinates sits with the reference rows: it is not
+    ranked, not starred, and AlphaSTomics is not judged against it."""
+    metrics, runs = _peer_frames()
+    oracle = pd.DataFrame([("d", "s1", "expr_to_pos", "oracle", "knn_preservation_k10", 0.9),
+                           ("d", "s1", "expr_to_pos", "oracle", "distance_spearman_median", 0.1)], columns=metrics.columns)
+    metrics = pd.concat([metrics, oracle], ignore_index=True)
+    table = next(t for t in tables.metric_tables(metrics, runs) if t["mode"] == "expr_to_pos")
+    assert table["methods"][-1] == "oracle"
+    knn_row = next(r for g in table["groups"] for r in g["rows"] if r["metric"] == "knn_preservation_k10")
+    assert not knn_row["cells"][-1]["best"] and knn_row["cells"][0]["best"]
+    targets = {(t["mode"], t["metric"]): t for t in tables.target_rows(metrics)}
+    assert targets[("expr_to_pos", "knn_preservation_k10")]["met"] is True
+    rows = tables.summary_rows(metrics, tables.headline_columns(metrics), runs)
+    mine = next(r for r in rows if r["mode"] == "expr_to_pos" and r["method"] == "alphastomics")
+    knn_col = [metric for _, metric in tables.headline_columns(metrics)].index("knn_preservation_k10")
+    assert mine["cells"][knn_col]["rank"] == "#1/3"
+
+
 def test_expr_to_pos_is_judged_on_the_consensus_layout_where_the_sample_has_one():
     """Against the peers' point estimates, AlphaSTomics' expr_to_pos counts with its consensus layout
     (its point estimate) in the targets and the summary; the peers and the other modes are untouched."""

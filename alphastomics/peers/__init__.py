@@ -10,6 +10,7 @@ and always writes a status record.
 | expr_to_pos | ``novosparc`` | novoSpaRc de novo reconstruction (package ``novosparc``) onto a grid of the slice's size and shape |
 | expr_to_pos | ``celery`` | CeLEry-style MLP expression -> coordinates, training slices aligned to a common frame |
 | expr_to_pos | ``random`` | lower bound: coordinates of a randomly permuted copy of the slice |
+| expr_to_pos | ``oracle`` | upper reference: coordinates regressed from expression on the held-out slice's own cells (cross-validated) |
 | pos_to_expr | ``knn`` | shared frame: mean expression of the k nearest training cells in that frame |
 | impute | ``tangram`` | Tangram (package ``tangram-sc``, CPU): training cells mapped onto the slice through the shared genes |
 | impute | ``knn`` | SpaGE-like kNN imputation in shared-gene expression space |
@@ -28,6 +29,7 @@ PEER_MODES: dict[str, tuple[str, ...]] = {
     "novosparc": ("expr_to_pos",),
     "celery": ("expr_to_pos",),
     "random": ("expr_to_pos",),
+    "oracle": ("expr_to_pos",),
     "knn": ("pos_to_expr", "impute"),
     "tangram": ("impute",),
     "graphst": ("domains",),
@@ -40,3 +42,7 @@ PEER_PACKAGES = {"novosparc": "novosparc", "tangram": "tangram-sc"}
 
 # Lower bounds: rows that give context, which AlphaSTomics must beat; reported beside the peers.
 LOWER_BOUNDS = {"random", "pca", "training_mean"}
+
+# Upper references: given what no other method is (the held-out slice's own coordinates), so shown
+# beside the others for scale, never ranked nor judged against.
+ORACLES = ("oracle",)

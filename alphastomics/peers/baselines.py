@@ -2,6 +2,10 @@
 
 - ``random_positions`` (expr_to_pos): the coordinates of a randomly permuted copy of the slice:
   the right shape, no information about which cell sits where;
+- ``oracle_positions`` (expr_to_pos): an upper reference, not a peer: each cell's coordinates
+  regressed from its expression on the *held-out slice's own* other cells (k-fold cross-validation),
+  so it sees 80% of the true coordinates no other method is given. It says how much of a cell's
+  position its expression tells at all;
 - ``pca_embedding`` (domains): principal components of standardised expression;
 - ``knn_expression_at_positions`` (pos_to_expr, shared frame): the mean expression of the k
   nearest training cells in the shared frame;
@@ -13,13 +17,34 @@ from __future__ import annotations
 
 import numpy as np
 from sklearn.decomposition import PCA
-from sklearn.neighbors import NearestNeighbors
+from sklearn.model_selection import KFold, cross_val_predict
+from sklearn.neighbors import KNeighborsRegressor, NearestNeighbors
 
 from alphastomics.peers.common import NotApplicable, PeerInputs, standardise
 
 
 def random_positions(coords: np.ndarray, seed: int = 0) -> np.ndarray:
     return np.asarray(coords)[np.random.default_rng(seed).permutation(len(coords))]
+
+
+def oracle_positions(inputs: PeerInputs, k: int = 15, folds: int = 5, n_components: int = 30, seed: int = 0) -> np.ndarray:
+    """(N, d): each cell's coordinates as the mean of its k nearest cells in expression (standardised,
+    PCA) among the held-out slice's cells of the other folds, which bring their true coordinates.
+
+    A k-fold split (shuffled: cells are often stored in spatial order) keeps every cell out of its
+    own fit. On STARmap BZ14 (k = 15, 30 components) it gives distance Spearman 0.45 and kNN@10
+    0.022; other choices (k 5-50, 10-60 components, centred instead of standardised) range over
+    0.41-0.51 and 0.021-0.027. On BDTNP slab2: 0.99 and 0.59."""
+    measured = inputs.test.gene_mask.astype(bool)
+    (x,) = standardise(np.asarray(inputs.test.expression[:, measured], np.float64))
+    n = len(x)
+    if n < 2 * folds:
+        raise NotApplicable(f"the held-out slice has {n} cells: too few for {folds}-fold cross-validation")
+    z = PCA(n_components=max(1, min(n_components, n - 1, x.shape[1])), random_state=seed).fit_transform(x)
+    neighbours = min(k, n - n // folds - 1)
+    split = KFold(folds, shuffle=True, random_state=seed)
+    coords = np.asarray(inputs.test.coords[:, : inputs.n_dims], np.float64)
+    return cross_val_predict(KNeighborsRegressor(neighbours), z, coords, cv=split).astype(np.float32)
 
 
 def pca_embedding(expression: np.ndarray, n_components: int = 30, seed: int = 0) -> np.ndarray:

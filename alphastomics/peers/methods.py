@@ -15,6 +15,8 @@ def run_method(method: str, mode: str, inputs: PeerInputs, seed: int = 0, checkp
     if (method, mode) == ("random", "expr_to_pos"):
         coords = baselines.random_positions(inputs.test.coords[:, : inputs.n_dims], seed)
         return sample_anndata(inputs, mode, method, coordinates=coords, extra=extra)
+    if (method, mode) == ("oracle", "expr_to_pos"):
+        return sample_anndata(inputs, mode, method, coordinates=baselines.oracle_positions(inputs, seed=seed, **options), extra=extra)
     if (method, mode) == ("celery", "expr_to_pos"):
         from alphastomics.peers.celery import celery_positions
 

@@ -16,6 +16,7 @@ import pandas as pd
 from alphastomics import MODES
 from alphastomics.layout import CONSENSUS_PREFIX
 from alphastomics.metrics import metric_direction
+from alphastomics.peers import ORACLES
 from alphastomics.references import REAL_PREFIX
 from alphastomics.report.inputs import MAIN_METHOD
 
@@ -91,8 +92,9 @@ def order_modes(modes) -> list[str]:
 
 
 def is_reference(method: str) -> bool:
-    """Reference rows (a real training slice scored like a generated one) give context; they do not compete."""
-    return method.startswith(REAL_PREFIX)
+    """Reference rows (a real training slice scored like a generated one; an oracle that sees true
+    coordinates) give context; they do not compete."""
+    return method.startswith(REAL_PREFIX) or method in ORACLES
 
 
 def _best_flags(values: dict[str, float], direction: str | None) -> set[str]:
