@@ -360,7 +360,8 @@ def gene_maps_figure(
             sc = ax.scatter(pts[o, a], pts[o, b], c=vals[o], cmap="viridis", vmin=vmin, vmax=vmax, s=size,
                             linewidths=0, rasterized=True)
             _set_limits(ax, [true_coords[idx], gen_coords[idx]], a, b)
-            ax.set_title(f"{gene} — {name}  (Moran's I {mi:.2f})")
+            # two lines at a smaller size: narrow panels (tall 3D slabs) made one-line titles overlap
+            ax.set_title(f"{gene} — {name}\nMoran's I {mi:.2f}", fontsize=10)
             ax.set_xlabel(f"{AXIS_NAMES[a]} ({units})")
             ax.set_ylabel(f"{AXIS_NAMES[b]} ({units})")
         fig.colorbar(sc, ax=axes[i, :], shrink=0.9, label="expression")
