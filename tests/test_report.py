@@ -718,3 +718,52 @@ def test_the_consensus_layout_is_drawn_beside_the_draw_rigidly_aligned_only_in_a
     else:
         assert float(consensus_item["rmsd"]) == pytest.approx(50.0, rel=1e-4)
         assert "no alignment" in consensus_item["how"]
+
+
+def test_every_method_s_layout_is_drawn_beside_alphastomics_matched_by_cell_id(tmp_path, monkeypatch):
+    """The peers' expr_to_pos layouts come from their status records: a run that failed is left out,
+    a peer that stored its cells in another order is matched back by cell id and rigidly aligned
+    (per-slice frame), and a peer whose cells are not the slice's is left out."""
+    import json
+
+    import anndata as ad
+
+    rng = np.random.default_rng(1)
+    n = 80
+    true = rng.uniform(0, 100, size=(n, 2))
+    cells = [f"c{i}" for i in range(n)]
+    types = rng.choice(["A", "B"], n)
+
+    def write(path, coords, order, method):
+        a = ad.AnnData(X=rng.random((n, 3)).astype(np.float32), obs=pd.DataFrame({"cell_type": types[order]}, index=np.array(cells)[order]))
+        a.obsm["spatial"] = true[order].astype(np.float32)
+        a.obsm["spatial_pred"] = coords[order].astype(np.float32)
+        a.uns["alphastomics"] = {"mode": "expr_to_pos", "method": method, "slice_id": "s1", "generated": ["position"],
+                                 "coordinate_frame": "per_slice", "n_dims": 2}
+        a.write_h5ad(path)
+        return path
+
+    main = inputs.load_sample(write(tmp_path / "s1.expr_to_pos.h5ad", true + rng.normal(size=true.shape), np.arange(n), "alphastomics"))
+    angle = np.deg2rad(70)
+    turned = true @ np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]) + [5.0, 9.0]
+    statuses = []
+    for method, status, order in (("celery", "ok", rng.permutation(n)), ("novosparc", "failed", None), ("other", "ok", np.arange(n))):
+        folder = tmp_path / "peers" / method
+        folder.mkdir(parents=True)
+        if order is not None:
+            write(folder / "s1.expr_to_pos.h5ad", turned, order, method)
+        if method == "other":  # not the slice's cells
+            a = ad.read_h5ad(folder / "s1.expr_to_pos.h5ad")
+            a.obs_names = [f"x{i}" for i in range(n)]
+            a.write_h5ad(folder / "s1.expr_to_pos.h5ad")
+        record = folder / "s1.expr_to_pos.status.json"
+        record.write_text(json.dumps({"mode": "expr_to_pos", "method": method, "status": status, "sample": "not/here.h5ad"}))
+        statuses.append(record)
+    peers = inputs.peer_layouts(statuses)
+    assert sorted(p.method for p in peers) == ["celery", "other"]  # the failed run has no sample
+
+    drawn = {}
+    monkeypatch.setattr(sections.plots, "layouts_figure", lambda t, layouts, *a, **k: drawn.update(layouts) or "img")
+    items = sections.layout_comparison_section({("s1", "expr_to_pos", "alphastomics"): [main]}, peers, {"A": "#f00", "B": "#00f"})
+    assert len(items) == 1 and list(drawn) == ["alphastomics (draw)", "celery"]
+    np.testing.assert_allclose(drawn["celery"], true, atol=1e-3)  # matched back by id, turned back, never rescaled

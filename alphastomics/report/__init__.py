@@ -29,6 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs", nargs="*", default=[], metavar="TSV",
                         help="method runs table(s) results/<dataset>/methods.tsv (alphastomics runs): status, wall time, "
                              "peak memory of every method (optional)")
+    parser.add_argument("--peer-status", nargs="*", default=[], metavar="JSON",
+                        help="status records of the peer runs (results/<dataset>/peers/<method>/<slice>.<mode>.status.json); "
+                             "the expr_to_pos layouts of those that ran are drawn beside AlphaSTomics' (optional)")
     parser.add_argument("--targets", default=None, metavar="TXT",
                         help="with --summary: also write the benchmark targets, met or not, as text (and print them)")
     parser.add_argument("--summary", action="store_true",
@@ -75,6 +78,7 @@ def main(args: argparse.Namespace) -> int:
         checkpoint=args.checkpoint,
         log_dir=args.log_dir,
         runs=args.runs,
+        peer_status=args.peer_status,
     )
     write_atomic(html, args.out)
     log.info("wrote %s (%.1f MB)", args.out, Path(args.out).stat().st_size / 1e6)

@@ -7,6 +7,7 @@ sections are made from it by ``tables``, ``sections`` and ``provenance``.
 from __future__ import annotations
 
 import json
+import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,8 @@ from alphastomics import GENERATED_BY_MODE, MODES
 from alphastomics.errors import InputError
 from alphastomics.evaluate import DEFAULT_METHOD, TABLE_COLUMNS, cell_type_labels
 from alphastomics.report.plots import UNKNOWN_LABEL
+
+log = logging.getLogger(__name__)
 
 METRIC_COLUMNS = TABLE_COLUMNS
 MAIN_METHOD = DEFAULT_METHOD  # listed first in every table
@@ -130,6 +133,28 @@ def load_sample(path: str | Path, slice_ids_by_key: dict[str, str] | None = None
         cell_types=cell_types,
         adata=adata,
     )
+
+
+def peer_layouts(status_paths: list[str | Path], slice_ids_by_key: dict[str, str] | None = None) -> list[Sample]:
+    """The expr_to_pos sample files of the peers that ran (status "ok"), from their status records
+    (``alphastomics peer --status``); a failed or skipped run has none and is left out."""
+    samples = []
+    for status_path in filter(None, status_paths):  # an empty list may reach the command line as ''
+        status_path = Path(status_path)
+        try:
+            status = json.loads(status_path.read_text())
+        except (OSError, ValueError) as err:
+            raise InputError(f"{status_path}: not a readable peer status record ({err})") from err
+        if status.get("mode") != "expr_to_pos" or status.get("status") != "ok":
+            continue
+        recorded = Path(str(status.get("sample", "")))
+        beside = status_path.with_name(status_path.name.removesuffix(".status.json") + ".h5ad")
+        path = recorded if recorded.is_file() else beside
+        if path.is_file():
+            samples.append(load_sample(path, slice_ids_by_key))
+        else:
+            log.warning("%s says the run succeeded, but its sample file is missing (%s)", status_path, beside)
+    return samples
 
 
 def _seed_key(s: Sample):

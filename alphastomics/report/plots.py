@@ -264,6 +264,60 @@ def tissue_figure(
     return to_data_uri(fig)
 
 
+def layouts_figure(
+    true: np.ndarray,
+    layouts: Sequence[tuple[str, np.ndarray]],
+    labels: Sequence[str] | None,
+    palette: Mapping[str, str] | None,
+    units: str = "source units",
+    per_row: int = 3,
+) -> str:
+    """The true slice and several layouts of its cells, ``(title, coordinates)`` each, in one grid
+    of equal panels (``per_row`` to a row), on the true slice's two widest axes and one scale.
+
+    Coloured as :func:`tissue_figure`: by cell type, or by each cell's true position along the
+    slice's principal axis, so that a cell has one colour in every panel."""
+    n = true.shape[0]
+    idx = subsample(n)
+    panels = [("true", true[idx])] + [(title, np.asarray(coords)[idx]) for title, coords in layouts]
+    a, b = best_projection(true)
+    everything = [pts for _, pts in panels]
+    r = _ratio(everything, a, b)
+    columns = min(per_row, len(panels))
+    rows = -(-len(panels) // columns)
+    has_labels = labels is not None
+    if has_labels:
+        lab = np.asarray([str(x) for x in np.asarray(labels)[idx]])
+        present = [name for name in palette if name in set(lab)]
+        legend_cols, extra = _legend_layout(present)
+    else:
+        centred = true[idx] - true[idx].mean(0)
+        hue = centred @ np.linalg.svd(centred, full_matrices=False)[2][0]
+        extra = 1.2
+    fig, axes, h = _panel_grid(rows, [r] * columns, extra_w=extra, h_max=3.4, w_avail=10.5)
+    size = point_size(idx.size, h, r)
+    mappable = None
+    for i, ax in enumerate(axes.flat):
+        if i >= len(panels):
+            ax.set_axis_off()
+            continue
+        title, pts = panels[i]
+        if has_labels:
+            _scatter_labels(ax, pts, lab, palette, a, b, size)
+        else:
+            mappable = ax.scatter(pts[:, a], pts[:, b], c=hue, cmap="viridis", s=size, linewidths=0, rasterized=True)
+        _set_limits(ax, everything, a, b)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel(f"{AXIS_NAMES[a]} ({units})")
+        ax.set_ylabel(f"{AXIS_NAMES[b]} ({units})")
+    if has_labels:
+        handles = [Line2D([], [], marker="o", ls="", color=palette[name], markersize=7, label=name) for name in present]
+        fig.legend(handles=handles, title="cell type", loc="outside right center", frameon=False, ncols=legend_cols)
+    elif mappable is not None:
+        fig.colorbar(mappable, ax=axes, shrink=0.7, label="true position along principal axis")
+    return to_data_uri(fig)
+
+
 def side_by_side_figure(
     true: np.ndarray,
     generated: np.ndarray,

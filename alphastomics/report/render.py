@@ -25,12 +25,14 @@ from alphastomics.report.inputs import (
     METRIC_COLUMNS,
     load_metrics,
     load_sample,
+    peer_layouts,
     sample_groups,
 )
 from alphastomics.report.provenance import provenance_section
 from alphastomics.report.sections import (
     MORAN_K,
     expression_sections,
+    layout_comparison_section,
     moran_figures,
     perturbation_section,
     tissue_section,
@@ -89,8 +91,10 @@ def render_report(
     checkpoint: str | Path | None = None,
     log_dir: str | Path | None = None,
     runs: list[str | Path] = (),
+    peer_status: list[str | Path] = (),
 ) -> str:
-    """The HTML of one dataset's report."""
+    """The HTML of one dataset's report. ``peer_status``: the peers' status records (alphastomics
+    peer); the expr_to_pos sample files of those that ran are drawn beside AlphaSTomics' layout."""
     from alphastomics.runs import read_runs
 
     man = load_manifest(manifest)
@@ -115,6 +119,7 @@ def render_report(
     targets = target_rows(df)
     training = training_section(training_log)
     tissue = tissue_section(groups, palette, dataset_dir=Path(manifest).parent)
+    layouts = layout_comparison_section(groups, peer_layouts(peer_status, slice_ids_by_file_key(man)), palette)
     gene_maps, moran_panels = expression_sections(groups)
     morans = moran_figures(moran_panels)
     uncertainty, uncertainty_note = uncertainty_section(groups)
@@ -130,6 +135,7 @@ def render_report(
         tables=tables,
         training=training,
         tissue=tissue,
+        layouts=layouts,
         caveats=caveats,
         gene_maps=gene_maps,
         morans=morans,

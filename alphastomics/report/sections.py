@@ -17,8 +17,8 @@ import pandas as pd
 
 from alphastomics.layout import CONSENSUS_KEY, JOINT_POSITION_DRAWS_KEY
 from alphastomics.report import plots
-from alphastomics.report.inputs import find_training_log, training_summary
-from alphastomics.report.tables import fmt_value, order_modes
+from alphastomics.report.inputs import MAIN_METHOD, find_training_log, training_summary
+from alphastomics.report.tables import fmt_value, order_methods, order_modes
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +114,42 @@ def tissue_section(groups, palette, dataset_dir: Path | None = None) -> list[dic
                           "rmsd": fmt_value(consensus_rmsd),
                           "how": f"obsm['{CONSENSUS_KEY}'], {placed}: each cell at its mean position over the draws "
                                  "(the posterior mean in a shared frame), spread back to the draws' size (constrained Bayes)"})
+    return items
+
+
+def layout_comparison_section(groups, peer_samples, palette) -> list[dict]:
+    """expr_to_pos: per held-out slice, AlphaSTomics' layout (its consensus, else its draw) beside
+    every peer's on one scale, each placed as the tissue section places it (as it is in a shared
+    frame; rotation or reflection and translation in a per-slice one). A peer's cells are matched
+    to AlphaSTomics' by cell id; a peer whose cells differ is left out with a warning."""
+    items = []
+    for (sl, mode, method), ss in groups.items():
+        if mode != "expr_to_pos" or method != MAIN_METHOD or not ss[0].gen_positions:
+            continue
+        main = ss[0]
+        peers = {p.method: p for p in peer_samples if p.slice_id == sl and p.mode == "expr_to_pos" and p.method != MAIN_METHOD}
+        if not peers:
+            continue
+        consensus = CONSENSUS_KEY in main.adata.obsm
+        own = np.asarray(main.adata.obsm[CONSENSUS_KEY], dtype=np.float64) if consensus else main.pred_pos
+        layouts = [(f"{MAIN_METHOD} ({'consensus' if consensus else 'draw'})", _placed(main, own)[0])]
+        cell_ids = pd.Index(main.adata.obs_names)
+        for name in order_methods(peers):
+            peer = peers[name]
+            order = pd.Index(peer.adata.obs_names).get_indexer(cell_ids)
+            if (order < 0).any() or len(peer.adata) != len(cell_ids):
+                log.warning("%s: its cells are not those of %s; left out of the side-by-side layouts", peer.path, main.path)
+                continue
+            placed, _ = _placed(main, peer.pred_pos[order])  # onto the true cells in AlphaSTomics' order
+            layouts.append((name, placed))
+        labels = main.cell_types
+        img = plots.layouts_figure(main.true_pos, layouts, labels, palette if labels is not None else None)
+        placing = ("no alignment (a shared frame)" if frame_of(main) == "shared"
+                   else "each rotated or reflected and translated onto the true coordinates, no scaling")
+        items.append({"title": f"{sl} · expr_to_pos · every method", "img": img, "mode": mode,
+                      "coloured_by": "cell type" if labels is not None else "true position along the slice's principal axis",
+                      "how": f"the same cells laid out by each method, {placing}; in 3D the two widest axes of the true slice. "
+                             "random is a lower bound; oracle sees 80% of the true coordinates (the metric tables say more)"})
     return items
 
 

@@ -4,6 +4,8 @@ rule report:
         metrics="results/{dataset}/metrics.tsv",
         runs="results/{dataset}/methods.tsv",
         samples=lambda w: sample_files(w.dataset),
+        # the peers' expr_to_pos layouts, drawn beside AlphaSTomics' (their status says which ran)
+        peer_status=lambda w: [f for f in peer_files(w.dataset, "status.json") if f.endswith(".expr_to_pos.status.json")],
         training="results/{dataset}/model/training.json",
         model="results/{dataset}/model/model.ckpt",
         settings="results/{dataset}/settings/train.yaml",
@@ -24,7 +26,8 @@ rule report:
         ENV
     shell:
         "alphastomics report --dataset {wildcards.dataset:q} --manifest {input.manifest:q} --metrics {input.metrics:q}"
-        " --runs {input.runs:q} --samples {input.samples:q} --training-log {params.training_log:q}"
+        " --runs {input.runs:q} --samples {input.samples:q} --peer-status {input.peer_status:q}"
+        " --training-log {params.training_log:q}"
         " --config {input.settings:q} --checkpoint {input.model:q} --log-dir {params.log_dir:q}"
         " --out {output:q} > {log:q} 2>&1"
 
