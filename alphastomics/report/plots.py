@@ -178,6 +178,18 @@ def _legend_layout(names: Sequence[str]) -> tuple[int, float]:
     return ncols, ncols * (0.45 + 0.068 * max(longest, len("cell type"))) + 0.2
 
 
+def _principal_axis_hue(points: np.ndarray) -> np.ndarray:
+    """Each point's position along the principal axis of the set: the colour of a cell in figures
+    without cell types, the same in every panel."""
+    centred = points - points.mean(0)
+    return centred @ np.linalg.svd(centred, full_matrices=False)[2][0]
+
+
+def _cell_type_legend(fig, palette: Mapping[str, str], names: Sequence[str], ncols: int, title: str = "cell type") -> None:
+    handles = [Line2D([], [], marker="o", ls="", color=palette[name], markersize=7, label=name) for name in names]
+    fig.legend(handles=handles, title=title, loc="outside right center", frameon=False, ncols=ncols)
+
+
 def _scatter_labels(ax, pts, labels, palette, a, b, size):
     colours = np.array([palette.get(str(x), UNKNOWN_COLOUR) for x in labels])
     ax.scatter(pts[:, a], pts[:, b], c=colours, s=size, linewidths=0, rasterized=True)
@@ -209,9 +221,7 @@ def tissue_figure(
     if has_labels:
         lab = np.asarray([str(x) for x in np.asarray(labels)[idx]])
     else:
-        centred = t - t.mean(0)
-        _, _, vt = np.linalg.svd(centred, full_matrices=False)
-        hue = centred @ vt[0]
+        hue = _principal_axis_hue(t)
 
     projections = [(0, 1)] if d == 2 else list(PROJECTIONS_3D)
     if has_labels:
@@ -256,8 +266,7 @@ def tissue_figure(
         fig.colorbar(sc, ax=ax, shrink=0.9, label=f"displacement ({units})")
 
     if has_labels:
-        handles = [Line2D([], [], marker="o", ls="", color=palette[name], markersize=7, label=name) for name in present]
-        fig.legend(handles=handles, title="cell type", loc="outside right center", frameon=False, ncols=legend_cols)
+        _cell_type_legend(fig, palette, present, legend_cols)
     elif mappable is not None:
         target = axes if d == 3 else list(axes[:2])
         fig.colorbar(mappable, ax=target, shrink=0.7 if d == 3 else 0.9, label="true position along principal axis")
@@ -291,8 +300,7 @@ def layouts_figure(
         present = [name for name in palette if name in set(lab)]
         legend_cols, extra = _legend_layout(present)
     else:
-        centred = true[idx] - true[idx].mean(0)
-        hue = centred @ np.linalg.svd(centred, full_matrices=False)[2][0]
+        hue = _principal_axis_hue(true[idx])
         extra = 1.2
     fig, axes, h = _panel_grid(rows, [r] * columns, extra_w=extra, h_max=3.4, w_avail=10.5)
     size = point_size(idx.size, h, r)
@@ -311,8 +319,7 @@ def layouts_figure(
         ax.set_xlabel(f"{AXIS_NAMES[a]} ({units})")
         ax.set_ylabel(f"{AXIS_NAMES[b]} ({units})")
     if has_labels:
-        handles = [Line2D([], [], marker="o", ls="", color=palette[name], markersize=7, label=name) for name in present]
-        fig.legend(handles=handles, title="cell type", loc="outside right center", frameon=False, ncols=legend_cols)
+        _cell_type_legend(fig, palette, present, legend_cols)
     elif mappable is not None:
         fig.colorbar(mappable, ax=axes, shrink=0.7, label="true position along principal axis")
     return to_data_uri(fig)
@@ -371,8 +378,7 @@ def side_by_side_figure(
             ax.set_ylabel(f"{AXIS_NAMES[b]} ({units}, centred)")
             ax.set_title(name if d == 2 else f"{name}: {AXIS_NAMES[a]}{AXIS_NAMES[b]} projection")
     if categorical:
-        handles = [Line2D([], [], marker="o", ls="", color=palette[n], markersize=7, label=n) for n in legend_names]
-        fig.legend(handles=handles, title=colour_label, loc="outside right center", frameon=False, ncols=legend_cols)
+        _cell_type_legend(fig, palette, legend_names, legend_cols, title=colour_label)
     elif mappable is not None:
         fig.colorbar(mappable, ax=axes, shrink=0.8, label=colour_label)
     return to_data_uri(fig)
