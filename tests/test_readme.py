@@ -55,3 +55,48 @@ def test_by_hand_block_runs_as_written(scratch_repo):
     assert set(metrics["slice"]) == {"20180424_BZ14_control"} and "distance_spearman_median" in set(metrics["metric"])
     assert (scratch_repo / "results/mine/report.html").stat().st_size > 10_000
     assert "Dense" in result.stdout and "usage: alphastomics" in result.stdout  # params table and --help
+
+
+# ----------------------------------------------------------------------------------------------
+# issue 33: the README is a user's guide that links to docs/; its links must resolve
+
+README_MAX_LINES = 300
+LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor of a Markdown heading: lower case, punctuation dropped, spaces to hyphens."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def _anchors(markdown: str) -> set[str]:
+    return {_slug(m) for m in re.findall(r"^#+\s+(.*)$", markdown, flags=re.M)}
+
+
+def _relative_links(path: Path) -> list[tuple[Path, str]]:
+    text = re.sub(r"^```.*?^```", "", path.read_text(encoding="utf-8"), flags=re.M | re.S)  # not in code blocks
+    out = []
+    for target in LINK.findall(text):
+        if re.match(r"^[a-z]+:", target) or target.startswith("#"):
+            continue
+        file, _, anchor = target.partition("#")
+        out.append(((path.parent / file).resolve(), anchor))
+    return out
+
+
+def test_readme_is_short_and_keeps_its_quick_start():
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    assert len(text.splitlines()) <= README_MAX_LINES
+    assert "## Quick start\n\n```bash\nbash scripts/run_pipeline.sh\nbash scripts/run_tests.sh\n```\n" in text
+
+
+@pytest.mark.parametrize("doc", ["README.md"] + sorted(str(p.relative_to(REPO)) for p in (REPO / "docs").rglob("*.md")))
+def test_links_of_the_readme_and_docs_resolve(doc):
+    broken = []
+    for target, anchor in _relative_links(REPO / doc):
+        if not target.exists():
+            broken.append(f"{target.relative_to(REPO) if target.is_relative_to(REPO) else target}: no such file")
+        elif anchor and target.suffix == ".md" and anchor not in _anchors(target.read_text(encoding="utf-8")):
+            broken.append(f"{target.relative_to(REPO)}#{anchor}: no such heading")
+    assert broken == [], f"{doc}: " + "; ".join(broken)
