@@ -47,7 +47,7 @@ class ModelConfig:
     condition_on_cell_type: bool = False
     slice_covariates: list[str] = field(default_factory=list)
     # Add the conditions' embedding before every block, not only at the input, so that a cell's
-    # label is not averaged away by its neighbours deep in the network (README, "Conditions").
+    # label is not averaged away by its neighbours deep in the network (docs/conditions.md).
     # The bundled config sets it; False here so that models saved before it existed still load.
     condition_every_block: bool = False
 
@@ -167,18 +167,16 @@ JOINT_CELL_TYPES = ("training", "none")
 class SamplingConfig:
     modes: list[str] = field(default_factory=lambda: list(TRAINING_MODES))
     # 0: all diffusion steps. The defaults are what `alphastomics sample` uses for a model whose
-    # training config did not set them. 50 of 200 steps scored as well as all of them on the bundled
-    # data (BDTNP slab2 expr_to_pos distance Spearman 0.88 vs 0.87), and all 200 steps with 8 draws
-    # took 8 min for the 1,088 cells of a STARmap section on CPU.
+    # training config did not set them: a strided grid of steps scores about as well as every step
+    # at a fraction of the time, and every step with many draws is too slow for a CPU
+    # (docs/findings/sampling.md).
     steps: int = 50
     sampler: str = "ancestral"  # ancestral | ddim (deterministic, good with few steps)
     # Ancestral sampler: scale of the noise each step adds to generated expression (1: the model's
-    # own distribution). The demo-size models spread expression too wide at 1 (per-gene std 1.08x the
-    # truth in STARmap BZ14 joint, 1.47x in seqFISH). Joint, mean of 4 draws, at 1 / 0.9 / 0.8:
-    # expression energy distance STARmap 1.08 / 1.00 / 0.92, seqFISH 0.84 / 0.75 / 0.66, osmFISH
-    # 0.43 / 0.30 / 0.19, BDTNP 0.31 / 0.34 / 0.35; but STARmap's distance distribution W 0.053 /
-    # 0.075 / 0.104 (0.034 / 0.053 / 0.081 with seeds 1-4). 0.9 takes about half of the expression
-    # gain for half of the shape cost. Coordinates always get the full noise.
+    # own distribution). A demo-size model spreads expression too wide at 1; a lower temperature
+    # brings generated expression closer to real cells on most datasets but lets the tissue's
+    # distance distribution stray further. 0.9 takes part of the expression gain for part of the
+    # shape cost (docs/findings/sampling.md). Coordinates always get the full noise.
     expression_temperature: float = 0.9
     seed: int = 0
     # Draws per slice; the sample file keeps the first draw and the mean of all (expr_pred_mean).
@@ -188,8 +186,8 @@ class SamplingConfig:
     # to keep, 32 tissues of 100k cells are not.
     joint_num_samples: int = 4
     # Starting noises averaged for the posterior mean of expression (expr_pred_mean): one network
-    # evaluation each, so many more than num_samples cost less than one extra draw. (32 against 8:
-    # BDTNP slab2 per-gene Pearson 0.600 -> 0.622, STARmap BZ14 MSE 3.504 -> 3.493.)
+    # evaluation each, so many more than num_samples cost less than one extra draw, and the mean's
+    # own noise shrinks with their number (docs/findings/sampling.md).
     posterior_mean_draws: int = 32
     # impute: the fraction of a slice's measured genes hidden and generated (same genes for every
     # method: alphastomics.heldout), chosen with this seed.
@@ -197,16 +195,13 @@ class SamplingConfig:
     holdout_seed: int = 0
     # joint, on a model conditioned on cell type: ``training`` gives the cells the training
     # composition (counts rounded, each cell's type drawn by the seed) and generates the tissue
-    # given those types (types, then tissue); ``none`` samples unconditionally. (STARmap BZ14, 3
-    # seeds: neighbourhood enrichment correlation 0.63-0.67 against 0.20-0.44 unconditionally,
-    # Moran's I 0.64-0.71 against 0.30-0.45, extents 0.87-1.04 against 0.74.)
+    # given those types (types, then tissue); ``none`` samples unconditionally. Given their types,
+    # the cells arrange themselves much more as in real tissue (docs/findings/conditions.md).
     joint_cell_types: str = "training"
     # expr_to_pos in a shared frame: lay the slice out among up to this many cells of the training
     # slices (their expression only; their generated positions are dropped); 0: alone. A trade, so
-    # off by default. BDTNP slab2, between two training slabs, 1,520 context cells: median position
-    # error 68 -> 50 for a draw and 58 -> 35 for the posterior mean, but the thinnest extent 0.60 ->
-    # 0.56 (mean 0.41 -> 0.33) and distance Spearman 0.901 -> 0.893. osmFISH strip 1: error -5%;
-    # seqFISH z-plane: unchanged.
+    # off by default: cells land nearer their true place, but the slice's thinnest axis thins and
+    # distances rank a little worse (docs/findings/sampling.md).
     atlas_context_cells: int = 0
 
     def draws(self, mode: str) -> int:

@@ -17,13 +17,14 @@ command leaves data without dropout as it was and fills dense in situ data with 
 Two things make p a prior for that formula rather than a second reading of the zero:
 - t0 defaults to 1: the zeros are generated from noise, not from the measured 0 noised a little.
   The measurement enters once, through d; started from the measured 0 noised a little, the model
-  reads it a second time (STARmap BZ14, half the non-zeros dropped: per-gene Pearson
-  0.639 / 0.641 / 0.645 at t0 = 0.2 / 0.5 / 1; seqFISH 0.656 / 0.661 / 0.669).
+  reads it a second time and fills fewer of the dropped values.
 - each cell's p is shifted on the logit scale until the non-zeros the cell is expected to keep,
   sum over genes of p (1 - d), equal the non-zeros it kept. A model trained without this dropout
   reads a cell that lost half its values as a cell that expresses fewer genes; how many the cell
-  kept says how many it had (on STARmap, P(expressed | 0) separates a dropped zero from a true one
-  within a gene with an AUC of 0.60, 0.53 before).
+  kept says how many it had, and the shift makes P(expressed | 0) tell a dropped zero from a true
+  one within a gene better than the unshifted p does.
+
+What these choices measured: docs/findings/conditions.md ("benchmarks/conditions.py").
 
 Output: the input cells with ``layers['denoised']`` beside ``X``, and each gene's estimated dropout
 rate in ``var['dropout_rate']``.
@@ -50,7 +51,7 @@ from alphastomics.user_data import NORMALIZATIONS, read_user_h5ad
 
 log = logging.getLogger(__name__)
 
-DEFAULT_DRAWS = 16  # STARmap BZ14, dropout seeds 0-3: +0.001 to +0.006 over the input with 8 draws, +0.0015 to +0.008 with 16
+DEFAULT_DRAWS = 16  # the gain over the input is thin on count data, so the fill's own noise is averaged over many draws
 DEFAULT_TIME = 1.0  # module docstring
 
 

@@ -235,8 +235,8 @@ def joint_rows(
                 "formula": "sum over cell types of |fraction drawn - fraction in the test slice|: the part of "
                            "cell_type_composition_l1 that comes from drawing the types from the training composition"}
             # What real cells of exactly the drawn types would score, typed as often as the test slice's
-            # own cells are (the classifier mistypes some types far more than others: STARmap eL5-2 is
-            # typed as itself for 23% of its real cells): the figure above it is the model's share.
+            # own cells are (the classifier mistypes some types far more than others, so a type can look
+            # lost in generated tissue when the classifier loses it): the figure above it is the model's share.
             confusion = distribution.confusion_rows(true_types[true_known], true_typed[true_known], types)
             expected = distribution.composition(drawn, types) @ confusion
             values["cell_type_drawn_composition_l1_expected"] = float(

@@ -85,8 +85,8 @@ class ConditionVocabulary:
 
         The counts are the training fractions times ``n``, rounded by largest remainder, not ``n``
         independent draws: independent draws add multinomial noise to the composition that no real
-        tissue asked for (STARmap BZ14, 1,088 cells: the drawn composition's L1 to the test slice
-        0.21-0.25 over seeds, against 0.195 for the training composition itself)."""
+        tissue asked for, and the drawn composition lands further from the test slice than the
+        training composition itself (docs/findings/conditions.md)."""
         if not self.cell_types or len(self.cell_type_fractions) != len(self.cell_types):
             return None
         fractions = np.asarray(self.cell_type_fractions, dtype=np.float64)

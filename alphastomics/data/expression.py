@@ -1,7 +1,7 @@
 """Expression in model space: per-gene standardisation and a zero-aware code for zero-inflated genes.
 
-Normalised single-cell expression is zero-inflated (on STARmap about 70% of log1p values are exact
-zeros, the rest sit around 3-5). A Gaussian diffusion over standardised values smears that atom
+Normalised single-cell expression is zero-inflated (most values of most genes are exact zeros, the
+rest sit well away from 0). A Gaussian diffusion over standardised values smears that atom
 into a cloud of small positive and negative values, so generated cells are rarely zero and their
 spread is too small. The ``zero_aware`` code therefore gives every zero-inflated gene (at least
 ``ZERO_INFLATED`` of its measured training values exactly 0) a second channel:

@@ -50,8 +50,8 @@ def noise_level_weight(alpha_bar: torch.Tensor, weighting: str, gamma: float) ->
     v-prediction loss (1 + SNR in x0 terms), truncated at ``gamma`` as in Min-SNR (Hang et al.
     2023), so steps near the data (fine detail) count up to ``gamma`` times more while noisy steps
     keep weight 1: they are where the model learns what is expressed where (the conditional mean),
-    and Min-SNR's own min(SNR, gamma), which fades them out, lost that (BDTNP pos_to_expr per-gene
-    Pearson 0.37 -> 0.19). ``uniform``: 1.
+    and Min-SNR's own min(SNR, gamma), which fades them out, loses that (docs/findings/model.md).
+    ``uniform``: 1.
     """
     if weighting == "uniform":
         return torch.ones_like(alpha_bar)

@@ -12,8 +12,7 @@ Between two steps t > s of a (possibly strided) grid:
 ``expression_temperature`` scales the fresh noise each ancestral step adds to expression (1: the
 model's own distribution; below 1 a sharper one, as the noise scale of protein-structure
 diffusion samplers). Coordinates always get the full noise: below 1 it squashes the axis the
-model is least sure of (STARmap BZ14 expr_to_pos at 0.8: shortest axis 0.80 of the true extent,
-against 1.09 at 1; BDTNP slab2 0.69 against 0.83).
+model is least sure of (docs/findings/sampling.md).
 
 Given modalities (and given axes, such as z of a 2D section in a shared frame) stay fixed at their
 clean values and are shown to the network at step 0.
@@ -25,8 +24,7 @@ Guidance, both optional:
   w = 0 is unconditional sampling exactly (the conditional pass is not even run), w = 1
   conditional, w > 1 pushes expression further. Positions are never pushed past the conditional
   model (their scale is min(w, 1)): extrapolated positions stretch the tissue along the axis the
-  condition informs (STARmap BZ14 joint with drawn cell types at w = 2: worst extent ratio 1.10 ->
-  1.42, against 1.10 with positions at w = 1). ``guidance_interval`` (lo, hi) limits a push
+  condition informs (docs/findings/conditions.md). ``guidance_interval`` (lo, hi) limits a push
   (w > 1) to the steps with lo < t / T <= hi, the conditional model alone elsewhere (Kynkäänniemi
   et al. 2024: a push at the noisiest steps narrows the samples' diversity, at the cleanest it
   does little);

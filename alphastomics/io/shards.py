@@ -215,7 +215,7 @@ class SliceShardWriter:
             temp, self.schema, compression=COMPRESSION,
             # dictionary pages help the repeated strings; for floats they only cost time
             use_dictionary=["slice_id", "platform", "cell_type"],
-            # min/max of every list element cost ~15% of the write time and serve no reader
+            # min/max of every list element cost a good share of the write time and serve no reader
             write_statistics=[name for name in self.schema.names if name != "expression"],
         )
 

@@ -3,8 +3,8 @@
 Clustering follows scanpy's standard recipe: scale -> PCA -> kNN graph -> leiden (igraph flavour,
 fixed seed). Two choices differ from scanpy's defaults, for speed only: the kNN search is
 sklearn's exact brute force (``KNeighborsTransformer``) and graph weights are the Gaussian kernel
-(``method='gauss'``), because the default UMAP weights compile numba kernels for ~12 s in every
-new process, longer than the clustering itself.
+(``method='gauss'``), because the default UMAP weights compile numba kernels in every new
+process, which takes longer than the clustering itself.
 """
 
 from __future__ import annotations

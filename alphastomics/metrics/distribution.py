@@ -6,8 +6,8 @@ cell-to-cell correspondence (what ``joint`` generation must be scored with).
   cells, same marginals, no cell types, score closer to the test slice than a real slice of another
   animal does), so beside it:
 - a kNN classifier two-sample test (Lopez-Paz & Oquab 2017): leave-one-out kNN on the pooled cells,
-  balanced accuracy of telling the two sets apart; 0.5 = indistinguishable, 1 = separable (the
-  shuffled cells above score 0.80, real slices of other animals 0.62-0.75 on STARmap);
+  balanced accuracy of telling the two sets apart; 0.5 = indistinguishable, 1 = separable (it
+  tells the shuffled cells above from real ones more easily than a real slice of another animal);
 - cell-type composition L1 of generated cells typed by a kNN classifier trained on training cells;
 - the fraction of (near-)zero values and the per-gene spread of generated vs true expression.
 

@@ -271,9 +271,10 @@ DENSITY_K = 10
 def local_density_spread(points: np.ndarray, k: int = DENSITY_K) -> float:
     """Standard deviation over cells of log(distance to the k-th nearest other cell): how unevenly
     the cells fill the tissue (it does not depend on the tissue's size). Real sections, whose cells
-    pack about evenly up to a sharp edge, give 0.11-0.28 (STARmap, BDTNP, seqFISH, osmFISH), and
-    uniform points in a square about 0.18; a Gaussian cloud, dense in its middle and thinning to a
-    fuzzy rim, about 0.5 in 2D and 0.35-0.38 in 3D (760-2,300 cells)."""
+    pack about evenly up to a sharp edge, score near uniform points (about 0.18 in a square); a
+    Gaussian cloud, dense in its middle and thinning to a fuzzy rim, scores well above them (about
+    0.5 in 2D, 0.35-0.38 in 3D for 760-2,300 points). The bundled and benchmark sections' own
+    figures: docs/findings/model.md."""
     from scipy.spatial import cKDTree
 
     points = np.asarray(points, np.float64)
@@ -327,9 +328,10 @@ def shape_metrics(true: np.ndarray, generated: np.ndarray, n_pairs: int, seed: i
     finite = ratios[np.isfinite(ratios) & (ratios > 0)]
     values["extent_ratio_worst"] = float(finite[np.argmax(np.abs(np.log(finite)))]) if finite.size else float("nan")
     how["extent_ratio_worst"] = {"formula": "the extent ratio farthest from 1 (in log scale) over principal axes"}
-    # Each axis can lie within bounds while the shape is not the tissue's: expr_to_pos guided by its
-    # expression on STARmap BZ14 gave ratios 1.30 / 0.82 (a tissue 1.6x too elongated) and a higher
-    # distance Spearman, since stretching the axis the genes inform ranks distances along it.
+    # Each axis can lie within bounds while the shape is not the tissue's: a layout stretched along
+    # the axis the genes inform and squeezed along the other can keep each ratio within bounds and
+    # even rank distances better (stretching that axis ranks distances along it), so the ratio of the
+    # two is a metric of its own.
     values["extent_ratio_anisotropy"] = float(finite.max() / finite.min()) if finite.size else float("nan")
     how["extent_ratio_anisotropy"] = {"formula": "largest / smallest extent ratio over principal axes: 1 for the true shape "
                                                  "at any size, above 1 for a tissue stretched along some axis"}

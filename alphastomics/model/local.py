@@ -42,7 +42,8 @@ def knn_graph(positions: torch.Tensor, node_mask: torch.Tensor, k: int) -> tuple
 def _gather(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """values (B, N, F), index (B, N, k) -> (B, N, k, F)."""
     B, N, k = index.shape
-    # index_select on the flattened batch is ~10x faster than torch.gather with an expanded index.
+    # index_select on the flattened batch: torch.gather with an expanded index materialises the
+    # expanded index and is far slower.
     flat = (index + torch.arange(B, device=index.device)[:, None, None] * N).reshape(-1)
     return values.reshape(B * N, -1).index_select(0, flat).reshape(B, N, k, values.shape[-1])
 

@@ -196,10 +196,10 @@ class AlphaSTomicsNet(nn.Module):
         if not self.absolute_positions:
             positions_x0 = masked_centre(positions_x0, node_mask)
         # Magnitudes are predicted directly (x0): preconditioned with a skip connection, the per-cell
-        # noise of the sampler's own trajectory was not removed (BDTNP pos_to_expr: per-gene std 1.6x
-        # the truth, Pearson 0.42; predicted directly: 1.08x, 0.61). Presence bits are preconditioned:
-        # predicted directly, the last steps' x0 is the blurred probability, and thresholding it
-        # dropped the rarer genes of each cell (STARmap joint cell-type composition L1 0.93 vs 0.33).
+        # noise of the sampler's own trajectory is carried into the estimate and never removed, so
+        # generated expression comes out too spread and less correlated with the truth. Presence bits
+        # are preconditioned: predicted directly, the last steps' x0 is the blurred probability, and
+        # thresholding it drops the rarer genes of each cell (docs/findings/model.md).
         output = self.expression_out(features)
         e_skip, e_out = precondition(expression_alpha_bar.to(expression.dtype))
         preconditioned = e_skip[:, None, None] * expression + e_out[:, None, None] * output

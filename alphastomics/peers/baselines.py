@@ -32,9 +32,8 @@ def oracle_positions(inputs: PeerInputs, k: int = 15, folds: int = 5, n_componen
     PCA) among the held-out slice's cells of the other folds, which bring their true coordinates.
 
     A k-fold split (shuffled: cells are often stored in spatial order) keeps every cell out of its
-    own fit. On STARmap BZ14 (k = 15, 30 components) it gives distance Spearman 0.45 and kNN@10
-    0.022; other choices (k 5-50, 10-60 components, centred instead of standardised) range over
-    0.41-0.51 and 0.021-0.027. On BDTNP slab2: 0.99 and 0.59."""
+    own fit. The defaults sit in the middle of what other choices of k, components and scaling
+    give, not at the best of them (docs/findings/peers.md)."""
     measured = inputs.test.gene_mask.astype(bool)
     (x,) = standardise(np.asarray(inputs.test.expression[:, measured], np.float64))
     n = len(x)

@@ -5,8 +5,8 @@ out), and the held-out genes are projected from the training cells through the m
 cells' expression summed with their mapping probabilities: each target cell's values scale with
 the mapping mass it receives (Tangram's RNA-count density prior), so correlations are on the
 data's footing and squared errors are not. (Dividing by that mass puts it on the data's scale but
-removes the count cue: on the bundled data it lowered per-gene Spearman, BDTNP 0.50 -> 0.33, STARmap
-0.16 -> 0.11, so the documented projection is what competes.)"""
+removes the count cue and lowered per-gene Spearman on the bundled data, so the documented
+projection is what competes; docs/findings/peers.md.)"""
 
 from __future__ import annotations
 
