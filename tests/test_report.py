@@ -394,7 +394,7 @@ def test_metric_tables_mark_best_per_direction():
     assert joint["methods"] == ["alphastomics", "peer"]
     rows = {r["metric"]: r for g in joint["groups"] for r in g["rows"]}
     assert [c["best"] for c in rows["expr_mse"]["cells"]] == [True, False]  # mean 0.6 < 0.9, lower is better
-    assert rows["expr_mse"]["cells"][0]["text"] == "0.6"
+    assert rows["expr_mse"]["cells"][0]["text"] == "0.600"
     assert [c["best"] for c in rows["knn_preservation_k10"]["cells"]] == [False, True]
     assert "s1: 0.5" in rows["expr_mse"]["cells"][0]["title"]
     single = by_mode["expr_to_pos"]  # one method: nothing to mark
@@ -614,9 +614,9 @@ def test_summary_ranks_every_method_and_shows_time_memory_and_failures():
     rows = tables.summary_rows(metrics, cols, runs)
     knn_col = [metric for _, metric in cols].index("knn_preservation_k10")
     mine = next(r for r in rows if r["mode"] == "expr_to_pos" and r["method"] == "alphastomics")
-    assert mine["cells"][knn_col]["rank"] == "#1/3" and "training" in mine["wall"]
+    assert mine["cells"][knn_col]["rank"] == "#1/3" and mine["training_wall"] == "400" and mine["training_memory"] == "1,200"
     celery = next(r for r in rows if r["mode"] == "expr_to_pos" and r["method"] == "celery")
-    assert celery["cells"][knn_col]["rank"] == "#2/3" and celery["wall"] == "5" and celery["memory"] == "500"
+    assert celery["cells"][knn_col]["rank"] == "#2/3" and celery["wall"] == "5.00" and celery["memory"] == "500"
     failed = next(r for r in rows if r["method"] == "novosparc")
     assert not failed["ok"] and "time limit" in failed["reason"]
     assert any(r["method"] == "tangram" and r["mode"] == "impute" and not r["ok"] for r in rows)
@@ -662,20 +662,20 @@ def test_expr_to_pos_is_judged_on_the_consensus_layout_where_the_sample_has_one(
     both = pd.concat([metrics, consensus], ignore_index=True)
     targets = {(t["mode"], t["metric"]): t for t in tables.target_rows(both)}
     spearman, knn = targets[("expr_to_pos", "distance_spearman_median")], targets[("expr_to_pos", "knn_preservation_k10")]
-    assert spearman["met"] is True and spearman["alphastomics"] == "0.65" and spearman["best_value"] == "0.6"
+    assert spearman["met"] is True and spearman["alphastomics"] == "0.650" and spearman["best_value"] == "0.600"
     assert knn["met"] is False and knn["verdict"] == "NOT ahead: behind or level with celery"  # 0.10 against 0.20
-    assert "alphastomics (consensus_distance_spearman_median) 0.65" in tables.targets_text(tables.target_rows(both))
+    assert "alphastomics (consensus_distance_spearman_median) 0.650" in tables.targets_text(tables.target_rows(both))
     assert targets[("impute", "expr_mean_spearman_gene_median")]["alphastomics_metric"] == "expr_mean_spearman_gene_median"
 
     cols = tables.headline_columns(both)
     assert [metric for _, metric in cols][:2] == ["distance_spearman_median", "knn_preservation_k10"]
     rows = {r["method"]: r for r in tables.summary_rows(both, cols, runs) if r["mode"] == "expr_to_pos"}
     mine, celery = rows["alphastomics"]["cells"][0], rows["celery"]["cells"][0]
-    assert (mine["text"], mine["metric"], mine["rank"]) == ("0.65", "consensus_distance_spearman_median", "#1/3")
-    assert (celery["text"], celery["metric"], celery["rank"]) == ("0.6", "distance_spearman_median", "#2/3")
+    assert (mine["text"], mine["metric"], mine["rank"]) == ("0.650", "consensus_distance_spearman_median", "#1/3")
+    assert (celery["text"], celery["metric"], celery["rank"]) == ("0.600", "distance_spearman_median", "#2/3")
     # without a consensus row (older sample files, peers): the draw's figure, as before
     plain = {r["method"]: r for r in tables.summary_rows(metrics, tables.headline_columns(metrics), runs) if r["mode"] == "expr_to_pos"}
-    assert plain["alphastomics"]["cells"][0]["text"] == "0.5"
+    assert plain["alphastomics"]["cells"][0]["text"] == "0.500"
 
 
 def test_summary_page_shows_ranks_failures_and_targets(tmp_path):

@@ -59,11 +59,12 @@ TEMPLATE_DIR = Path(__file__).with_name("templates")
 
 
 def _wbr(text) -> "markupsafe.Markup":  # noqa: F821
-    """Escape ``text`` and allow line breaks after dots, underscores and slashes (long file names)."""
+    """Escape ``text`` and allow line breaks after dots, underscores, slashes and colons (long file
+    names, slice ids, ``real:<slice>`` rows)."""
     import markupsafe
 
     escaped = str(markupsafe.escape(str(text)))
-    return markupsafe.Markup(re.sub(r"([._/])", r"\1<wbr>", escaped))
+    return markupsafe.Markup(re.sub(r"([._/:])", r"\1<wbr>", escaped))
 
 
 def _env():

@@ -62,6 +62,23 @@ HEADLINE: list[tuple[str, list[str]]] = [
 ]
 
 
+# Column titles of summary.html, short enough for a laptop window; the HEADLINE label is the
+# title's tooltip and the page's legend.
+SHORT_LABEL = {
+    "distance Spearman (median over cells)": "distance Spearman",
+    "kNN preservation (k = 10)": "kNN@10",
+    "Procrustes disparity": "Procrustes disparity",
+    "extent ratio, worst principal axis": "extent ratio (worst axis)",
+    "expression Pearson per gene (median; posterior mean where drawn)": "expr. Pearson",
+    "cell-type composition L1 (joint)": "composition L1",
+    "Moran's I true vs generated (correlation)": "Moran's I corr.",
+    "expression Spearman per gene (median; posterior mean where drawn)": "expr. Spearman",
+    "ARI of leiden clusters vs cell types": "leiden ARI",
+    "ARI of embedding clusters vs cell types": "embedding ARI",
+    "NMI of embedding clusters vs cell types": "embedding NMI",
+}
+
+
 def metric_category(name: str) -> str:
     low = name.lower().removeprefix(CONSENSUS_PREFIX)  # the consensus layout's metrics sit beside the draw's
     for category, pattern in CATEGORIES:
@@ -70,14 +87,25 @@ def metric_category(name: str) -> str:
     return "Other"
 
 
+SIGNIFICANT_DIGITS = 3  # metrics move in their second or third digit between seeds; more digits are noise
+
+
 def fmt_value(v: float) -> str:
+    """A figure of the report and the summary at three significant digits, in plain decimals
+    (``0.937``, ``-0.00380``, ``0.0000946``, ``1.00``), thousands grouped and no decimals from
+    1,000 up (``12,346``); scientific notation only below 1e-5, where a decimal would be mostly
+    zeros. Trailing zeros are kept, so that a column of figures has one precision."""
     if v is None or not np.isfinite(v):
         return "–"
     if v == 0:
         return "0"
-    if abs(v) >= 1e5 or abs(v) < 1e-3:
-        return f"{v:.3e}"
-    return f"{v:.4g}"
+    rounded = float(f"{v:.{SIGNIFICANT_DIGITS}g}")  # round first: 0.9996 becomes 1.00, not 1.000
+    if abs(rounded) >= 1000:  # a count or a time: its units are precision enough
+        return f"{v:,.0f}"
+    if abs(rounded) < 1e-5:
+        return f"{rounded:.{SIGNIFICANT_DIGITS - 1}e}"
+    decimals = max(0, SIGNIFICANT_DIGITS - 1 - int(np.floor(np.log10(abs(rounded)))))
+    return f"{rounded:.{decimals}f}"
 
 
 def order_methods(methods) -> list[str]:
@@ -314,10 +342,7 @@ def summary_rows(df: pd.DataFrame, cols: list[tuple[str, str]], runs: pd.DataFra
                 best[metric] = _best_flags(values[metric], metric_direction(metric))
             for m in methods:
                 run = run_cells(mode_runs, m)
-                if m == MAIN_METHOD and not training.empty:
-                    train = run_cells(training, m)
-                    run["wall"] = f"{run['wall']} (+ training {train['wall']})"
-                    run["memory"] = f"{run['memory']} (training {train['memory']})"
+                train = run_cells(training, m) if m == MAIN_METHOD and not training.empty else None
                 cells = []
                 for _, metric in cols:
                     rank = rank_of(values[metric], m, metric_direction(metric))
@@ -330,6 +355,7 @@ def summary_rows(df: pd.DataFrame, cols: list[tuple[str, str]], runs: pd.DataFra
                     "cells": cells,
                     "status": run["status"] or ("reference" if is_reference(m) else "ok" if m in set(sub["method"]) else "–"),
                     "reason": run["reason"], "ok": run["ok"], "wall": run["wall"], "memory": run["memory"],
+                    "training_wall": train["wall"] if train else "", "training_memory": train["memory"] if train else "",
                     "reference": is_reference(m), "lower_bound": m in LOWER_BOUNDS,
                 })
     # rowspan bookkeeping for the dataset column
@@ -410,4 +436,5 @@ def targets_text(rows: list[dict]) -> str:
 
 
 def summary_columns(columns: list[tuple[str, str]]) -> list[dict]:
-    return [{"label": label, "metric": metric, "direction": metric_direction(metric)} for label, metric in columns]
+    return [{"label": label, "short": SHORT_LABEL.get(label, label), "metric": metric, "direction": metric_direction(metric)}
+            for label, metric in columns]
