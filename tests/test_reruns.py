@@ -80,6 +80,25 @@ DOWNSTREAM_OF_SAMPLES = {"evaluate": N_SAMPLES, "gather_metrics": N_DATASETS, "r
 PEER_SCORES = {"evaluate_peer": 3}
 # the table of method runs reads the sample jobs' benchmark files
 RUNS_TABLE = {"method_runs": N_DATASETS}
+PEER_RUNS = {"peer": 3, **PEER_SCORES}
+
+
+def stages_running(copy: Path, name: str) -> set[str]:
+    """Stages whose code includes package file ``name`` (alphastomics.stages, on the copy; that
+    these are exactly the stages a dry run re-plans is tests/test_fingerprints.py's check)."""
+    from alphastomics.stages import StageFiles
+
+    files = StageFiles(copy / "alphastomics")
+    return {stage for stage in ("train", "export", "sample", "peer") if Path(name) in files.files(stage)}
+
+
+def reruns_of_model_code(copy: Path, name: str) -> dict[str, int]:
+    """Jobs an edit to ``name`` re-runs, for code that sampling runs: training where the training
+    stage imports it, export, sampling and everything after, the peers where they import it."""
+    stages = stages_running(copy, name)
+    assert {"export", "sample"} <= stages, stages
+    return {**({"train": N_DATASETS} if "train" in stages else {}), "export_model": N_DATASETS, "sample": N_SAMPLES,
+            **DOWNSTREAM_OF_SAMPLES, **RUNS_TABLE, **(PEER_RUNS if "peer" in stages else {})}
 
 
 def test_1_complete_run_leaves_nothing_to_do(complete_run, tmp_path):
@@ -119,8 +138,8 @@ def test_3c_model_code_edit_reruns_training_onward(complete_run, tmp_path):
     module = sorted((copy / "alphastomics/model").glob("*.py"))[-1]
     with edited(module):
         jobs, text = dry_run(complete_run, tmp_path)
-    assert counts(jobs) == {"train": N_DATASETS, "export_model": N_DATASETS, "sample": N_SAMPLES, **DOWNSTREAM_OF_SAMPLES,
-                            **RUNS_TABLE}, text[-3000:]
+    assert "train" in stages_running(copy, f"model/{module.name}")
+    assert counts(jobs) == reruns_of_model_code(copy, f"model/{module.name}"), text[-3000:]
     assert [reason for rule, _, reason in jobs if rule == "train"][0].startswith("Params have changed")
 
 
@@ -129,7 +148,7 @@ def test_3d_sampling_code_edit_reruns_export_and_sampling_onward(complete_run, t
     copy = complete_run[0]
     with edited(copy / "alphastomics/guidance.py"):
         jobs, text = dry_run(complete_run, tmp_path)
-    assert counts(jobs) == {"export_model": N_DATASETS, "sample": N_SAMPLES, **DOWNSTREAM_OF_SAMPLES, **RUNS_TABLE}, text[-3000:]
+    assert counts(jobs) == reruns_of_model_code(copy, "guidance.py"), text[-3000:]
 
 
 def test_4_new_h5ad_file_preprocesses_only_that_file(complete_run, tmp_path):

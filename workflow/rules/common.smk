@@ -5,7 +5,6 @@
 # element on its own), so paths with spaces and values with shell characters stay one argument.
 # Result files of a slice are named by its file key (alphastomics.io.names), never by the raw id;
 # rules look the user's id up from the key and pass that id to the command.
-import hashlib
 import json
 import shlex
 from pathlib import Path
@@ -14,6 +13,7 @@ import yaml
 from snakemake.utils import validate
 
 from alphastomics.io.names import file_keys_to_slice_ids
+from alphastomics.stages import StageFiles
 
 validate(config, schema="../schemas/config.schema.yaml")
 
@@ -263,31 +263,13 @@ def stage_settings(stage):
 
 
 # Snakemake does not see edits to an imported package: each rule carries, as a parameter, a
-# hash of the package code it runs, so editing that code re-runs the rule and what follows.
-SLICE_READING = ["io/shards.py", "io/manifest.py", "io/files.py", "io/names.py"]
-STAGE_CODE = {
-    "preprocess": ["preprocess.py", "io", "errors.py"],
-    "train": ["train.py", "config.py", "model", "diffusion", "data", *SLICE_READING],
-    # calibration runs the model through sample.py's draws
-    "export": ["checkpoint.py", "config.py", "sample.py", "guidance.py", "heldout.py", "model", "diffusion", "data", *SLICE_READING],
-    # guidance.py: the condition codes of every draw and the drawn cell types; heldout.py: impute's genes
-    "sample": ["sample.py", "guidance.py", "heldout.py", "layout.py", "diffusion", "model", "data", "checkpoint.py", "config.py",
-               *SLICE_READING],
-    "evaluate": ["evaluate.py", "config.py", "layout.py", "references.py", "metrics", *SLICE_READING],  # config.py: defaults
-    # evaluate.py: the tables' columns and cell-type labels; metrics: the figures' Moran's I
-    "report": ["report", "runs.py", "layout.py", "evaluate.py", "metrics", *SLICE_READING],
-    "runs": ["runs.py", "io/files.py"],
-    "peer": ["peers", "heldout.py", "extract.py", *SLICE_READING],
-}
+# hash of the package files its command runs, so editing that code re-runs the rule and what
+# follows. The files are the import closure of the command's module (alphastomics.stages), read
+# from the code, so a new import is followed without a list to keep.
+STAGE_FILES = StageFiles(PACKAGE)
 
 
 def code_fingerprint(stage):
-    digest = hashlib.sha256()
-    for entry in STAGE_CODE[stage]:
-        path = PACKAGE / entry
-        files = sorted(path.rglob("*")) if path.is_dir() else [path]
-        for f in files:
-            if f.is_file() and "__pycache__" not in f.parts:
-                digest.update(str(f.relative_to(PACKAGE)).encode())
-                digest.update(f.read_bytes())
-    return digest.hexdigest()[:16]
+    """Fingerprint of the `alphastomics <stage>` command; rules that run another command of the
+    same module (gene-list, gather, report --summary) name the stage of that module."""
+    return STAGE_FILES.fingerprint(stage)

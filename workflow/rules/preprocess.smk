@@ -43,7 +43,7 @@ rule manifest:
     output:
         "results/{dataset}/manifest.json",
     params:
-        code=code_fingerprint("preprocess"),
+        code=code_fingerprint("manifest"),
     log:
         "logs/{dataset}/manifest.log",
     conda:
