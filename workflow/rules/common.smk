@@ -5,6 +5,10 @@
 # element on its own), so paths with spaces and values with shell characters stay one argument.
 # Result files of a slice are named by its file key (alphastomics.io.names), never by the raw id;
 # rules look the user's id up from the key and pass that id to the command.
+#
+# Each default is written once: those of the datasets and methods in the schema (validate() fills
+# them into `config`), those of the package's sections in alphastomics.config, which the rules
+# read through SETTINGS.
 import json
 import shlex
 from pathlib import Path
@@ -12,6 +16,8 @@ from pathlib import Path
 import yaml
 from snakemake.utils import validate
 
+from alphastomics import DOMAINS_MODE, EVALUATION_MODES
+from alphastomics.config import config_from_dict
 from alphastomics.io.names import file_keys_to_slice_ids
 from alphastomics.stages import StageFiles
 
@@ -20,7 +26,6 @@ validate(config, schema="../schemas/config.schema.yaml")
 REPO = Path(workflow.basedir).parent
 PACKAGE = REPO / "alphastomics"
 DATASETS = list(config["datasets"])
-MODES = config.get("sampling", {}).get("modes", ["expr_to_pos", "pos_to_expr", "joint"])
 ENV = "../../envs/alphastomics.yaml"
 
 
@@ -32,12 +37,11 @@ def slabs_option(platform_spec):
 
 def _check_config_values():
     """Typed checks beyond the schema (same code as `alphastomics train`), and input files that
-    must exist, each error naming the key or file."""
-    from alphastomics.config import config_from_dict
+    must exist, each error naming the key or file. -> the package's settings (alphastomics.config.Config)."""
     from alphastomics.errors import ConfigError
 
     try:
-        config_from_dict(config)
+        settings = config_from_dict(config)
     except ConfigError as err:
         raise WorkflowError(f"config: {err}")
     for dataset, spec in config["datasets"].items():
@@ -55,10 +59,11 @@ def _check_config_values():
         gene_list = spec["gene_list"]
         if gene_list not in ("intersection", "union") and not (REPO / gene_list).is_file():
             raise WorkflowError(f"config: datasets.{dataset}.gene_list: file not found: {gene_list}")
-        overlap = set(spec["test_slices"]) & set(spec.get("validation_slices", []))
+        overlap = set(spec["test_slices"]) & set(spec["validation_slices"])
         if overlap:
             raise WorkflowError(f"config: datasets.{dataset}: slices both test and validation: {sorted(overlap)}")
         _check_named_slices_exist(dataset, spec)
+    return settings
 
 
 def _check_named_slices_exist(dataset, spec):
@@ -84,7 +89,7 @@ def _check_named_slices_exist(dataset, spec):
     missing = [
         f"datasets.{dataset}.{key}: {', '.join(map(repr, absent))}"
         for key in ("test_slices", "validation_slices")
-        if (absent := [s for s in spec.get(key, []) if s not in source_of])
+        if (absent := [s for s in spec[key] if s not in source_of])
     ]
     if missing:
         raise WorkflowError(
@@ -97,7 +102,8 @@ def _check_named_slices_exist(dataset, spec):
         raise WorkflowError(f"config: datasets.{dataset}: {err}")
 
 
-_check_config_values()
+SETTINGS = _check_config_values()
+MODES = SETTINGS.sampling.modes
 
 
 wildcard_constraints:
@@ -105,7 +111,7 @@ wildcard_constraints:
     platform="[A-Za-z0-9_-]+",
     file_id="[^/]+",
     slice="[A-Za-z0-9][A-Za-z0-9._-]*",  # a file key, see alphastomics.io.names
-    mode="|".join(["expr_to_pos", "pos_to_expr", "joint", "impute", "domains"]),
+    mode="|".join(EVALUATION_MODES),
     method="[a-z_]+",
     stage="train|evaluate",
 
@@ -143,11 +149,11 @@ def preprocess_options(wildcards):
     """Options of one file's preprocessing as a list of arguments (quoted one by one in the rule)."""
     p = config["datasets"][wildcards.dataset]["platforms"][wildcards.platform]
     flags = {
-        "--position-key": p.get("position_key", "spatial"),
+        "--position-key": p["position_key"],
         "--slice-key": p.get("slice_key"),
         "--cell-type-key": p.get("cell_type_key"),
         "--layer": p.get("layer"),
-        "--normalization": p.get("normalization", "auto"),
+        "--normalization": p["normalization"],
         "--z-key": p.get("z_key"),
         "--z-value": p.get("z_values", {}).get(platform_files(wildcards.dataset, wildcards.platform)[wildcards.file_id], p.get("z_value")),
         "--on-invalid": p.get("on_invalid"),
@@ -163,7 +169,7 @@ def test_slices(dataset):
 
 
 def validation_slices(dataset):
-    return config["datasets"][dataset].get("validation_slices", [])
+    return config["datasets"][dataset]["validation_slices"]
 
 
 def test_slice_keys(dataset):
@@ -188,7 +194,6 @@ def metric_files(dataset):
 # mode. Peers of a sampling mode run when AlphaSTomics samples that mode; `domains` (embeddings
 # scored against cell types) on datasets with a cell_type_key.
 METHODS = config.get("methods", {})
-PEER_MODES = ["expr_to_pos", "pos_to_expr", "impute", "domains"]
 
 
 def has_cell_types(dataset):
@@ -198,10 +203,10 @@ def has_cell_types(dataset):
 def peer_runs(dataset):
     """(method, mode) of every peer run of a dataset."""
     runs = []
-    for mode in PEER_MODES:
-        if mode == "domains" and not has_cell_types(dataset):
+    for mode in EVALUATION_MODES:  # `methods:` lists methods by mode; joint has none
+        if mode == DOMAINS_MODE and not has_cell_types(dataset):
             continue
-        if mode != "domains" and mode not in MODES:
+        if mode != DOMAINS_MODE and mode not in MODES:
             continue
         runs += [(method, mode) for method in METHODS.get(mode, [])]
     return runs
@@ -226,7 +231,7 @@ def benchmark_files(dataset):
 
 
 def time_limit(method):
-    return METHODS.get("time_limits", {}).get(method, METHODS.get("time_limit_s", 300))
+    return METHODS.get("time_limits", {}).get(method, METHODS["time_limit_s"])
 
 
 def method_options(method):
@@ -234,16 +239,9 @@ def method_options(method):
     return ["--options", json.dumps(options, sort_keys=True)] if options else []
 
 
-def sampling_settings():
-    """The config's sampling section with the package's defaults filled in (SamplingConfig)."""
-    from alphastomics.config import config_from_dict
-
-    return config_from_dict({"sampling": config.get("sampling", {})}).sampling
-
-
 def sampling_draws(mode):
     """Draws per slice of a mode, as `alphastomics sample` counts them (SamplingConfig.draws)."""
-    return sampling_settings().draws(mode)
+    return SETTINGS.sampling.draws(mode)
 
 
 def training_excluded(dataset):

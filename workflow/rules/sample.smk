@@ -7,13 +7,13 @@ rule sample:
     params:
         slice_id=slice_id,
         data=lambda w: f"results/{w.dataset}",
-        steps=config.get("sampling", {}).get("steps", 0),
-        sampler=config.get("sampling", {}).get("sampler", "ancestral"),
-        expression_temperature=sampling_settings().expression_temperature,
+        steps=SETTINGS.sampling.steps,
+        sampler=SETTINGS.sampling.sampler,
+        expression_temperature=SETTINGS.sampling.expression_temperature,
         num_samples=lambda w: sampling_draws(w.mode),
-        posterior_mean_draws=config.get("sampling", {}).get("posterior_mean_draws", 32),
-        seed=config.get("sampling", {}).get("seed", 0),
-        atlas_context_cells=config.get("sampling", {}).get("atlas_context_cells", 0),
+        posterior_mean_draws=SETTINGS.sampling.posterior_mean_draws,
+        seed=SETTINGS.sampling.seed,
+        atlas_context_cells=SETTINGS.sampling.atlas_context_cells,
         code=code_fingerprint("sample"),
     benchmark:
         "results/{dataset}/benchmarks/alphastomics/{slice}.{mode}.tsv"

@@ -22,7 +22,7 @@ rule train:
         out=lambda w: f"results/{w.dataset}/model",
         test=lambda w: test_slices(w.dataset),
         validation=lambda w: validation_slices(w.dataset),
-        frame=lambda w: config["datasets"][w.dataset].get("coordinate_frame", "per_slice"),
+        frame=lambda w: config["datasets"][w.dataset]["coordinate_frame"],
         # On SLURM the profile sets mpi="srun" and tasks_per_node = GPUs per node, so srun starts
         # one process per GPU and Lightning reads world size and ranks from SLURM. The task
         # geometry is passed explicitly: the plugin's job step strips SLURM_* variables, and a
@@ -33,8 +33,8 @@ rule train:
             if resources.get("mpi")
             else []
         ),
-        devices=lambda w, resources: resources.get("tasks_per_node", config.get("training", {}).get("devices", 1)),
-        nodes=lambda w, resources: resources.get("nodes", config.get("training", {}).get("num_nodes", 1)),
+        devices=lambda w, resources: resources.get("tasks_per_node", SETTINGS.training.devices),
+        nodes=lambda w, resources: resources.get("nodes", SETTINGS.training.num_nodes),
         code=code_fingerprint("train"),
     benchmark:
         "results/{dataset}/benchmarks/alphastomics/train.tsv"
