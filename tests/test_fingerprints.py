@@ -3,11 +3,13 @@ rules whose command imports it, however deep the import and wherever it stands i
 
 A copy of the repository is brought up to date once on a tiny config without running anything
 (every output made empty, then `snakemake --touch` records each job's parameters, the code
-fingerprints among them); then each package file of the copy is edited in turn and a dry run
-says which rules' parameters changed. Which rules should is worked out here without
+fingerprints among them). Then each package file of the copy is edited in turn, and Snakemake,
+planning without running (`--list-changes params`), says which rules' parameters changed: the
+jobs a dry run re-plans for that edit before it adds what follows them (tests/test_reruns.py
+checks the dry runs themselves). Which rules should change is worked out here without
 alphastomics.stages: the command each rule runs (its printed shell command, `alphastomics
 <command>`, and cli.COMMANDS) and Python's modulefinder, which reads the imports from compiled
-code, restricted to the package. The dry runs are forked from one process that has imported
+code, restricted to the package. The runs are forked from one process that has imported
 Snakemake once, so that each costs the workflow's parsing, not a new interpreter.
 """
 
@@ -26,6 +28,8 @@ import yaml
 
 from alphastomics.cli import COMMANDS
 
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[1]
 STARMAP = sorted((REPO / "resources/starmap_mpfc").glob("*.h5ad"))
 
@@ -43,9 +47,11 @@ DRY_RUN_SERVER = """
 import json, os, sys
 import snakemake.cli
 from snakemake.persistence import PersistenceBase
+# imported once here instead of in every run: Snakemake's scheduler and plugins, and the libraries
+# of the package code the workflow calls (the package itself is imported afresh by each run)
 from snakemake.scheduling import job_scheduler
-import anndata, h5py, jsonschema, numpy, pandas, pyarrow.parquet, scipy.sparse, yaml  # what the workflow's package code imports
-snakemake.cli.get_argument_parser()  # collects the plugins, as each run would
+import anndata, h5py, jsonschema, numpy, pandas, pyarrow.parquet, scipy.sparse, yaml
+snakemake.cli.get_argument_parser()
 check = PersistenceBase.params_changed
 def params_changed(self, job, file=None):
     change = check(self, job, file)
