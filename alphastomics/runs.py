@@ -7,12 +7,15 @@ sampled or peer-run slice and mode) and ``.../benchmarks/<method>/train.tsv`` (A
 training). A benchmark's wall time (``s``) and peak resident memory (``max_rss``, MB) take
 precedence over the status record's own measurements.
 
-Output columns: ``dataset, slice, mode, method, status, reason, wall_s, max_rss_mb``.
+Output columns: ``dataset, slice, mode, method, status, reason, wall_s, max_rss_mb, package, settings``
+(``package``: a peer's package and version; ``settings``: its settings as JSON; both empty for
+AlphaSTomics' own runs and for tables written before they existed).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from pathlib import Path
 
@@ -25,6 +28,7 @@ from alphastomics.errors import InputError
 log = logging.getLogger(__name__)
 
 RUN_COLUMNS = ["dataset", "slice", "mode", "method", "status", "reason", "wall_s", "max_rss_mb"]
+PROVENANCE_COLUMNS = ["package", "settings"]
 TRAIN_MODE = "train"
 
 
@@ -53,7 +57,8 @@ def runs_table(status_files: list[str | Path], benchmark_files: list[str | Path]
         key = (str(status.get("slice", "")), status["mode"], status["method"])
         rows[key] = {"dataset": dataset, "slice": key[0], "mode": key[1], "method": key[2], "status": status["status"],
                      "reason": status.get("reason", ""), "wall_s": status.get("wall_s", np.nan),
-                     "max_rss_mb": status.get("max_rss_mb", np.nan)}
+                     "max_rss_mb": status.get("max_rss_mb", np.nan), "package": status.get("package", ""),
+                     "settings": json.dumps(status["settings"], sort_keys=True) if status.get("settings") else ""}
     for path in benchmark_files:
         path = Path(path)
         method = path.parent.name
@@ -68,9 +73,9 @@ def runs_table(status_files: list[str | Path], benchmark_files: list[str | Path]
         wall, rss = read_benchmark(path)
         key = (slice_id, mode, method)
         row = rows.setdefault(key, {"dataset": dataset, "slice": slice_id, "mode": mode, "method": method,
-                                    "status": STATUS_OK, "reason": ""})
+                                    "status": STATUS_OK, "reason": "", "package": "", "settings": ""})
         row["wall_s"], row["max_rss_mb"] = wall, rss
-    table = pd.DataFrame(list(rows.values()), columns=RUN_COLUMNS)
+    table = pd.DataFrame(list(rows.values()), columns=RUN_COLUMNS + PROVENANCE_COLUMNS)
     return table.sort_values(["mode", "method", "slice"], kind="stable").reset_index(drop=True)
 
 
@@ -89,8 +94,10 @@ def read_runs(paths: list[str | Path]) -> pd.DataFrame:
             raise InputError(f"{path}: missing column(s) {', '.join(missing)}")
         for c in ("wall_s", "max_rss_mb"):
             table[c] = pd.to_numeric(table[c], errors="coerce")
-        frames.append(table[RUN_COLUMNS])
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=RUN_COLUMNS)
+        for c in PROVENANCE_COLUMNS:
+            table[c] = table[c].astype(str) if c in table.columns else ""
+        frames.append(table[RUN_COLUMNS + PROVENANCE_COLUMNS])
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=RUN_COLUMNS + PROVENANCE_COLUMNS)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

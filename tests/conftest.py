@@ -16,6 +16,18 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 STARMAP = sorted((REPO / "resources/starmap_mpfc").glob("*.h5ad"))
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Small networks train fastest on one thread (and the suite shares 2 cores)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 BDTNP = sorted((REPO / "resources/bdtnp_drosophila").glob("*.h5ad"))
 
 

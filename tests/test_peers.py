@@ -55,15 +55,7 @@ def gene_spearman(inputs, predicted) -> float:
     return values["expr_spearman_gene_median"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Small networks train fastest on one thread (and the suite shares 2 cores)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +79,8 @@ def test_celery_regressor_beats_random_positions(dataset, request):
     from alphastomics.peers.celery import celery_positions
 
     inputs = request.getfixturevalue(dataset)
-    predicted = celery_positions(inputs, epochs=40)
+    predicted, run = celery_positions(inputs, num_epochs_max=40, batch_size=32)
+    assert run["package"] == "CeLEryPy" and run["settings"]["num_epochs_max"] == 40
     random = baselines.random_positions(inputs.test.coords[:, : inputs.n_dims])
     assert predicted.shape == (len(inputs.test.cell_ids), inputs.n_dims) and np.isfinite(predicted).all()
     # STARmap: expression places a cell in its cortical layer, not along it; random kNN@10 is
@@ -135,12 +128,18 @@ def test_celery_alignment_rotates_a_rotated_copy_back():
 
 def test_novosparc_de_novo_beats_random_positions(bdtnp):
     pytest.importorskip("novosparc", reason="the peers extra (pip install -e '.[peers]') is not installed")
-    from alphastomics.peers.novosparc_peer import novosparc_positions, target_grid
+    from alphastomics.peers.novosparc_peer import novosparc_positions, training_target_space
 
     small = cut(bdtnp, 250)
-    grid = target_grid(small.test.coords[:, :3].astype(float), 250)
+    grid = training_target_space(small, 250)
     assert 150 < len(grid) < 400 and grid.shape[1] == 3
-    predicted = novosparc_positions(small, max_iter=30)
+    # the grid has the training slabs' shape (their mean extent along each axis of the shared
+    # frame), never the held-out slab's; its size follows the cell count at their density
+    train_extents = np.mean([np.ptp(s.coords[:, :3], axis=0) for s in small.train], axis=0)
+    ratios = np.ptp(grid, axis=0) / train_extents
+    assert ratios.max() / ratios.min() < 1.3
+    predicted, run = novosparc_positions(small, max_iter=30)
+    assert run["outer_iterations"] <= 30 and run["settings"]["target"] == "training"
     random = baselines.random_positions(small.test.coords[:, :3])
     assert knn10(small, predicted) > knn10(small, random) + 0.03
 
@@ -183,7 +182,8 @@ def test_tangram_imputation_beats_the_training_mean(starmap_impute):
     pytest.importorskip("tangram", reason="the peers extra (pip install -e '.[peers]') is not installed")
     from alphastomics.peers.tangram_peer import tangram_impute
 
-    predicted = tangram_impute(starmap_impute, num_epochs=60)
+    predicted, run = tangram_impute(starmap_impute, num_epochs=60)
+    assert run["settings"]["num_epochs"] == 60
     heldout = starmap_impute.heldout
     assert np.isfinite(predicted).all() and np.abs(predicted[:, heldout]).sum() > 0
     assert gene_spearman(starmap_impute, predicted) > 0.1

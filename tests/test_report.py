@@ -633,6 +633,19 @@ def test_targets_say_plainly_where_alphastomics_is_not_ahead():
     assert "NOT ahead" in text and text.strip().endswith("2 of 3 targets met")
 
 
+def test_pos_to_expr_is_a_target_against_its_peers():
+    """pos_to_expr has a peer (kNN in a shared frame), so the targets judge it: AlphaSTomics' posterior
+    mean against the kNN row; without a rival with a value (per-slice frames) it is not measured."""
+    columns = ["dataset", "slice", "mode", "method", "metric", "value"]
+    metrics = pd.DataFrame([("d", "s1", "pos_to_expr", "alphastomics", "expr_mean_pearson_gene_median", 0.62),
+                            ("d", "s1", "pos_to_expr", "knn", "expr_mean_pearson_gene_median", 0.78),
+                            ("d", "s2", "pos_to_expr", "alphastomics", "expr_mean_pearson_gene_median", 0.5)], columns=columns)
+    targets = {(t["slice"], t["mode"]): t for t in tables.target_rows(metrics)}
+    behind = targets[("s1", "pos_to_expr")]
+    assert behind["met"] is False and "knn" in behind["verdict"]
+    assert targets[("s2", "pos_to_expr")]["met"] is None
+
+
 def test_the_oracle_is_a_reference_row_never_ranked_nor_a_rival():
     """An oracle that sees the held-out slice's coordinates sits with the reference rows: it is not
     ranked, not starred, and AlphaSTomics is not judged against it."""

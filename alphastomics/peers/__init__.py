@@ -7,12 +7,12 @@ and always writes a status record.
 
 | mode | method | what |
 |---|---|---|
-| expr_to_pos | ``novosparc`` | novoSpaRc de novo reconstruction (package ``novosparc``) onto a grid of the slice's size and shape |
-| expr_to_pos | ``celery`` | CeLEry-style MLP expression -> coordinates, training slices aligned to a common frame |
+| expr_to_pos | ``novosparc`` | novoSpaRc de novo reconstruction (package ``novosparc``) to its convergence, onto a grid with the training slices' shape |
+| expr_to_pos | ``celery`` | CeLEry (package ``CeLEryPy``) as its tutorial runs it, training slices aligned to a common frame |
 | expr_to_pos | ``random`` | lower bound: coordinates of a randomly permuted copy of the slice |
 | expr_to_pos | ``oracle`` | upper reference: coordinates regressed from expression on the held-out slice's own cells (cross-validated) |
 | pos_to_expr | ``knn`` | shared frame: mean expression of the k nearest training cells in that frame |
-| impute | ``tangram`` | Tangram (package ``tangram-sc``, CPU): training cells mapped onto the slice through the shared genes |
+| impute | ``tangram`` | Tangram (package ``tangram-sc``, CPU, its documented defaults): training cells mapped onto the slice through the shared genes |
 | impute | ``knn`` | SpaGE-like kNN imputation in shared-gene expression space |
 | domains | ``graphst`` | GraphST-style GCN encoder (k = 3 spatial graph, reconstruction + DGI loss) |
 | domains | ``pca`` | lower bound: PCA of expression |
@@ -38,7 +38,7 @@ PEER_MODES: dict[str, tuple[str, ...]] = {
 }
 
 # The package each method runs through, where it is not this one (shown when it is not installed).
-PEER_PACKAGES = {"novosparc": "novosparc", "tangram": "tangram-sc"}
+PEER_PACKAGES = {"novosparc": "novosparc", "tangram": "tangram-sc", "celery": "CeLEryPy"}
 
 # Lower bounds: rows that give context, which AlphaSTomics must beat; reported beside the peers.
 LOWER_BOUNDS = {"random", "pca", "training_mean"}

@@ -20,11 +20,13 @@ def run_method(method: str, mode: str, inputs: PeerInputs, seed: int = 0, checkp
     if (method, mode) == ("celery", "expr_to_pos"):
         from alphastomics.peers.celery import celery_positions
 
-        return sample_anndata(inputs, mode, method, coordinates=celery_positions(inputs, seed=seed, **options), extra=extra)
+        coordinates, run = celery_positions(inputs, seed=seed, **options)
+        return sample_anndata(inputs, mode, method, coordinates=coordinates, extra={**extra, "method_run": run})
     if (method, mode) == ("novosparc", "expr_to_pos"):
         from alphastomics.peers.novosparc_peer import novosparc_positions
 
-        return sample_anndata(inputs, mode, method, coordinates=novosparc_positions(inputs, seed=seed, **options), extra=extra)
+        coordinates, run = novosparc_positions(inputs, seed=seed, **options)
+        return sample_anndata(inputs, mode, method, coordinates=coordinates, extra={**extra, "method_run": run})
     if (method, mode) == ("knn", "pos_to_expr"):
         return sample_anndata(inputs, mode, method, expression=baselines.knn_expression_at_positions(inputs, **options), extra=extra)
     if (method, mode) == ("knn", "impute"):
@@ -32,7 +34,8 @@ def run_method(method: str, mode: str, inputs: PeerInputs, seed: int = 0, checkp
     if (method, mode) == ("tangram", "impute"):
         from alphastomics.peers.tangram_peer import tangram_impute
 
-        return sample_anndata(inputs, mode, method, expression=tangram_impute(inputs, seed=seed, **options), extra=extra)
+        expression, run = tangram_impute(inputs, seed=seed, **options)
+        return sample_anndata(inputs, mode, method, expression=expression, extra={**extra, "method_run": run})
     measured = inputs.test.gene_mask.astype(bool)
     if (method, mode) == ("pca", "domains"):
         return sample_anndata(inputs, mode, method, embedding=baselines.pca_embedding(inputs.test.expression[:, measured], seed=seed), extra=extra)

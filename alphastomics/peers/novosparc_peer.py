@@ -1,58 +1,125 @@
-"""novoSpaRc de novo reconstruction (expr_to_pos), through the ``novosparc`` package (POT inside).
+"""novoSpaRc de novo reconstruction (expr_to_pos), through the ``novosparc`` package (POT inside),
+run as its documentation runs it.
 
-As its documentation describes for de novo reconstruction: a target space of locations (here a
-regular grid over the held-out slice's bounding box: its size in cells and its shape, 2D or 3D),
-smooth costs (kNN-graph shortest paths in expression, a PCA of it, and between target locations),
-then entropic Gromov-Wasserstein transport of cells onto locations with no reference atlas
-(``alpha_linear = 0``). Each cell is placed at the transport-weighted mean of the locations.
+The documented de novo recipe (novoSpaRc's ``reconstruct_tissue.py`` template and
+``Tissue.reconstruct``): a target space of as many locations as cells, smooth costs from
+5-nearest-neighbour graphs over the expression (the whole panel: the panels here are small, so
+no highly-variable-gene subset is needed) and over the locations, then entropic
+Gromov-Wasserstein transport with no reference atlas (``alpha_linear = 0``) at epsilon 5e-4,
+multiplied by 10 while the solver meets numerical errors, up to 1,000 outer iterations or the
+package's tolerance of 1e-9. Each cell is placed at the transport-weighted mean of the locations.
+
+The target space is the only choice the documentation leaves to the user. It is taken from the
+training slices, never from the held-out one: a regular grid with their mean shape (extents along
+their principal axes in ``per_slice`` frames, along the frame's axes in a ``shared`` frame) at
+their cell density, centred where their cells are in a shared frame. ``target="documented"``
+uses the package's own ``construct_target_grid`` (a 1.2 : 1 rectangle) instead, for 2D slices.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+from importlib.metadata import version
 
 import numpy as np
 
-from alphastomics.peers.baselines import pca_embedding
 from alphastomics.peers.common import PeerInputs
 
+# Tissue.reconstruct's defaults: they are the documented settings
+DOCUMENTED = {"num_neighbors": 5, "epsilon": 5e-4, "max_epsilon": 5e-1, "max_iter": 1000, "tol": 1e-9}
 
-def target_grid(coords: np.ndarray, n_locations: int) -> np.ndarray:
-    """A regular grid of about ``n_locations`` points filling the bounding box of ``coords``."""
-    low, high = coords.min(0), coords.max(0)
-    extent = np.maximum(high - low, 1e-9)
-    d = coords.shape[1]
-    spacing = (np.prod(extent) / max(n_locations, 1)) ** (1 / d)
-    counts = [max(1, int(round(e / spacing))) for e in extent]
-    axes = [np.linspace(lo, hi, c) if c > 1 else np.array([(lo + hi) / 2]) for lo, hi, c in zip(low, high, counts)]
+
+def grid_with_extents(extents: np.ndarray, n_locations: int) -> np.ndarray:
+    """A regular grid of about ``n_locations`` points filling a box with these side lengths, centred at 0."""
+    extents = np.maximum(np.asarray(extents, np.float64), 1e-9)
+    d = len(extents)
+    spacing = (np.prod(extents) / max(n_locations, 1)) ** (1 / d)
+    counts = [max(1, int(round(e / spacing))) for e in extents]
+    axes = [np.linspace(-e / 2, e / 2, c) if c > 1 else np.zeros(1) for e, c in zip(extents, counts)]
     return np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, d)
 
 
-def novosparc_positions(inputs: PeerInputs, n_components: int = 30, num_neighbors: int = 5, epsilon: float = 5e-3,
-                        max_iter: int = 100, seed: int = 0) -> np.ndarray:
+def _principal_extents(coords: np.ndarray) -> np.ndarray:
+    centred = coords - coords.mean(0)
+    _, _, axes = np.linalg.svd(centred, full_matrices=False)
+    projected = centred @ axes.T
+    return projected.max(0) - projected.min(0)
+
+
+def training_target_space(inputs: PeerInputs, n_locations: int) -> np.ndarray:
+    """Locations with the training slices' mean shape, at their cell density (module docstring)."""
+    d = inputs.n_dims
+    coords = [s.coords[:, :d].astype(np.float64) for s in inputs.train]
+    if inputs.frame == "shared":
+        extents = np.mean([c.max(0) - c.min(0) for c in coords], axis=0)
+        centre = np.concatenate(coords).mean(0)
+    else:
+        extents = np.mean([_principal_extents(c) for c in coords], axis=0)
+        centre = np.zeros(d)
+    # the training slices' cells per unit of their box, applied to the held-out slice's cell count
+    density = np.mean([len(c) / np.prod(np.maximum(_box(c, inputs.frame), 1e-9)) for c in coords])
+    scale = (n_locations / density / np.prod(np.maximum(extents, 1e-9))) ** (1 / d)
+    return grid_with_extents(extents * scale, n_locations) + centre
+
+
+def _box(coords: np.ndarray, frame: str) -> np.ndarray:
+    return coords.max(0) - coords.min(0) if frame == "shared" else _principal_extents(coords)
+
+
+def documented_target_space(inputs: PeerInputs, n_locations: int) -> np.ndarray:
+    import novosparc
+
+    if inputs.n_dims != 2:
+        raise ValueError("novoSpaRc's construct_target_grid is 2D; use target='training' for 3D slices")
+    return novosparc.gm.construct_target_grid(n_locations).astype(np.float64)
+
+
+def novosparc_positions(inputs: PeerInputs, target: str = "training", num_neighbors: int = DOCUMENTED["num_neighbors"],
+                        epsilon: float = DOCUMENTED["epsilon"], max_iter: int = DOCUMENTED["max_iter"],
+                        tol: float = DOCUMENTED["tol"], seed: int = 0) -> tuple[np.ndarray, dict]:
+    """(N, d) positions of the held-out slice's cells, and what the run did (settings, epsilon
+    used, outer iterations, whether the solver reached its tolerance)."""
     import anndata as ad
     import novosparc
 
     d = inputs.n_dims
     expression = inputs.test.expression[:, inputs.test.gene_mask.astype(bool)].astype(np.float64)
-    locations = target_grid(inputs.test.coords[:, :d].astype(np.float64), len(expression))
-    dataset = ad.AnnData(X=expression)
-    tissue = novosparc.cm.Tissue(dataset=dataset, locations=locations)
-    representation = pca_embedding(expression, n_components, seed).astype(np.float64)
+    n_cells = len(expression)
+    if target == "training":
+        locations = training_target_space(inputs, n_cells)
+    elif target == "documented":
+        locations = documented_target_space(inputs, n_cells)
+    else:
+        raise ValueError(f"novosparc: target must be 'training' or 'documented', not {target!r}")
+    tissue = novosparc.cm.Tissue(dataset=ad.AnnData(X=expression), locations=locations)
     with contextlib.redirect_stdout(io.StringIO()):
-        tissue.setup_smooth_costs(dge_rep=representation, num_neighbors_s=num_neighbors, num_neighbors_t=num_neighbors,
-                                  verbose=False)
+        tissue.setup_smooth_costs(num_neighbors_s=num_neighbors, num_neighbors_t=num_neighbors, verbose=False)
     p_locations, p_expression = novosparc.rc.create_space_distributions(tissue.num_locations, tissue.num_cells)
-    # Tissue.reconstruct runs up to 1,000 outer iterations; the same solver with a bound on them
-    # (and a larger epsilon when it meets numerical errors, as Tissue.reconstruct does).
-    for eps in (epsilon, epsilon * 10, epsilon * 100):
-        out = io.StringIO()
+    # Tissue.reconstruct's epsilon search, with the solver's log kept so that the status can say
+    # whether it converged (reconstruct itself does not return it)
+    eps = epsilon
+    while True:
+        out, log = io.StringIO(), {"err": []}
         with contextlib.redirect_stdout(out):
-            transport = novosparc.rc._GWadjusted.gromov_wasserstein_adjusted_norm(
+            transport, log = novosparc.rc._GWadjusted.gromov_wasserstein_adjusted_norm(
                 tissue.costs["markers"], tissue.costs["expression"], tissue.costs["locations"], 0, p_expression,
-                p_locations, "square_loss", epsilon=eps, max_iter=max_iter, verbose=True)
-        if "numerical errors" not in out.getvalue() and np.isfinite(transport).all() and transport.sum() > 0:
+                p_locations, "square_loss", epsilon=eps, max_iter=max_iter, tol=tol, verbose=True, log=log)
+        failed = "numerical errors" in out.getvalue() or not np.isfinite(transport).all() or transport.sum() <= 0
+        if not failed or eps * 10 >= DOCUMENTED["max_epsilon"]:
             break
+        eps *= 10
+    if failed:
+        raise RuntimeError(f"novoSpaRc's solver met numerical errors up to epsilon {eps:g}")
+    errors = log.get("err", [])
+    converged = bool(errors) and float(errors[-1]) <= tol
+    iterations = 10 * (len(errors) - 1) + 1 if converged else max_iter
     weights = transport / np.maximum(transport.sum(1, keepdims=True), 1e-300)
-    return weights @ locations
+    run = {"package": "novosparc", "package_version": version("novosparc"),
+           "settings": {"target": target, "n_locations": int(len(locations)), "num_neighbors": num_neighbors,
+                        "epsilon": epsilon, "max_iter": max_iter, "tol": tol, "alpha_linear": 0,
+                        "expression": f"whole panel ({expression.shape[1]} genes)"},
+           "epsilon_used": eps, "outer_iterations": iterations, "converged": converged}
+    if errors:
+        run["final_change"] = float(errors[-1])
+    return weights @ locations, run

@@ -8,7 +8,9 @@ pipeline completes and the report shows the failure beside the other methods. A 
 not apply (kNN in coordinates without a shared frame) is ``not applicable``.
 
 Status record: ``{"dataset", "slice", "mode", "method", "status": "ok" | "failed" | "not applicable",
-"reason", "sample" (path, when ok), "wall_s", "max_rss_mb", "time_limit_s"}``.
+"reason", "sample" (path, when ok), "wall_s", "max_rss_mb", "time_limit_s"}``, and for a method run
+through another package, ``"package"`` (name and version), ``"settings"`` and ``"method_run"`` (what
+its solver did). An ``ok`` run whose solver stopped at its iteration limit says so in ``reason``.
 """
 
 from __future__ import annotations
@@ -71,6 +73,9 @@ def _child(args: dict, error_path: str) -> None:
             os._exit(0)
         adata.uns["alphastomics"]["dataset"] = args["dataset"] or adata.uns["alphastomics"].get("dataset", "")
         write_h5ad_atomic(adata, args["out"])
+        # what the method's package did (version, settings, whether its solver converged) goes into the status record
+        run = adata.uns["alphastomics"].get("method_run")
+        Path(error_path).write_text(json.dumps({"status": STATUS_OK, "reason": "", "method_run": _plain(run)}))
     except ImportError as err:
         package = PEER_PACKAGES.get(args["method"], err.name or "?")
         reason = f"not installed: {package} ({err}); install the peers extra: pip install -e '.[peers]'"
@@ -85,6 +90,25 @@ def _child(args: dict, error_path: str) -> None:
                                                 "traceback": traceback.format_exc()[-4000:]}))
         os._exit(2)
     os._exit(0)
+
+
+def _plain(value):
+    """A sample file's uns value (numpy scalars and arrays inside) as plain JSON types."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return value
+
+
+def run_note(run: dict | None) -> str:
+    """Plain words on how a peer's own solver ended, where it says (empty when it reached its tolerance)."""
+    if run and run.get("converged") is False:
+        return (f"the solver stopped at its iteration limit ({run.get('outer_iterations')}) before its tolerance "
+                f"({run.get('settings', {}).get('tol')}); last change {run.get('final_change', float('nan')):.3g}")
+    return ""
 
 
 def run_peer(method: str, mode: str, data: str, slice_id: str, out: str | Path, status_path: str | Path, *,
@@ -131,7 +155,14 @@ def run_peer(method: str, mode: str, data: str, slice_id: str, out: str | Path, 
         error_path.unlink(missing_ok=True)
     if timed_out:
         record.update(status=STATUS_FAILED, reason=f"too slow: stopped at the time limit of {time_limit_s:g} s")
-    elif detail:
+    elif detail and detail["status"] == STATUS_OK and out.is_file():
+        run = detail.get("method_run") or {}
+        record.update(status=STATUS_OK, reason=run_note(run), sample=str(out))
+        if run:
+            record["package"] = f"{run.get('package', '')} {run.get('package_version', '')}".strip()
+            record["settings"] = run.get("settings", {})
+            record["method_run"] = run
+    elif detail and detail["status"] != STATUS_OK:
         record.update(status=detail["status"], reason=detail["reason"])
         if "traceback" in detail:
             record["traceback"] = detail["traceback"]

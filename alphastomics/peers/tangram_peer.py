@@ -19,7 +19,12 @@ import numpy as np
 from alphastomics.peers.common import PeerInputs
 
 
-def tangram_impute(inputs: PeerInputs, num_epochs: int = 200, learning_rate: float = 0.1, seed: int = 0) -> np.ndarray:
+def tangram_impute(inputs: PeerInputs, num_epochs: int = 1000, learning_rate: float = 0.1,
+                   seed: int = 0) -> tuple[np.ndarray, dict]:
+    """(N, G) imputed expression (the held-out genes' columns filled), and the run's settings.
+    ``num_epochs`` and ``learning_rate`` are ``map_cells_to_space``'s documented defaults."""
+    from importlib.metadata import version
+
     import anndata as ad
     import pandas as pd
     import tangram as tg
@@ -47,4 +52,8 @@ def tangram_impute(inputs: PeerInputs, num_epochs: int = 200, learning_rate: flo
     for j, g in enumerate(genes):
         if inputs.heldout[j] and g.lower() in column:
             out[:, j] = values[:, column[g.lower()]]
-    return out
+    run = {"package": "tangram-sc", "package_version": version("tangram-sc"),
+           "settings": {"function": "pp_adatas / map_cells_to_space / project_genes", "mode": "cells",
+                        "num_epochs": num_epochs, "learning_rate": learning_rate, "device": "cpu",
+                        "training_genes": int(given.sum())}}
+    return out, run

@@ -373,6 +373,7 @@ def summary_rows(df: pd.DataFrame, cols: list[tuple[str, str]], runs: pd.DataFra
 TARGETS: list[tuple[str, str, object]] = [
     ("expr_to_pos", "knn_preservation_k10", "peers"),
     ("expr_to_pos", "distance_spearman_median", "peers"),
+    ("pos_to_expr", "expr_mean_pearson_gene_median", "peers"),
     ("impute", "expr_mean_spearman_gene_median", ["knn", "tangram"]),
     ("joint", "expr_energy_distance_pca", "references"),
     ("joint", "distance_wasserstein_unit_rms", "references"),
