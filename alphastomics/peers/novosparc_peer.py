@@ -9,11 +9,15 @@ Gromov-Wasserstein transport with no reference atlas (``alpha_linear = 0``) at e
 multiplied by 10 while the solver meets numerical errors, up to 1,000 outer iterations or the
 package's tolerance of 1e-9. Each cell is placed at the transport-weighted mean of the locations.
 
-The target space is the only choice the documentation leaves to the user. It is taken from the
-training slices, never from the held-out one: a regular grid with their mean shape (extents along
-their principal axes in ``per_slice`` frames, along the frame's axes in a ``shared`` frame) at
-their cell density, centred where their cells are in a shared frame. ``target="documented"``
-uses the package's own ``construct_target_grid`` (a 1.2 : 1 rectangle) instead, for 2D slices.
+The target space is the one choice the documentation leaves to the user, and the held-out slice
+never informs it. ``target="documented"``: the package's own ``construct_target_grid`` (a 1.2 : 1
+rectangle of as many points as cells), 2D only. ``target="training"``: a regular grid with the
+training slices' mean shape (extents along their principal axes in ``per_slice`` frames, along
+the frame's axes in a ``shared`` frame) at their cell density, centred where their cells are in a
+shared frame. ``target="auto"`` (the default) takes the documented grid in 2D and the training
+slices' shape in 3D, where the package documents no grid: reconstructing each STARmap training
+slice from the others, the documented grid ranked distances better than the training slices'
+shape on both (docs/peers.md).
 """
 
 from __future__ import annotations
@@ -47,24 +51,36 @@ def _principal_extents(coords: np.ndarray) -> np.ndarray:
     return projected.max(0) - projected.min(0)
 
 
-def training_target_space(inputs: PeerInputs, n_locations: int) -> np.ndarray:
-    """Locations with the training slices' mean shape, at their cell density (module docstring)."""
+def _training_density_and_centre(inputs: PeerInputs) -> tuple[float, np.ndarray]:
+    """Cells per unit area (2D) or volume (3D) of the training slices' boxes, and where their cells
+    are (a shared frame) or 0 (per-slice frames, which have no common place)."""
     d = inputs.n_dims
     coords = [s.coords[:, :d].astype(np.float64) for s in inputs.train]
-    if inputs.frame == "shared":
-        extents = np.mean([c.max(0) - c.min(0) for c in coords], axis=0)
-        centre = np.concatenate(coords).mean(0)
-    else:
-        extents = np.mean([_principal_extents(c) for c in coords], axis=0)
-        centre = np.zeros(d)
-    # the training slices' cells per unit of their box, applied to the held-out slice's cell count
-    density = np.mean([len(c) / np.prod(np.maximum(_box(c, inputs.frame), 1e-9)) for c in coords])
-    scale = (n_locations / density / np.prod(np.maximum(extents, 1e-9))) ** (1 / d)
-    return grid_with_extents(extents * scale, n_locations) + centre
+    density = float(np.mean([len(c) / np.prod(np.maximum(_box(c, inputs.frame), 1e-9)) for c in coords]))
+    centre = np.concatenate(coords).mean(0) if inputs.frame == "shared" else np.zeros(d)
+    return density, centre
 
 
 def _box(coords: np.ndarray, frame: str) -> np.ndarray:
     return coords.max(0) - coords.min(0) if frame == "shared" else _principal_extents(coords)
+
+
+def _placed(grid: np.ndarray, inputs: PeerInputs) -> np.ndarray:
+    """A grid centred where the training slices' cells are and scaled to their cell density, so
+    that a de novo layout is drawn in the data's units (the metrics do not depend on it)."""
+    density, centre = _training_density_and_centre(inputs)
+    centred = grid - (grid.max(0) + grid.min(0)) / 2
+    extents = np.maximum(centred.max(0) - centred.min(0), 1e-9)
+    scale = (len(grid) / density / np.prod(extents)) ** (1 / grid.shape[1])
+    return centred * scale + centre
+
+
+def training_target_space(inputs: PeerInputs, n_locations: int) -> np.ndarray:
+    """Locations with the training slices' mean shape, at their cell density (module docstring)."""
+    d = inputs.n_dims
+    coords = [s.coords[:, :d].astype(np.float64) for s in inputs.train]
+    extents = np.mean([_box(c, inputs.frame) for c in coords], axis=0)
+    return _placed(grid_with_extents(extents, n_locations), inputs)
 
 
 def documented_target_space(inputs: PeerInputs, n_locations: int) -> np.ndarray:
@@ -72,10 +88,10 @@ def documented_target_space(inputs: PeerInputs, n_locations: int) -> np.ndarray:
 
     if inputs.n_dims != 2:
         raise ValueError("novoSpaRc's construct_target_grid is 2D; use target='training' for 3D slices")
-    return novosparc.gm.construct_target_grid(n_locations).astype(np.float64)
+    return _placed(novosparc.gm.construct_target_grid(n_locations).astype(np.float64), inputs)
 
 
-def novosparc_positions(inputs: PeerInputs, target: str = "training", num_neighbors: int = DOCUMENTED["num_neighbors"],
+def novosparc_positions(inputs: PeerInputs, target: str = "auto", num_neighbors: int = DOCUMENTED["num_neighbors"],
                         epsilon: float = DOCUMENTED["epsilon"], max_iter: int = DOCUMENTED["max_iter"],
                         tol: float = DOCUMENTED["tol"], seed: int = 0) -> tuple[np.ndarray, dict]:
     """(N, d) positions of the held-out slice's cells, and what the run did (settings, epsilon
@@ -86,12 +102,14 @@ def novosparc_positions(inputs: PeerInputs, target: str = "training", num_neighb
     d = inputs.n_dims
     expression = inputs.test.expression[:, inputs.test.gene_mask.astype(bool)].astype(np.float64)
     n_cells = len(expression)
+    if target == "auto":
+        target = "documented" if d == 2 else "training"
     if target == "training":
         locations = training_target_space(inputs, n_cells)
     elif target == "documented":
         locations = documented_target_space(inputs, n_cells)
     else:
-        raise ValueError(f"novosparc: target must be 'training' or 'documented', not {target!r}")
+        raise ValueError(f"novosparc: target must be 'auto', 'training' or 'documented', not {target!r}")
     tissue = novosparc.cm.Tissue(dataset=ad.AnnData(X=expression), locations=locations)
     with contextlib.redirect_stdout(io.StringIO()):
         tissue.setup_smooth_costs(num_neighbors_s=num_neighbors, num_neighbors_t=num_neighbors, verbose=False)
