@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 
 from alphastomics.data.batch import SliceBatch
 from alphastomics.diffusion.schedule import NoiseSchedule, expression_noise, position_noise
-from alphastomics.model.network import masked_centre
+from alphastomics.model.network import DenoiserInput, denoise, masked_centre
 
 
 def timestep_grid(total_steps: int, steps: int | None) -> list[int]:
@@ -144,22 +144,11 @@ def sample(
     unconditional = (None, None) if not conditioned else (torch.zeros_like(known.cell_labels), torch.zeros_like(known.covariates))
     for t, s in tqdm(list(zip(grid[:-1], grid[1:])), desc="sampling", disable=not progress, leave=False):
         t_vec = torch.full((B,), t, dtype=torch.long, device=device)
+        state = DenoiserInput(expression, positions, t_vec if generate_expression else zeros, t_vec if generate_position else zeros,
+                              ab_e[t] * ones if generate_expression else ones, ab_p[t] * ones if generate_position else ones)
 
         def run(cell_labels, covariates):
-            return model(
-                expression,
-                positions,
-                t_vec if generate_expression else zeros,
-                t_vec if generate_position else zeros,
-                ab_e[t] * ones if generate_expression else ones,
-                ab_p[t] * ones if generate_position else ones,
-                mask,
-                known.gene_mask,
-                known.dim_mask,
-                given_genes=known.given_genes,
-                cell_labels=cell_labels,
-                covariates=covariates,
-            )
+            return denoise(model, state, dataclasses.replace(known, cell_labels=cell_labels, covariates=covariates))
 
         outside_interval = guidance_scale > 1.0 and not guidance_interval[0] < t / schedule.steps <= guidance_interval[1]
         if not conditioned or guidance_scale == 1.0 or outside_interval:

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from alphastomics.config import ModelConfig
+from alphastomics.data.batch import SliceBatch
 from alphastomics.model.attention import EquivariantLinearAttention, SoftmaxAttention
 from alphastomics.model.embedding import ConditionEmbedding, ExpressionEmbedding, FourierPositionEmbedding, TimeEmbedding
 from alphastomics.model.local import LocalMessagePassing, knn_graph
@@ -39,6 +40,27 @@ class Prediction:
     positions: torch.Tensor  # (B, N, 3) predicted clean coordinates (model frame)
     aux_loss: torch.Tensor  # scalar: MoE load-balancing loss summed over layers
     embedding: torch.Tensor | None = None  # (B, N, D) final per-cell features (after layer norm)
+
+
+@dataclass
+class DenoiserInput:
+    """What the network is shown of each modality at one step: its noised (or given) values, and per
+    example (B,) its diffusion step (0: given) and noise level alpha_bar (1: given)."""
+
+    expression: torch.Tensor  # (B, N, C) expression channels
+    positions: torch.Tensor  # (B, N, 3) coordinates (model frame)
+    t_expression: torch.Tensor
+    t_position: torch.Tensor
+    expression_alpha_bar: torch.Tensor
+    position_alpha_bar: torch.Tensor
+
+
+def denoise(network, state: DenoiserInput, batch: SliceBatch) -> Prediction:
+    """The network's x0 prediction for ``state``: the one call that training and sampling share.
+    The cell, gene and axis masks, the given genes (imputation) and the condition codes are the batch's."""
+    return network(state.expression, state.positions, state.t_expression, state.t_position, state.expression_alpha_bar,
+                   state.position_alpha_bar, batch.node_mask, batch.gene_mask, batch.dim_mask,
+                   given_genes=batch.given_genes, cell_labels=batch.cell_labels, covariates=batch.covariates)
 
 
 def masked_centre(x: torch.Tensor, node_mask: torch.Tensor) -> torch.Tensor:
