@@ -1,5 +1,6 @@
-"""Training: the LightningModule (noising, losses) and Trainer construction (strategies,
-checkpoints, logging), plus the ``alphastomics train`` command."""
+"""Training: the LightningModule (Lightning's hooks, the moving average of the weights, the
+optimiser; the objective itself is alphastomics.diffusion.objective) and Trainer construction
+(strategies, checkpoints, logging), plus the ``alphastomics train`` command."""
 
 from __future__ import annotations
 
@@ -27,18 +28,12 @@ from alphastomics.data.conditions import ConditionVocabulary
 from alphastomics.data.expression import ExpressionCodec
 from alphastomics.data.frames import FRAMES, CoordinateFrame
 from alphastomics.data.slices import PatchDataset, SizeBucketBatchSampler, SliceDataset, collate
-from alphastomics.diffusion.losses import distance_loss, expression_mse, noise_level_weight, position_mse, weighted_mean
-from alphastomics.diffusion.schedule import NoiseSchedule, add_noise, expression_noise, position_noise
+from alphastomics.diffusion.objective import MODE_REGIMES, DiffusionObjective
 from alphastomics.errors import AlphaSTomicsError, ConfigError
 from alphastomics.io.manifest import load_manifest
 from alphastomics.io.shards import load_slice
-from alphastomics.model.network import masked_centre
 
 log = logging.getLogger(__name__)
-
-# Regimes of an example: which modalities are noised (generated) and which are given.
-BOTH, EXPRESSION_ONLY, POSITION_ONLY = 0, 1, 2
-MODE_REGIMES = {"joint": (BOTH, EXPRESSION_ONLY, POSITION_ONLY), "pos_to_expr": (EXPRESSION_ONLY,), "expr_to_pos": (POSITION_ONLY,)}
 
 
 class TrainingDiverged(AlphaSTomicsError):
@@ -55,142 +50,23 @@ class DiffusionModule(L.LightningModule):
         c = self.config
         self.codec = ExpressionCodec.from_dict(codec)
         self.frame = CoordinateFrame.from_dict(coordinate_frame)
-        self.centred = self.frame.kind == "per_slice"
-        self.register_buffer("channel_genes", torch.from_numpy(self.codec.channel_genes), persistent=False)
         self.conditions = ConditionVocabulary.from_dict(conditions)
+        # Registered before the networks: the optimiser and gradient clipping then see the parameters
+        # in the order they always had, which fixes the rounding of the gradient norm (same seed, same weights).
+        self.objective = DiffusionObjective(c, self.codec, self.frame)
         self.network = build_network(c, len(genes), self.codec, self.frame, self.conditions)
         # Moving average of the weights (sampling uses it: averaged weights give cleaner samples
         # than the last step's). Off under ZeRO-3, which partitions parameters across ranks.
         self.ema_network = None
         if c.training.ema_decay > 0 and c.training.strategy != "deepspeed_stage_3":
             self.ema_network = copy.deepcopy(self.network).requires_grad_(False)
-        self.schedule = NoiseSchedule(c.diffusion.diffusion_steps, c.diffusion.nu_expression, c.diffusion.nu_position)
-        # Learned values that replace masked features (masked diffusion), in model space.
-        self.expression_mask_value = torch.nn.Parameter(torch.zeros(self.codec.num_channels))
-        self.position_mask_value = torch.nn.Parameter(torch.zeros(3))
         self.slices_seen: Counter[str] = Counter()  # training examples per slice on this rank
         self.start_step: int | None = None
 
-    # -- noising -------------------------------------------------------------------------------
-    def _clean_positions(self, batch: SliceBatch) -> torch.Tensor:
-        return masked_centre(batch.positions, batch.node_mask) if self.centred else batch.positions
-
-    def _draw(self, batch: SliceBatch, generator: torch.Generator | None, regimes: torch.Tensor | None = None):
-        B = batch.expression.shape[0]
-        device = batch.expression.device
-        allowed = torch.tensor(MODE_REGIMES[self.config.training.training_mode])
-        if regimes is None:
-            regimes = allowed[torch.randint(len(allowed), (B,), generator=generator)]
-        regimes = regimes.to(device)
-        generate_expression = (regimes == BOTH) | (regimes == EXPRESSION_ONLY)
-        generate_position = (regimes == BOTH) | (regimes == POSITION_ONLY)
-        t = torch.randint(1, self.schedule.steps + 1, (B,), generator=generator).to(device)
-        t_expression = torch.where(generate_expression, t, torch.zeros_like(t))
-        t_position = torch.where(generate_position, t, torch.zeros_like(t))
-
-        x0_position = self._clean_positions(batch)
-        eps_e = expression_noise(batch.expression.shape, batch.node_mask.cpu(), generator).to(device)
-        eps_p = position_noise(x0_position.shape, batch.node_mask, batch.dim_mask, self.centred, generator).to(device)
-        given_genes = self._draw_given_genes(batch, regimes, generator)
-        keep_channels = None if given_genes is None else (given_genes[:, self.channel_genes] > 0)[:, None, :]
-        expression_t = add_noise(batch.expression, eps_e, self.schedule.alpha_bar("expression")[t_expression], keep=keep_channels)
-        position_t = add_noise(x0_position, eps_p, self.schedule.alpha_bar("position")[t_position],
-                               keep=~batch.dim_mask[:, None, :].bool())
-        return (expression_t, position_t, t_expression, t_position, generate_expression.float(), generate_position.float(),
-                given_genes)
-
-    def _dropped_conditions(self, batch: SliceBatch, generator):
-        """Condition codes with dropout: whole examples (every label and covariate) and single cells'
-        labels set to 0 ("no condition") with probability training.condition_dropout, so the model
-        also learns to generate without them (classifier-free guidance)."""
-        if batch.cell_labels is None:
-            return None, None
-        p = self.config.training.condition_dropout
-        B, N = batch.cell_labels.shape
-        keep_example = (torch.rand(B, generator=generator) >= p).to(batch.cell_labels.device)
-        keep_cell = (torch.rand(B, N, generator=generator) >= p).to(batch.cell_labels.device)
-        labels = batch.cell_labels * (keep_example[:, None] & keep_cell)
-        covariates = batch.covariates * keep_example[:, None]
-        return labels, covariates
-
-    def _draw_given_genes(self, batch: SliceBatch, regimes: torch.Tensor, generator) -> torch.Tensor | None:
-        """Imputation training: in some examples that generate expression at given coordinates, a
-        random 30-95% of the measured genes are given clean, and only the others are generated and
-        scored. None when no example of the batch does it."""
-        p = self.config.training.imputation_probability
-        B, G = batch.gene_mask.shape
-        chosen = (torch.rand(B, generator=generator) < p).to(regimes.device) & (regimes == EXPRESSION_ONLY)
-        if p == 0 or not bool(chosen.any()):
-            return None
-        fraction = 0.3 + 0.65 * torch.rand(B, 1, generator=generator)
-        given = (torch.rand(B, G, generator=generator) < fraction).to(batch.gene_mask.device)
-        return (given & chosen[:, None] & (batch.gene_mask > 0)).float()
-
-    def _feature_masks(self, batch: SliceBatch, generator):
-        """Per cell, a random subset of genes (all channels of a gene) and of coordinate axes (masked diffusion)."""
-        m = self.config.masking
-        B, N, G = batch.expression.shape[0], batch.expression.shape[1], batch.gene_mask.shape[1]
-        mask_genes = (torch.rand((B, N, G), generator=generator) < m.expression_mask_ratio).to(batch.expression.device)
-        mask_p = (torch.rand(batch.positions.shape, generator=generator) < m.position_mask_ratio).to(batch.expression.device)
-        mask_genes &= batch.node_mask[..., None] & batch.gene_mask[:, None, :].bool()
-        mask_p &= batch.node_mask[..., None] & batch.dim_mask[:, None, :].bool()
-        mask_e = mask_genes[..., self.channel_genes]
-        return mask_e, mask_p
-
     def compute_losses(self, batch: SliceBatch, generator: torch.Generator | None = None, regimes=None, masking: bool = False,
                        network=None):
-        c = self.config
-        network = network or self.network
-        expression_t, position_t, t_e, t_p, w_e, w_p, given_genes = self._draw(batch, generator, regimes)
-        mask_e = mask_p = None
-        if masking:
-            mask_e, mask_p = self._feature_masks(batch, generator)
-            expression_t = torch.where(mask_e, self.expression_mask_value.to(expression_t.dtype)[None, None, :], expression_t)
-            position_t = torch.where(mask_p, self.position_mask_value.to(position_t.dtype)[None, None, :], position_t)
-        alpha_bar_e = self.schedule.alpha_bar("expression")[t_e]
-        alpha_bar_p = self.schedule.alpha_bar("position")[t_p]
-        cell_labels, covariates = self._dropped_conditions(batch, generator)
-        pred = network(expression_t, position_t, t_e, t_p, alpha_bar_e, alpha_bar_p, batch.node_mask, batch.gene_mask,
-                       batch.dim_mask, given_genes=given_genes, cell_labels=cell_labels, covariates=covariates)
-        target_mask = batch.expression_target
-        if given_genes is not None:  # given genes are inputs, not predictions
-            target_mask = target_mask * (1.0 - given_genes[:, self.channel_genes])[:, None, :]
-        x0_position = self._clean_positions(batch)
-        # Per-example weights: 0 where the modality was given, else the noise-level weight.
-        lw_e = w_e * noise_level_weight(alpha_bar_e, c.loss.weighting, c.loss.min_snr_gamma)
-        lw_p = w_p * noise_level_weight(alpha_bar_p, c.loss.weighting, c.loss.min_snr_gamma)
-        distances = distance_loss(
-            pred.positions * batch.dim_mask[:, None, :],
-            x0_position * batch.dim_mask[:, None, :],
-            batch.node_mask,
-            w_p,
-            c.loss.exact_distance_max_cells,
-            c.loss.distance_knn,
-            c.loss.distance_random_pairs_per_cell,
-            generator,
-        )
-        losses = {
-            "expression": weighted_mean(expression_mse(pred.expression, batch.expression, target_mask, batch.node_mask), lw_e),
-            "position": weighted_mean(position_mse(pred.positions, x0_position, batch.node_mask, batch.dim_mask), lw_p),
-            "distance": weighted_mean(distances, lw_p),
-            "moe_aux": pred.aux_loss,
-        }
-        total = (c.loss.lambda_expression * losses["expression"] + c.loss.lambda_position * losses["position"]
-                 + c.loss.lambda_distance * losses["distance"])
-        if c.model.use_moe:
-            total = total + c.model.moe_aux_loss_weight * losses["moe_aux"]
-        if masking:
-            losses["masked_reconstruction"] = masked_reconstruction_loss(pred, batch, x0_position, mask_e, mask_p)
-            total = total + c.masking.lambda_masked_reconstruction * losses["masked_reconstruction"]
-        losses["loss"] = total
-        # A modality that no example of the batch generated has no loss to report (not a zero).
-        if w_e.sum() == 0:
-            del losses["expression"]
-        if w_p.sum() == 0:
-            del losses["position"], losses["distance"]
-        if not c.model.use_moe:
-            del losses["moe_aux"]
-        return losses
+        """The objective's losses of ``network`` (default: the trained one) on ``batch``."""
+        return self.objective.losses(network or self.network, batch, generator, regimes, masking)
 
     # -- Lightning hooks -----------------------------------------------------------------------
     def on_train_start(self):
@@ -253,15 +129,6 @@ class DiffusionModule(L.LightningModule):
 
     def transfer_batch_to_device(self, batch, device, dataloader_idx):
         return batch.to(device)
-
-
-def masked_reconstruction_loss(pred, batch: SliceBatch, x0_position, mask_e, mask_p) -> torch.Tensor:
-    """MSE over masked entries only: masked expression channels that carry a target, and masked axes of coordinates."""
-    mask_e = mask_e * batch.expression_target
-    e = ((pred.expression.float() - batch.expression.float()) ** 2 * mask_e).sum()
-    p = ((pred.positions.float() - x0_position.float()) ** 2 * mask_p).sum()
-    return (e + p) / (mask_e.sum() + mask_p.sum()).clamp(min=1)
-
 
 
 # -- data ----------------------------------------------------------------------------------------

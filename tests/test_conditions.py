@@ -262,15 +262,13 @@ def test_target_levels_come_from_the_training_data(conditioned, tmp_path):
 
 
 def test_condition_dropout_drops_whole_examples_and_single_cells(conditioned):
-    from alphastomics.train import DiffusionModule
+    from alphastomics.diffusion.objective import DiffusionObjective
 
     model = load_model(conditioned[0])
-    module = DiffusionModule.__new__(DiffusionModule)
-    torch.nn.Module.__init__(module)
-    module.config = model.config
+    objective = DiffusionObjective(model.config, model.codec, model.frame)
     batch = known_batch(model, load_slice(conditioned[1], HELD_OUT), "joint").repeat(400)
     batch.cell_labels = torch.ones_like(batch.cell_labels)
-    labels, _ = module._dropped_conditions(batch, torch.Generator().manual_seed(0))
+    labels, _ = objective.dropped_conditions(batch, torch.Generator().manual_seed(0))
     p = model.config.training.condition_dropout
     dropped_examples = (labels == 0).all(1).float().mean().item()
     dropped_cells = (labels == 0).float().mean().item()

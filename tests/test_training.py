@@ -23,7 +23,8 @@ from alphastomics.data.slices import PatchDataset, collate, make_example
 from alphastomics.errors import AlphaSTomicsError
 from alphastomics.io.shards import load_slice
 from alphastomics.model.network import Prediction
-from alphastomics.train import DiffusionModule, build_strategy, masked_reconstruction_loss, train
+from alphastomics.diffusion.objective import masked_reconstruction_loss
+from alphastomics.train import DiffusionModule, build_strategy, train
 
 SMALL = {
     "model": {"hidden_dim": 32, "num_layers": 2, "num_heads": 4},
@@ -158,19 +159,25 @@ def test_a_module_cast_to_bf16_as_deepspeed_does_trains_and_keeps_its_average_in
     assert all(torch.isfinite(v) for v in ema.values())
 
 
+def _drawn(module, batch, generator):
+    """(step of expression, of positions, weight of expression, of positions) of one noised batch."""
+    noised = module.objective.draw(batch, generator)
+    return noised.state.t_expression, noised.state.t_position, noised.expression_weight, noised.position_weight
+
+
 def test_training_modes_noise_the_right_modality(starmap_dir):
     module, batch = _module_and_batch(starmap_dir, ["20180417_BZ5_control"], **{"training.training_mode": "expr_to_pos"})
-    _, _, t_e, t_p, w_e, w_p, _ = module._draw(batch, torch.Generator().manual_seed(0))
+    t_e, t_p, w_e, w_p = _drawn(module, batch, torch.Generator().manual_seed(0))
     assert t_e.tolist() == [0] and t_p.item() > 0 and w_e.tolist() == [0.0] and w_p.tolist() == [1.0]
     module, batch = _module_and_batch(starmap_dir, ["20180417_BZ5_control"], **{"training.training_mode": "pos_to_expr"})
-    _, _, t_e, t_p, w_e, w_p, _ = module._draw(batch, torch.Generator().manual_seed(0))
+    t_e, t_p, w_e, w_p = _drawn(module, batch, torch.Generator().manual_seed(0))
     assert t_p.tolist() == [0] and t_e.item() > 0 and w_p.tolist() == [0.0]
     # joint: all three regimes occur
     module, batch = _module_and_batch(starmap_dir, ["20180417_BZ5_control"])
     seen = set()
     g = torch.Generator().manual_seed(0)
     for _ in range(30):
-        _, _, t_e, t_p, _, _, _ = module._draw(batch, g)
+        t_e, t_p, _, _ = _drawn(module, batch, g)
         seen.add((t_e.item() > 0, t_p.item() > 0))
     assert seen == {(True, True), (True, False), (False, True)}
 
@@ -195,11 +202,11 @@ def test_masked_reconstruction_counts_masked_entries_only():
 def test_feature_masks_replace_inputs_with_learned_values(starmap_dir):
     module, batch = _module_and_batch(starmap_dir, ["20180417_BZ5_control"], **{"masking.enable": True,
                                       "masking.expression_mask_ratio": 0.3, "masking.position_mask_ratio": 0.3})
-    mask_e, mask_p = module._feature_masks(batch, torch.Generator().manual_seed(0))
+    mask_e, mask_p = module.objective.feature_masks(batch, torch.Generator().manual_seed(0))
     assert 0.25 < mask_e.float().mean() < 0.35
     assert not mask_p[..., 2].any()  # 2D slice: the unused z axis is never masked
     with torch.no_grad():
-        module.expression_mask_value.fill_(7.5)
+        module.objective.expression_mask_value.fill_(7.5)
     seen = {}
 
     def record_input(module_, inputs, output):
