@@ -37,6 +37,7 @@ from alphastomics.preprocess_inputs import (  # noqa: F401
     match_genes,
     parse_slabs,
     plan_file,
+    report_gene_match,
     resolve_gene_list,
     slice_ids_in_file,
     unique_var_names,
@@ -188,6 +189,7 @@ def source_entry(plan: FilePlan, genes: list[str]) -> dict:
         "dropped_invalid_positions": plan.n_dropped,
         "unmatched_genes": plan.gene_match.unmatched,
         "case_insensitive_matches": [list(pair) for pair in plan.gene_match.case_insensitive],
+        "ambiguous_genes": {gene: spellings for gene, spellings in plan.gene_match.ambiguous},
         "measured_genes": [g for g, m in zip(genes, mask) if m],
         "normalization_applied": plan.normalization_applied,
         "slices": [plan.slice_ids[c] for c in np.unique(plan.slice_codes)],
@@ -251,11 +253,7 @@ def validate_inputs(files: list[Path], opts: Options) -> tuple[list[str], list[F
             owner[slice_id] = plan.path
     file_keys_to_slice_ids(owner)  # shard files are named by file key: two slices must not share one
     for plan in plans:
-        if plan.gene_match.unmatched:
-            log.warning("%s: %d of %d genes of the list are not in its panel (zeros, masked as unmeasured): %s",
-                        plan.path, len(plan.gene_match.unmatched), len(genes), ", ".join(plan.gene_match.unmatched))
-        for wanted, found in plan.gene_match.case_insensitive:
-            log.info("%s: gene %s matched %s ignoring case", plan.path, wanted, found)
+        report_gene_match(plan.gene_match, len(genes), plan.path)
     return genes, plans
 
 
@@ -379,9 +377,7 @@ def gene_list_main(args: argparse.Namespace) -> int:
     files = [Path(f) for f in args.files]
     genes = resolve_gene_list(args.mode, files)
     for path in files:  # a given list must reach every panel, or that file would be all zeros
-        match = match_genes(genes, unique_var_names(path), path)
-        if match.unmatched:
-            log.warning("%s: %d of %d genes not in its panel: %s", path, len(match.unmatched), len(genes), ", ".join(match.unmatched))
+        report_gene_match(match_genes(genes, unique_var_names(path), path), len(genes), path)
     atomic_write_text(args.out, "".join(f"{g}\n" for g in genes))
     log.info("wrote %d genes to %s", len(genes), args.out)
     return 0

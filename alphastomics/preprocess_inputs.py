@@ -7,7 +7,7 @@ streams the planned files' expression into shards.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -96,7 +96,8 @@ def _check_unique_genes(names, path: Path) -> None:
     duplicated = counts[counts > 1]
     if len(duplicated):
         shown = ", ".join(f"{g} (x{n})" for g, n in duplicated.head(10).items())
-        raise InputError(f"{path}: duplicated gene names in var: {shown}{' ...' if len(duplicated) > 10 else ''}")
+        raise InputError(f"{path}: duplicated gene names in var: {shown}{' ...' if len(duplicated) > 10 else ''}; "
+                         "genes are matched by name, so make them unique, e.g. adata.var_names_make_unique()")
 
 
 @dataclass
@@ -105,8 +106,15 @@ class GeneMatch:
 
     source_columns: np.ndarray  # columns of the file's matrix, in gene-list order of the matched genes
     target_positions: np.ndarray  # positions in the gene list of those genes
-    unmatched: list[str]  # genes of the list the file does not have
+    unmatched: list[str]  # genes of the list the file does not have (the ambiguous ones included)
     case_insensitive: list[tuple[str, str]]  # (list symbol, file symbol) matched ignoring case
+    ambiguous: list[tuple[str, list[str]]] = field(default_factory=list)  # (list symbol, file symbols equal ignoring case)
+
+    @property
+    def absent(self) -> list[str]:
+        """Unmatched genes the file does not have in any spelling."""
+        ambiguous = {gene for gene, _ in self.ambiguous}
+        return [g for g in self.unmatched if g not in ambiguous]
 
 
 def match_genes(genes: list[str], var_names, path: Path) -> GeneMatch:
@@ -122,13 +130,15 @@ def match_genes(genes: list[str], var_names, path: Path) -> GeneMatch:
     for i, name in enumerate(var_names):
         if i not in used:
             by_lower.setdefault(name.lower(), []).append(i)
-    case_insensitive = []
+    case_insensitive, ambiguous = [], []
     for pos, gene in enumerate(genes):
         candidates = by_lower.get(gene.lower(), []) if pos not in found else []
-        if len(candidates) == 1:  # ambiguous spellings stay unmatched rather than guessed
+        if len(candidates) == 1:
             found[pos] = candidates[0]
             case_insensitive.append((gene, var_names[candidates[0]]))
             by_lower[gene.lower()] = []
+        elif len(candidates) > 1:  # ambiguous spellings stay unmatched rather than guessed
+            ambiguous.append((gene, [var_names[c] for c in candidates]))
     if not found:
         raise InputError(f"{path}: no gene of the gene list ({len(genes)} genes, e.g. {', '.join(genes[:5])}) is in this file's panel")
     positions = np.array(sorted(found), dtype=np.int64)
@@ -137,7 +147,20 @@ def match_genes(genes: list[str], var_names, path: Path) -> GeneMatch:
         target_positions=positions,
         unmatched=[g for p, g in enumerate(genes) if p not in found],
         case_insensitive=case_insensitive,
+        ambiguous=ambiguous,
     )
+
+
+def report_gene_match(match: GeneMatch, n_genes: int, path: Path) -> None:
+    """Log the genes of the list a file lacks, and those it holds in several spellings, each once."""
+    if match.absent:
+        log.warning("%s: %d of %d genes of the list are not in its panel (zeros, masked as unmeasured): %s",
+                    path, len(match.absent), n_genes, ", ".join(match.absent))
+    for gene, spellings in match.ambiguous:
+        log.warning("%s: gene %s of the list matches %d genes of the file ignoring case (%s): ambiguous, so left "
+                    "unmeasured; put the wanted spelling in the gene list", path, gene, len(spellings), ", ".join(spellings))
+    for wanted, found in match.case_insensitive:
+        log.info("%s: gene %s matched %s ignoring case", path, wanted, found)
 
 
 # ============================================================================================
@@ -190,9 +213,14 @@ class FilePlan:
 
 def plan_file(path: Path, genes: list[str], opts: Options) -> FilePlan:
     with H5adFile(path) as h5ad:
+        if h5ad.n_obs == 0:
+            raise InputError(f"{path}: the file holds no cells (obs is empty)")
         var_names = [str(n) for n in h5ad.var_names]
         _check_unique_genes(var_names, path)
-        gene_match = match_genes(genes, var_names, path)
+        try:
+            gene_match = match_genes(genes, var_names, path)
+        except InputError as err:
+            raise InputError(f"{err}{_gene_symbols_hint(h5ad, genes)}") from None
         matrix = h5ad.matrix(opts.layer)
         if matrix.shape != (h5ad.n_obs, len(var_names)):
             raise InputError(f"{matrix.label}: shape {matrix.shape} does not match obs x var ({h5ad.n_obs} x {len(var_names)})")
@@ -201,6 +229,7 @@ def plan_file(path: Path, genes: list[str], opts: Options) -> FilePlan:
         if not keep.all():
             _handle_invalid_positions(h5ad, keep, opts)
         slice_codes, slice_ids = read_slices(h5ad, opts)
+        check_cell_ids(h5ad.obs_names(0, h5ad.n_obs), slice_codes, slice_ids, path)
         if opts.slabs is not None:
             slice_codes, slice_ids = cut_into_slabs(coords, keep, slice_codes, slice_ids, *opts.slabs)
         cell_type_codes, categories = read_cell_types(h5ad, opts)
@@ -213,7 +242,59 @@ def plan_file(path: Path, genes: list[str], opts: Options) -> FilePlan:
             normalization_applied=applied, matrix_encoding=matrix.encoding, n_file_genes=len(var_names),
         )
     _check_no_empty_slice(plan)
+    _check_slices_spread(plan, opts.position_key)
     return plan
+
+
+def check_cell_ids(ids, slice_codes: np.ndarray, slice_ids: list[str], path: Path) -> None:
+    """Every cell has an id, unique within its slice: cells are matched by id downstream (peers'
+    layouts, a user's data, sample files). The same id in two slices is fine: Visium barcodes repeat
+    across sections."""
+    ids = pd.Series(np.asarray(ids, dtype=object)).astype(str)
+    empty = np.flatnonzero(ids.str.strip().eq("").to_numpy())
+    if empty.size:
+        rows = ", ".join(map(str, empty[:5])) + (" ..." if empty.size > 5 else "")
+        raise InputError(f"{path}: {empty.size} cell(s) with an empty id in obs_names (row(s) {rows}); cells are matched "
+                         "by id, so give each one, e.g. adata.obs_names = [f'cell{i}' for i in range(adata.n_obs)]")
+    frame = pd.DataFrame({"slice": np.asarray(slice_codes), "id": ids})
+    repeated = frame[frame.duplicated(keep=False)].groupby(["slice", "id"], sort=False).size()
+    if len(repeated):
+        several = len(slice_ids) > 1
+        shown = ", ".join(f"{cell!r} (x{n}{f' in slice {slice_ids[code]!r}' if several else ''})"
+                          for (code, cell), n in repeated.head(5).items())
+        raise InputError(f"{path}: {len(repeated)} cell id(s) used by more than one cell of a slice: {shown}"
+                         f"{' ...' if len(repeated) > 5 else ''}; cells are matched by id, so make them unique, "
+                         "e.g. adata.obs_names_make_unique()")
+
+
+def _check_slices_spread(plan: FilePlan, position_key: str) -> None:
+    """A slice whose cells all sit at one point has no layout to learn or compare: placeholder coordinates."""
+    rows = np.flatnonzero(plan.keep)
+    coords = pd.DataFrame(plan.coords[rows, : plan.n_dims]).groupby(plan.slice_codes[rows])
+    low, high, size = coords.min(), coords.max(), coords.size()
+    for code in low.index[(low == high).all(axis=1) & (size > 1)]:
+        point = ", ".join(f"{v:g}" for v in low.loc[code])
+        raise InputError(f"{plan.path}: all {size[code]} cells of slice {plan.slice_ids[code]!r} sit at one point ({point}) "
+                         f"in obsm[{position_key!r}]: its coordinates are missing or placeholders")
+
+
+def _gene_symbols_hint(h5ad: H5adFile, genes: list[str]) -> str:
+    """Where var_names are ids (Ensembl, as in CELLxGENE files) the symbols often sit in a var column:
+    name the column that holds most genes of the list, and how to make it the index."""
+    wanted = {g.lower() for g in genes}
+    best, best_count = None, 0
+    for key in h5ad.var_keys():
+        try:
+            values = h5ad.var_column(key)
+        except Exception:  # noqa: BLE001 - a column anndata cannot decode is no candidate
+            continue
+        count = len(wanted & {str(v).lower() for v in values})
+        if count > best_count:
+            best, best_count = key, count
+    if best is None:
+        return ""
+    return (f"; var column {best!r} holds {best_count} of them: make it the gene names, e.g. "
+            f"adata.var_names = adata.var[{best!r}].astype(str); adata.var_names_make_unique()")
 
 
 def read_coordinates(h5ad: H5adFile, opts: Options) -> tuple[np.ndarray, int]:
@@ -348,7 +429,11 @@ def read_cell_types(h5ad: H5adFile, opts: Options) -> tuple[np.ndarray, list[str
     if opts.cell_type_key is None:
         return np.full(h5ad.n_obs, -1, dtype=np.int32), []
     values = h5ad.obs_column(opts.cell_type_key, "--cell-type-key")
-    return _labels_to_codes(values, h5ad.path, opts.cell_type_key, allow_missing=True)
+    codes, labels = _labels_to_codes(values, h5ad.path, opts.cell_type_key, allow_missing=True)
+    if codes.size and (codes < 0).all():
+        raise InputError(f"{h5ad.path}: obs[{opts.cell_type_key!r}] (--cell-type-key) is missing in every one of its "
+                         f"{codes.size} cells; name a column that holds cell types, or leave --cell-type-key out")
+    return codes, labels
 
 
 def _check_no_empty_slice(plan: FilePlan) -> None:

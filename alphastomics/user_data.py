@@ -23,8 +23,10 @@ import pandas as pd
 import scipy.sparse as sp
 
 from alphastomics.errors import InputError
+from alphastomics.io.h5ad import coordinate_columns
 from alphastomics.io.shards import SliceData
 from alphastomics.preprocess import APPLIED_LIBRARY_SIZE, TARGET_SUM, match_genes
+from alphastomics.preprocess_inputs import check_cell_ids
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +101,8 @@ def read_user_h5ad(path: str | Path, genes: list[str], training_normalization: s
         adata = ad.read_h5ad(path)
     except Exception as err:  # noqa: BLE001 - h5py/anndata raise many types
         raise InputError(f"{path}: not a readable h5ad file ({type(err).__name__}: {err})") from None
+    if adata.n_obs == 0:
+        raise InputError(f"{path}: the file holds no cells (obs is empty)")
     report: dict = {"source": str(path)}
 
     has_expression = adata.n_vars > 0
@@ -130,19 +134,28 @@ def read_user_h5ad(path: str | Path, genes: list[str], training_normalization: s
                 "genes_matched": int(gene_mask.sum()),
                 "genes_matched_ignoring_case": [f"{a}={b}" for a, b in match.case_insensitive],
                 "genes_missing_from_file": list(match.unmatched),
+                "genes_ambiguous_in_file": [f"{gene}={'/'.join(spellings)}" for gene, spellings in match.ambiguous],
                 "genes_unknown_to_model": [g for g in var_names if g not in known],
             })
             log.info("%s: %d of the model's %d genes matched (%d ignoring case); %d missing (unmeasured); "
                      "%d genes of the file unknown to the model; normalisation %s", path, gene_mask.sum(), len(genes),
                      len(match.case_insensitive), len(match.unmatched), len(report["genes_unknown_to_model"]), applied)
-            if match.unmatched:
-                log.info("%s: genes the model knows but the file lacks: %s", path, ", ".join(match.unmatched))
+            if match.absent:
+                log.info("%s: genes the model knows but the file lacks: %s", path, ", ".join(match.absent))
+            for gene, spellings in match.ambiguous:
+                log.warning("%s: gene %s of the model matches %s of the file ignoring case: ambiguous, left unmeasured",
+                            path, gene, ", ".join(spellings))
 
     has_coordinates = position_key in adata.obsm
     coords = np.zeros((adata.n_obs, 3), dtype=np.float32)
     n_dims = dims
     if has_coordinates:
-        raw = np.asarray(adata.obsm[position_key], dtype=np.float64)
+        raw = adata.obsm[position_key]
+        label = f"{path}: obsm[{position_key!r}]"
+        raw = coordinate_columns(raw, label) if isinstance(raw, pd.DataFrame) else np.asarray(raw)
+        if raw.dtype.kind not in "fiu":
+            raise InputError(f"{label} is not numeric (dtype {raw.dtype})")
+        raw = raw.astype(np.float64)
         if raw.ndim != 2 or raw.shape[1] not in (2, 3):
             raise InputError(f"{path}: obsm[{position_key!r}] has shape {raw.shape}; expected (n_obs, 2) or (n_obs, 3)")
         if not np.isfinite(raw).all():
@@ -164,6 +177,8 @@ def read_user_h5ad(path: str | Path, genes: list[str], training_normalization: s
             raise InputError(f"{path}: obs[{cell_type_key!r}] (--cell-type-key) not found")
         column = adata.obs[cell_type_key]
         cell_types = np.array([None if pd.isna(v) else str(v) for v in column], dtype=object)
+    codes, slice_ids = pd.factorize(pd.Series(labels), sort=False)
+    check_cell_ids(adata.obs_names, codes, [str(s) for s in slice_ids], path)
     slices = []
     for slice_id in pd.unique(labels):
         rows = np.flatnonzero(labels == slice_id)

@@ -31,6 +31,7 @@ except ImportError:  # pragma: no cover - older anndata
 log = logging.getLogger(__name__)
 
 SPARSE_ENCODINGS = ("csr_matrix", "csc_matrix")
+ZARR_MARKERS = (".zgroup", "zarr.json")
 
 
 def _attr_str(node, name: str, default: str = "") -> str:
@@ -50,6 +51,9 @@ class H5adFile:
         if not self.path.exists():
             raise InputError(f"{self.path}: file not found")
         if not self.path.is_file():
+            if self.path.is_dir() and (self.path.suffix == ".zarr" or any((self.path / m).exists() for m in ZARR_MARKERS)):
+                raise InputError(f"{self.path}: a zarr store, not an h5ad file; write the table as h5ad first, e.g. "
+                                 "adata.write_h5ad('cells.h5ad') (SpatialData: sdata.tables['table'].write_h5ad(...))")
             raise InputError(f"{self.path}: not a file")
         try:
             self._h5 = h5py.File(self.path, "r")
@@ -82,7 +86,8 @@ class H5adFile:
 
     @property
     def n_obs(self) -> int:
-        return int(self._index_dataset("obs").shape[0])
+        node = self._index_dataset("obs")
+        return int((node if isinstance(node, h5py.Dataset) else node["values"]).shape[0])
 
     @property
     def var_names(self) -> np.ndarray:
@@ -96,11 +101,25 @@ class H5adFile:
         node = self._index_dataset("obs")
         if isinstance(node, h5py.Dataset) and node.dtype.kind in ("O", "S"):
             return np.asarray(node.asstr()[start:stop], dtype=object)
+        if isinstance(node, h5py.Group) and {"values", "mask"} <= set(node.keys()):  # nullable strings
+            names = np.asarray(node["values"].asstr()[start:stop], dtype=object)
+            names[np.asarray(node["mask"][start:stop], dtype=bool)] = ""  # a missing id is an empty one
+            return names
         return np.asarray(read_elem(node), dtype=object)[start:stop].astype(str).astype(object)
 
     def obs_keys(self) -> list[str]:
-        index_key = _attr_str(self._h5["obs"], "_index", "_index")
-        return [k for k in self._h5["obs"].keys() if k != index_key and k != "__categories"]
+        return self._columns("obs")
+
+    def var_keys(self) -> list[str]:
+        return self._columns("var")
+
+    def _columns(self, group_name: str) -> list[str]:
+        index_key = _attr_str(self._h5[group_name], "_index", "_index")
+        return [k for k in self._h5[group_name].keys() if k != index_key and k != "__categories"]
+
+    def var_column(self, key: str) -> np.ndarray:
+        """A var column as an array of objects (small: one value a gene)."""
+        return np.asarray(read_elem(self._h5["var"][key]), dtype=object)
 
     def obs_column(self, key: str, purpose: str) -> np.ndarray | pd.Categorical:
         """Whole obs column (categorical, string or numeric); ``purpose`` names the option in errors."""
@@ -122,9 +141,11 @@ class H5adFile:
             present = ", ".join(self.obsm_keys()) or "none"
             raise InputError(f"{self.path}: obsm has no key {key!r} (position key); obsm keys present: {present}")
         node = self._h5["obsm"][key]
-        if not isinstance(node, h5py.Dataset):
-            raise InputError(f"{self.path}: obsm[{key!r}] is not an array (encoding {_attr_str(node, 'encoding-type')})")
-        return np.asarray(node[...])
+        if isinstance(node, h5py.Dataset):
+            return np.asarray(node[...])
+        if _attr_str(node, "encoding-type") == "dataframe":
+            return coordinate_columns(read_elem(node), f"{self.path}: obsm[{key!r}]")
+        raise InputError(f"{self.path}: obsm[{key!r}] is not an array (encoding {_attr_str(node, 'encoding-type')})")
 
     # -- expression matrix ------------------------------------------------------------------
     def layer_keys(self) -> list[str]:
@@ -270,6 +291,21 @@ class Matrix:
             starts = np.linspace(0, max(self.n_rows - rows_per_piece, 0), n_pieces).astype(np.int64)
             pieces = [np.asarray(self._node[s : s + rows_per_piece]).ravel() for s in sorted(set(starts.tolist()))]
         return np.concatenate(pieces).astype(np.float32, copy=False) if pieces else np.zeros(0, np.float32)
+
+
+def coordinate_columns(frame: pd.DataFrame, label: str) -> np.ndarray:
+    """Coordinates held in a DataFrame (some readers write obsm['spatial'] so): its x, y[, z] columns
+    when it names them (other columns, such as a field of view, are left out), else all its columns.
+    Every column taken must be numeric; the width is checked by the caller."""
+    by_name = {str(c).strip().lower(): c for c in frame.columns}
+    named = [by_name[a] for a in ("x", "y", "z") if a in by_name]
+    columns = named if {"x", "y"} <= set(by_name) else list(frame.columns)
+    for column in columns:
+        dtype = frame[column].dtype
+        if not (pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_bool_dtype(dtype)):
+            raise InputError(f"{label}: column {column!r} of the coordinates is not numeric (dtype {dtype}); "
+                             "coordinates must be numbers")
+    return frame[columns].to_numpy(dtype=np.float64, na_value=np.nan).reshape(len(frame), len(columns))
 
 
 def read_var_names(path: str | Path) -> np.ndarray:
