@@ -29,7 +29,9 @@ from alphastomics.errors import InputError
 from alphastomics.evaluate import evaluate_sample, write_metrics
 from alphastomics.io.manifest import load_manifest
 from alphastomics.io.names import slice_file_key
-from alphastomics.sample import GuidanceRequest, sample_slice, write_h5ad_atomic
+from alphastomics.guided import GuidanceRequest
+from alphastomics.io.sample_file import write_sample as write_h5ad_atomic
+from alphastomics.sample import sample_slice
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ dict), ``genes``, ``codec`` (expression code and per-gene moments, alphastomics.
 normalisation and measured genes, to match a user's file), ``state_dict`` (network weights only),
 ``training`` (steps, epochs, source checkpoint), and, when exported with the training data,
 ``expression_calibration`` (per-gene factors of the pos_to_expr posterior mean,
-``alphastomics.sample.expression_level_calibration``). A Lightning checkpoint file or a DeepSpeed
+``alphastomics.draws.expression_level_calibration``). A Lightning checkpoint file or a DeepSpeed
 checkpoint directory (ZeRO shards) can both be exported to it.
 """
 
@@ -27,6 +27,7 @@ from alphastomics.data.conditions import ConditionVocabulary
 from alphastomics.data.expression import ExpressionCodec
 from alphastomics.data.frames import CoordinateFrame
 from alphastomics.diffusion.schedule import NoiseSchedule
+from alphastomics.draws import expression_level_calibration
 from alphastomics.errors import InputError
 from alphastomics.model.network import AlphaSTomicsNet
 
@@ -83,8 +84,6 @@ def export_model(training_checkpoint: str | Path, out: str | Path, data_dir: str
         },
     }
     if data_dir is not None:
-        from alphastomics.sample import expression_level_calibration
-
         model = model_from_blob(blob)
         blob["expression_calibration"] = expression_level_calibration(model, data_dir).tolist()
     atomic_torch_save(blob, out)

@@ -46,7 +46,8 @@ from alphastomics.checkpoint import LoadedModel, load_model
 from alphastomics.diffusion.sampler import sample
 from alphastomics.errors import InputError
 from alphastomics.io.shards import SliceData, load_slice
-from alphastomics.sample import known_batch, write_h5ad_atomic
+from alphastomics.draws import known_batch
+from alphastomics.io.sample_file import write_sample as write_h5ad_atomic
 from alphastomics.user_data import NORMALIZATIONS, read_user_h5ad
 
 log = logging.getLogger(__name__)

@@ -28,30 +28,26 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
-import math
-import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
-from alphastomics import DOMAINS_MODE, EVALUATION_MODES, GENERATED_BY_MODE, references
+from alphastomics import DOMAINS_MODE, references
 from alphastomics.metrics import design
 from alphastomics.config import EvaluationConfig, load_config
 from alphastomics.errors import InputError
-from alphastomics.layout import CONSENSUS_KEY, CONSENSUS_PREFIX, JOINT_EXPRESSION_DRAWS_KEY, JOINT_POSITION_DRAWS_KEY
+from alphastomics.io import sample_file
+from alphastomics.io.metric_tables import TABLE_COLUMNS, read_metric_table, write_metrics, write_table
+from alphastomics.io.sample_file import DEFAULT_METHOD, Sample, dense, read_sample, sample_from_anndata
+from alphastomics.layout import CONSENSUS_PREFIX
 from alphastomics.metrics import clusters, distribution, expression, geometry, neighbourhoods, spatial
 
 log = logging.getLogger(__name__)
 
-TABLE_COLUMNS = ["dataset", "slice", "mode", "method", "metric", "value"]
-DEFAULT_METHOD = "alphastomics"
 # Label permutations behind the neighbourhood enrichment z-scores (squidpy's default is 1000; 100
 # keeps a 100,000-cell slice within budget and the z-scores stable to ~0.1).
 ENRICHMENT_PERMUTATIONS = 100
@@ -63,214 +59,9 @@ SHAPE_PAIRS = 20000
 DISTRIBUTION_PCS = 30
 # Cells per set in the energy distance (O(n^2) pairs).
 ENERGY_MAX_CELLS = 2000
-# Hook for clustering AlphaSTomics embeddings: when a sample file carries the model's per-cell
-# embedding under this obsm key, its leiden clusters are scored like those of generated expression.
-EMBEDDING_KEY = "alphastomics_embedding"
-
-
-@dataclass
-class Sample:
-    """The arrays of one sample file that metrics need (expression restricted to measured genes)."""
-
-    mode: str
-    generated: list[str]
-    slice_id: str
-    dataset: str
-    method: str
-    genes: list[str]
-    true_expression: np.ndarray
-    generated_expression: np.ndarray
-    true_positions: np.ndarray
-    generated_positions: np.ndarray
-    cell_types: np.ndarray | None  # None where obs['cell_type'] is absent; unknown entries are None
-    embedding: np.ndarray | None
-    measured_note: str
-    mean_expression: np.ndarray | None = None  # layers['expr_pred_mean']: posterior mean over draws
-    consensus_positions: np.ndarray | None = None  # obsm['spatial_pred_consensus']: expr_to_pos consensus layout
-    coordinate_frame: str = "per_slice"
-    train_slices: list[str] = field(default_factory=list)
-    drawn_types: np.ndarray | None = None  # joint: obs['cell_type_drawn'], the type each generated cell was drawn with
-    # joint: every draw as (expression, coordinates), draw 0 first (obsm['expr_pred_draws'], obsm['spatial_pred_draws'])
-    joint_draws: list[tuple[np.ndarray, np.ndarray]] | None = None
-
-    @property
-    def paired(self) -> bool:
-        """Generated cell i stands for true cell i (not in joint, where both modalities are generated)."""
-        return self.mode != "joint"
-
-
-# ----------------------------------------------------------------------------------------------
-# reading and checking sample files
-
-
-def read_sample(path: str | Path):
-    """Read a sample h5ad, with an InputError naming the file when it is missing or not an h5ad."""
-    import anndata as ad
-
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: sample file not found")
-    try:
-        return ad.read_h5ad(path)
-    except Exception as err:  # noqa: BLE001 - h5py/anndata raise many types for a bad file
-        raise InputError(f"{path}: not a readable h5ad file ({type(err).__name__}: {err})") from None
-
-
-def _dense(matrix) -> np.ndarray:
-    return matrix.toarray() if sp.issparse(matrix) else np.asarray(matrix)
-
-
-def _uns_list(value) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [value]
-    return [str(v) for v in np.asarray(value).ravel()]
-
-
-def _require_finite(array: np.ndarray, field: str, source: str) -> None:
-    bad = int(np.size(array) - np.isfinite(array).sum())
-    if bad:
-        raise InputError(f"{source}: {field} holds {bad} non-finite value(s)")
-
-
-# How a missing label comes out of files written by other tools (str(None), str(NaN), pandas' NA),
-# compared lower-cased and stripped: an unknown type must stay unknown, not become a type of its own.
-UNKNOWN_CELL_TYPE_SPELLINGS = frozenset({"", "none", "nan", "<na>"})
-
-
-def cell_type_labels(column) -> np.ndarray:
-    """Cell types of an obs column as an object array of str, None where unknown (missing, or
-    spelled as one of ``UNKNOWN_CELL_TYPE_SPELLINGS``)."""
-    column = pd.Series(column)
-    text = column.astype(object).where(column.notna(), None).map(lambda v: None if v is None else str(v))
-    known = text.map(lambda v: v is not None and v.strip().lower() not in UNKNOWN_CELL_TYPE_SPELLINGS).to_numpy(dtype=bool)
-    labels = text.to_numpy(dtype=object)
-    labels[~known] = None
-    return labels
-
-
-def _cell_types(adata) -> np.ndarray | None:
-    if "cell_type" not in adata.obs:
-        return None
-    return cell_type_labels(adata.obs["cell_type"])
-
-
-def sample_from_anndata(adata, dataset: str | None = None, method: str | None = None, source: str = "sample") -> Sample:
-    """Check a sample AnnData against docs/FORMATS.md and extract what the metrics need.
-
-    Raises InputError naming ``source`` and the missing or bad field.
-    """
-    for key in ("spatial", "spatial_pred"):
-        if key not in adata.obsm:
-            raise InputError(f"{source}: obsm['{key}'] is missing")
-    if "expr_pred" not in adata.layers:
-        raise InputError(f"{source}: layers['expr_pred'] is missing")
-    info = dict(adata.uns.get("alphastomics", {}))
-    mode = str(info.get("mode", ""))
-    if mode not in EVALUATION_MODES:
-        raise InputError(f"{source}: uns['alphastomics']['mode'] is {mode!r}, not one of {', '.join(EVALUATION_MODES)}")
-    generated = _uns_list(info.get("generated")) if "generated" in info else GENERATED_BY_MODE.get(mode, [])
-    if not generated and mode != DOMAINS_MODE:
-        generated = GENERATED_BY_MODE[mode]
-    unknown = set(generated) - {"expression", "position"}
-    if unknown:
-        raise InputError(f"{source}: uns['alphastomics']['generated'] holds unknown entries {sorted(unknown)}")
-
-    true_positions = np.asarray(adata.obsm["spatial"], dtype=np.float64)
-    generated_positions = np.asarray(adata.obsm["spatial_pred"], dtype=np.float64)
-    if true_positions.ndim != 2 or generated_positions.shape != true_positions.shape:
-        raise InputError(f"{source}: obsm['spatial_pred'] has shape {generated_positions.shape}, obsm['spatial'] {true_positions.shape}; they must match")
-    if adata.layers["expr_pred"].shape != adata.shape:
-        raise InputError(f"{source}: layers['expr_pred'] has shape {adata.layers['expr_pred'].shape}, X {adata.shape}; they must match")
-    if adata.n_obs < 3:
-        raise InputError(f"{source}: {adata.n_obs} cell(s); metrics need at least 3")
-
-    if "measured" in adata.var:
-        measured = np.asarray(adata.var["measured"], dtype=bool)
-        measured_note = "var['measured']"
-    else:
-        measured = np.ones(adata.n_vars, dtype=bool)
-        measured_note = "all genes (var['measured'] absent)"
-    if not measured.any():
-        raise InputError(f"{source}: var['measured'] marks no gene as measured")
-    if mode == "impute":
-        # Only the held-out genes were generated; the given ones are copies of the truth.
-        if "heldout" not in adata.var:
-            raise InputError(f"{source}: an impute sample needs var['heldout'] (the generated genes)")
-        measured = measured & np.asarray(adata.var["heldout"], dtype=bool)
-        measured_note = "held-out genes (var['heldout'] & var['measured'])"
-        if not measured.any():
-            raise InputError(f"{source}: var['heldout'] marks no measured gene")
-    true_expression = _dense(adata.X[:, measured]).astype(np.float32, copy=False)
-    generated_expression = _dense(adata.layers["expr_pred"][:, measured]).astype(np.float32, copy=False)
-    for array, field in ((true_expression, "X"), (generated_expression, "layers['expr_pred']"),
-                         (true_positions, "obsm['spatial']"), (generated_positions, "obsm['spatial_pred']")):
-        _require_finite(array, field, source)
-
-    slice_ids = adata.obs["slice_id"].astype(str).unique() if "slice_id" in adata.obs else []
-    slice_id = str(info.get("slice_id") or (slice_ids[0] if len(slice_ids) == 1 else Path(source).name.split(".")[0]))
-    embedding = np.asarray(adata.obsm[EMBEDDING_KEY], dtype=np.float32) if EMBEDDING_KEY in adata.obsm else None
-    mean_expression = None
-    if "expr_pred_mean" in adata.layers:
-        mean_expression = _dense(adata.layers["expr_pred_mean"][:, measured]).astype(np.float32, copy=False)
-        _require_finite(mean_expression, "layers['expr_pred_mean']", source)
-    consensus_positions = None
-    if CONSENSUS_KEY in adata.obsm:
-        consensus_positions = np.asarray(adata.obsm[CONSENSUS_KEY], dtype=np.float64)
-        if consensus_positions.shape != true_positions.shape:
-            raise InputError(f"{source}: obsm['{CONSENSUS_KEY}'] has shape {consensus_positions.shape}, obsm['spatial'] "
-                             f"{true_positions.shape}; they must match")
-        _require_finite(consensus_positions, f"obsm['{CONSENSUS_KEY}']", source)
-    joint_draws = _joint_draws(adata, measured, true_positions.shape, source) if mode == "joint" else None
-    return Sample(
-        mode=mode,
-        generated=generated,
-        slice_id=slice_id,
-        dataset=str(dataset or info.get("dataset") or "unknown"),
-        method=str(method or info.get("method") or DEFAULT_METHOD),
-        genes=[str(g) for g in adata.var_names[measured]],
-        true_expression=true_expression,
-        generated_expression=generated_expression,
-        true_positions=true_positions,
-        generated_positions=generated_positions,
-        cell_types=_cell_types(adata),
-        embedding=embedding,
-        measured_note=measured_note,
-        mean_expression=mean_expression,
-        consensus_positions=consensus_positions,
-        coordinate_frame=str(info.get("coordinate_frame") or "per_slice"),
-        train_slices=_uns_list(info.get("train_slices")),
-        drawn_types=adata.obs["cell_type_drawn"].astype(str).to_numpy() if mode == "joint" and "cell_type_drawn" in adata.obs else None,
-        joint_draws=joint_draws,
-    )
-
-
-def _joint_draws(adata, measured: np.ndarray, positions_shape: tuple, source: str) -> list[tuple[np.ndarray, np.ndarray]] | None:
-    """The draws of a joint sample, when it keeps more than one (sample --num-samples S)."""
-    keys = (JOINT_EXPRESSION_DRAWS_KEY, JOINT_POSITION_DRAWS_KEY)
-    present = [k in adata.obsm for k in keys]
-    if not any(present):
-        return None
-    if not all(present):
-        raise InputError(f"{source}: a joint sample with obsm['{keys[present.index(False)]}'] missing beside "
-                         f"obsm['{keys[present.index(True)]}']: both or neither")
-    expression = np.asarray(adata.obsm[JOINT_EXPRESSION_DRAWS_KEY])
-    positions = np.asarray(adata.obsm[JOINT_POSITION_DRAWS_KEY], dtype=np.float64)
-    n, dims = positions_shape
-    if expression.ndim != 3 or expression.shape[::2] != (n, adata.n_vars):
-        raise InputError(f"{source}: obsm['{JOINT_EXPRESSION_DRAWS_KEY}'] has shape {expression.shape}; expected "
-                         f"(cells {n}, draws, genes {adata.n_vars})")
-    if positions.ndim != 3 or positions.shape[::2] != (n, dims) or positions.shape[1] != expression.shape[1]:
-        raise InputError(f"{source}: obsm['{JOINT_POSITION_DRAWS_KEY}'] has shape {positions.shape}; expected "
-                         f"(cells {n}, draws {expression.shape[1]}, dims {dims})")
-    draws = []
-    for i in range(expression.shape[1]):
-        draw_expression = expression[:, i, measured].astype(np.float32)
-        _require_finite(draw_expression, f"obsm['{JOINT_EXPRESSION_DRAWS_KEY}'][:, {i}]", source)
-        _require_finite(positions[:, i], f"obsm['{JOINT_POSITION_DRAWS_KEY}'][:, {i}]", source)
-        draws.append((draw_expression, positions[:, i]))
-    return draws
+# When a sample file carries the model's per-cell embedding (obsm['alphastomics_embedding']), its
+# leiden clusters are scored like those of generated expression.
+EMBEDDING_KEY = sample_file.EMBEDDING
 
 
 # ----------------------------------------------------------------------------------------------
@@ -314,11 +105,11 @@ def _timed(fn, *args, **kwargs):
 def _expression_family(sample: Sample, out: _Collector) -> None:
     """Cell-by-cell errors and correlations of the first draw and, where present, of the posterior mean."""
     (values, how), seconds = _timed(expression.expression_metrics, sample.true_expression, sample.generated_expression)
-    out.add(values, how, seconds, measured_genes=sample.measured_note, layer="expr_pred (first draw)")
+    out.add(values, how, seconds, measured_genes=sample.measured_note, layer=f"{sample_file.EXPR_PRED} (first draw)")
     if sample.mean_expression is not None:
         (values, how), seconds = _timed(expression.expression_metrics, sample.true_expression, sample.mean_expression)
         out.add({f"expr_mean_{k[5:]}": v for k, v in values.items()}, {f"expr_mean_{k[5:]}": v for k, v in how.items()},
-                seconds, measured_genes=sample.measured_note, layer="expr_pred_mean (mean over draws)")
+                seconds, measured_genes=sample.measured_note, layer=f"{sample_file.EXPR_PRED_MEAN} (mean over draws)")
 
 
 def _expression_distribution_family(true: np.ndarray, generated: np.ndarray, out: _Collector, note: str) -> None:
@@ -372,7 +163,7 @@ def _consensus_family(sample: Sample, config: EvaluationConfig, out: _Collector)
     _position_family(consensus, config, part)
     for name, value in part.values.items():
         out.values[CONSENSUS_PREFIX + name] = value
-        out.how[CONSENSUS_PREFIX + name] = {**part.how[name], "layer": f"obsm['{CONSENSUS_KEY}'] (consensus layout of the draws)"}
+        out.how[CONSENSUS_PREFIX + name] = {**part.how[name], "layer": f"obsm['{sample_file.SPATIAL_PRED_CONSENSUS}'] (consensus layout of the draws)"}
 
 
 def _morans_family(sample: Sample, config: EvaluationConfig, out: _Collector) -> None:
@@ -480,7 +271,7 @@ def evaluate_sample(adata, evaluation_config: EvaluationConfig, dataset: str | N
         log.warning("%s: slice %r was one of the model's training slices: these scores measure fit, not generalisation",
                     source, sample.slice_id)
     # One BLAS/OpenMP thread: the pipeline runs several evaluate jobs side by side, and there
-    # OpenBLAS's spinning worker threads made a 1,000-cell slice ~15x slower (10 s instead of 0.6 s).
+    # OpenBLAS's spinning worker threads compete for the cores and slow every job many-fold.
     with threadpool_limits(limits=1):
         if sample.joint_draws and len(sample.joint_draws) > 1:
             out, references = _evaluate_joint_draws(sample, evaluation_config, reference_dir, source)
@@ -506,8 +297,8 @@ def evaluate_sample(adata, evaluation_config: EvaluationConfig, dataset: str | N
 def _evaluate_joint_draws(sample: Sample, config: EvaluationConfig, reference_dir, source: str) -> tuple[_Collector, dict[str, _Collector]]:
     """Every draw of a joint sample scored on its own; each metric is the mean over the draws.
 
-    One draw's distribution metrics move from seed to seed (STARmap BZ14: composition L1
-    0.23-0.32 over eight draws), so the first draw alone is a noisy estimate of the generator's.
+    One draw's distribution metrics move from seed to seed by more than the differences between
+    models, so the first draw alone is a noisy estimate of the generator's.
     The reference rows (real training slices) do not depend on the draw: those of the first call.
     """
     per_draw: list[_Collector] = []
@@ -526,7 +317,8 @@ def _evaluate_joint_draws(sample: Sample, config: EvaluationConfig, reference_di
         combined.values[name] = float(finite.mean()) if finite.size else float("nan")
         combined.how[name] = {
             **how,
-            "summary": f"mean over the {len(values)} joint draws (draw 0: obsm['spatial_pred'], layers['expr_pred'])",
+            "summary": (f"mean over the {len(values)} joint draws (draw 0: obsm['{sample_file.SPATIAL_PRED}'], "
+                        f"layers['{sample_file.EXPR_PRED}'])"),
             "per_draw": [None if not np.isfinite(v) else float(v) for v in values],
             "sd_over_draws": float(finite.std(ddof=1)) if finite.size > 1 else None,
             "seconds": round(sum(o.how.get(name, {}).get("seconds", 0.0) for o in per_draw), 3),
@@ -580,25 +372,25 @@ def _reference_rows(sample: Sample, config: EvaluationConfig, reference_dir, out
 
 def _design_family(adata, sample: Sample, config: EvaluationConfig, reference_dir, out: _Collector, source: str) -> None:
     """Conditional generation and inverse design (alphastomics.metrics.design), guided beside unguided."""
-    info = dict(adata.uns.get("alphastomics", {}))
-    conditioned = "condition_cell_type" in adata.obs
+    info = sample_file.sample_info(adata)
+    conditioned = sample_file.CONDITION_CELL_TYPE in adata.obs
     target = info.get("target")
     perturbed = bool((info.get("conditions") or {}).get("slice_conditions"))
-    if not (conditioned or target or perturbed) or "expr_pred_unguided" not in adata.layers:
+    if not (conditioned or target or perturbed) or sample_file.EXPR_PRED_UNGUIDED not in adata.layers:
         return
     if reference_dir is None:
         log.warning("%s: a guided sample without --reference dataset: condition and target metrics skipped", source)
         return
     start = time.perf_counter()
-    measured = np.asarray(adata.var["measured"], dtype=bool) if "measured" in adata.var else np.ones(adata.n_vars, bool)
-    unguided = _dense(adata.layers["expr_pred_unguided"][:, measured]).astype(np.float32, copy=False)
+    measured = sample_file.measured_genes(adata)
+    unguided = dense(adata.layers[sample_file.EXPR_PRED_UNGUIDED][:, measured]).astype(np.float32, copy=False)
     train_slices = [s for s in sample.train_slices if s != sample.slice_id]
     reference = references.load_reference(reference_dir, train_slices, sample.genes, sample.true_positions.shape[1])
     values, how = {}, {}
     if conditioned:
         typer = references.CellTyper(reference, DISTRIBUTION_PCS, LABEL_TRANSFER_K, config.seed)
         if typer.classifier is not None:
-            conditions = adata.obs["condition_cell_type"].astype(str).to_numpy()
+            conditions = adata.obs[sample_file.CONDITION_CELL_TYPE].astype(str).to_numpy()
             reference_pcs = np.concatenate([typer.project(r.expression) for r in reference])
             reference_types = np.concatenate([r.cell_types if r.cell_types is not None else np.full(len(r.expression), None)
                                               for r in reference]).astype(str)
@@ -607,7 +399,7 @@ def _design_family(adata, sample: Sample, config: EvaluationConfig, reference_di
                 values[f"condition_type_energy{suffix}"] = design.per_type_energy(
                     typer.project(expression), conditions, reference_pcs, reference_types, ENERGY_MAX_CELLS, config.seed)
             note = {"classifier": f"{LABEL_TRANSFER_K}-NN on real training cells ({DISTRIBUTION_PCS} PCs)",
-                    "unguided": "layers['expr_pred_unguided']: the same seeds without conditions"}
+                    "unguided": f"layers['{sample_file.EXPR_PRED_UNGUIDED}']: the same seeds without conditions"}
             how.update({k: {"description": "share of conditioned cells typed as their condition" if "accuracy" in k else
                             "energy distance (MMD) of each conditioned type's generated cells to real cells of that type, "
                             "mean over types", **note} for k in values if k.startswith("condition_")})
@@ -615,7 +407,7 @@ def _design_family(adata, sample: Sample, config: EvaluationConfig, reference_di
         genes = [str(g) for g in target["genes"]]
         columns = [sample.genes.index(g) for g in genes]
         real = np.concatenate([r.expression for r in reference])
-        targeted = np.asarray(adata.obs["targeted"], bool) if "targeted" in adata.obs else np.ones(adata.n_obs, bool)
+        targeted = np.asarray(adata.obs[sample_file.TARGETED], bool) if sample_file.TARGETED in adata.obs else np.ones(adata.n_obs, bool)
         specs, levels = list(target["spec"]), np.asarray(target["levels"], np.float64)
         sds = real[:, columns].std(0)
         other = np.setdiff1d(np.arange(len(sample.genes)), columns)
@@ -623,11 +415,12 @@ def _design_family(adata, sample: Sample, config: EvaluationConfig, reference_di
             values[f"target_fraction_met{suffix}"] = float(design.targets_met(expression[targeted][:, columns], specs, levels, sds).mean())
             values[f"target_energy_other_genes{suffix}"] = design.standardised_energy(
                 expression[:, other], real[:, other], ENERGY_MAX_CELLS, config.seed)
-        if "target_objective" in adata.obs:
-            values["target_objective_mean"] = float(np.mean(adata.obs["target_objective"].to_numpy()[targeted]))
-            values["target_objective_mean_unguided"] = float(np.mean(adata.obs["target_objective_unguided"].to_numpy()[targeted]))
+        if sample_file.TARGET_OBJECTIVE in adata.obs:
+            values["target_objective_mean"] = float(np.mean(adata.obs[sample_file.TARGET_OBJECTIVE].to_numpy()[targeted]))
+            values["target_objective_mean_unguided"] = float(
+                np.mean(adata.obs[sample_file.TARGET_OBJECTIVE_UNGUIDED].to_numpy()[targeted]))
         note = {"targets": specs, "levels": levels.tolist(), "targeted_cells": int(targeted.sum()),
-                "unguided": "layers['expr_pred_unguided']: the same seeds without target"}
+                "unguided": f"layers['{sample_file.EXPR_PRED_UNGUIDED}']: the same seeds without target"}
         how.update({k: {"description": {"target_fraction_met": "share of targeted cells meeting every target (high/low: at or "
                                                                 "beyond the level less 0.5 sd; a number: within 0.5 sd)",
                                         "target_energy_other_genes": "energy distance of the non-target genes (scaled by the real "
@@ -667,7 +460,7 @@ def _evaluate(sample: Sample, config: EvaluationConfig, source: str) -> _Collect
     if "expression" in sample.generated:
         if sample.paired:
             _expression_family(sample, out)
-        _expression_distribution_family(sample.true_expression, sample.generated_expression, out, "expr_pred (first draw)")
+        _expression_distribution_family(sample.true_expression, sample.generated_expression, out, f"{sample_file.EXPR_PRED} (first draw)")
     if "position" in sample.generated:
         _shape_family(sample, config, out)
         if sample.paired:
@@ -686,50 +479,6 @@ def _evaluate(sample: Sample, config: EvaluationConfig, source: str) -> _Collect
     else:
         log.info("%s: no obs['cell_type'] with at least two known types; cluster and cell-type metrics skipped", source)
     return out
-
-
-# ----------------------------------------------------------------------------------------------
-# output
-
-
-def _nan_to_none(value):
-    """JSON has no NaN: write null for non-finite numbers, recursively."""
-    if isinstance(value, dict):
-        return {k: _nan_to_none(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_nan_to_none(v) for v in value]
-    if isinstance(value, (np.floating, float)):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.bool_):
-        return bool(value)
-    return value
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """Write under a temporary name and rename, so a failed run never leaves a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        temporary.write_text(text)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
-def details_path(table_path: str | Path) -> Path:
-    """``metrics/<slice>.<mode>.tsv`` -> ``metrics/<slice>.<mode>.json``."""
-    return Path(table_path).with_suffix(".json")
-
-
-def write_metrics(table: pd.DataFrame, details: dict, out: str | Path) -> tuple[Path, Path]:
-    """Write the TSV and, beside it, the JSON of how each metric was computed."""
-    out = Path(out)
-    json_path = details_path(out)
-    _write_atomically(json_path, json.dumps(_nan_to_none(details), indent=1) + "\n")
-    _write_atomically(out, table.to_csv(sep="\t", index=False, na_rep="NaN", float_format="%.10g"))
-    return out, json_path
 
 
 # ----------------------------------------------------------------------------------------------
@@ -771,22 +520,6 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def read_metric_table(path: str | Path) -> pd.DataFrame:
-    """One tidy metric table, with an InputError naming the file when it is missing or malformed."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: metric table not found")
-    try:
-        table = pd.read_csv(path, sep="\t", dtype={c: str for c in TABLE_COLUMNS[:-1]})
-    except Exception as err:  # noqa: BLE001 - pandas raises several types for a bad file
-        raise InputError(f"{path}: not a readable TSV ({type(err).__name__}: {err})") from None
-    missing = [c for c in TABLE_COLUMNS if c not in table.columns]
-    if missing:
-        raise InputError(f"{path}: missing column(s) {', '.join(missing)}")
-    table["value"] = pd.to_numeric(table["value"], errors="coerce")
-    return table[TABLE_COLUMNS]
-
-
 def add_gather_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("tables", nargs="+", help="per-sample metric tables (TSV) written by `alphastomics evaluate`")
     parser.add_argument("--out", required=True, help="dataset metric table to write (TSV)")
@@ -794,6 +527,6 @@ def add_gather_arguments(parser: argparse.ArgumentParser) -> None:
 
 def gather_main(args: argparse.Namespace) -> int:
     table = pd.concat([read_metric_table(p) for p in args.tables], ignore_index=True)
-    _write_atomically(Path(args.out), table.to_csv(sep="\t", index=False, na_rep="NaN", float_format="%.10g"))
+    write_table(table, args.out)
     log.info("%d rows from %d tables -> %s", len(table), len(args.tables), args.out)
     return 0

@@ -22,7 +22,8 @@ import torch
 from alphastomics.checkpoint import load_model
 from alphastomics.errors import InputError
 from alphastomics.io.shards import load_slice
-from alphastomics.sample import cell_embedding, draw_samples, known_batch, write_h5ad_atomic
+from alphastomics.draws import cell_embedding, draw_samples, known_batch
+from alphastomics.io.sample_file import write_sample as write_h5ad_atomic
 from alphastomics.user_data import NORMALIZATIONS, read_user_h5ad
 
 log = logging.getLogger(__name__)

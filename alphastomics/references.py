@@ -282,11 +282,12 @@ def perturbation_shifts(adata, slice_id: str, data_dir: str | Path, genes: list[
     has both, design.shift_layers). Observed: mean of the real cells of the slices with the
     requested values minus that of the slices with the slice's own values (this slice included, so
     that one slice's own differences weigh less), or of this slice alone where it records none."""
+    from alphastomics.io.sample_file import EXPR_PRED_UNGUIDED, sample_info
     from alphastomics.metrics.design import shift_agreement, shift_layers
 
-    conditions = dict(adata.uns.get("alphastomics", {}).get("conditions") or {})
+    conditions = dict(sample_info(adata).get("conditions") or {})
     requested = {str(k): str(v) for k, v in dict(conditions.get("slice_conditions") or {}).items()}
-    if not requested or "expr_pred_unguided" not in adata.layers:
+    if not requested or EXPR_PRED_UNGUIDED not in adata.layers:
         return None
     baseline = {str(k): str(v) for k, v in dict(conditions.get("baseline_slice_conditions") or {}).items()}
     slices = condition_slices(data_dir, requested, slice_id)

@@ -33,7 +33,7 @@ from alphastomics.diffusion.schedule import position_noise
 from alphastomics.io.manifest import load_manifest
 from alphastomics.io.shards import load_slice
 from alphastomics.model.network import masked_centre, precondition
-from alphastomics.sample import known_batch
+from alphastomics.draws import known_batch
 from common import add_model_arguments, trained_models
 
 

@@ -28,7 +28,7 @@ import torch
 from alphastomics.checkpoint import load_model
 from alphastomics.io.shards import load_slice
 from alphastomics.metrics import expression, geometry, neighbourhoods
-from alphastomics.sample import draw_samples, known_batch
+from alphastomics.draws import draw_samples, known_batch
 
 FEW_STEPS = (10, 25, 50, 100)
 SIZES = (1_000, 10_000, 100_000)

@@ -17,7 +17,8 @@ from alphastomics.denoise import denoise_slice
 from alphastomics.errors import InputError
 from alphastomics.guidance import apply_conditions, parse_target
 from alphastomics.io.shards import load_slice
-from alphastomics.sample import GuidanceRequest, draw_samples, expected_expression, guided_draws, known_batch
+from alphastomics.draws import draw_samples, expected_expression, known_batch
+from alphastomics.guided import GuidanceRequest, guided_draws
 from conftest import REPO, STARMAP, preprocess_dataset
 
 # real tissue with a planted per-slice condition (a treated copy of BZ9), shared with the benchmark
@@ -161,7 +162,8 @@ def test_a_joint_sample_keeps_every_draw_and_evaluate_scores_each(conditioned, t
     expr_pred) and the metrics JSON gives each draw's figure beside their mean."""
     import json
 
-    from alphastomics.sample import sample_slice, write_h5ad_atomic
+    from alphastomics.io.sample_file import write_sample as write_h5ad_atomic
+    from alphastomics.sample import sample_slice
 
     adata = sample_slice(conditioned[0], conditioned[1], HELD_OUT, "joint", steps=5, seed=5, num_samples=2, progress=False)
     path = tmp_path / f"{HELD_OUT}.joint.h5ad"

@@ -12,7 +12,10 @@ import pytest
 from alphastomics.cli import main as cli
 from alphastomics.config import EvaluationConfig
 from alphastomics.errors import InputError
-from alphastomics.evaluate import EMBEDDING_KEY, GENERATED_BY_MODE, TABLE_COLUMNS, evaluate_sample, sample_from_anndata
+from alphastomics import GENERATED_BY_MODE
+from alphastomics.evaluate import evaluate_sample
+from alphastomics.io.metric_tables import TABLE_COLUMNS
+from alphastomics.io.sample_file import EMBEDDING, sample_from_anndata
 
 SOURCE = Path(__file__).resolve().parents[1] / "resources/starmap_mpfc/starmap_mpfc_20180417_BZ5_control.h5ad"
 
@@ -232,7 +235,7 @@ def test_unknown_cell_types_are_left_out_of_label_metrics_however_spelled(starma
 def test_embedding_hook_scores_leiden_clusters_of_an_embedding(starmap_slice):
     expression, positions, _, _ = starmap_slice
     adata = make_sample(starmap_slice, "pos_to_expr", expression)
-    adata.obsm[EMBEDDING_KEY] = expression[:, np.argsort(expression.var(0))[-20:]]  # most variable genes stand in for an embedding
+    adata.obsm[EMBEDDING] = expression[:, np.argsort(expression.var(0))[-20:]]  # most variable genes stand in for an embedding
     values = values_of(evaluate_sample(adata, EvaluationConfig())[0])
     assert {"embedding_leiden_ari", "embedding_leiden_nmi", "embedding_leiden_accuracy"} <= set(values)
     assert values["embedding_leiden_ari"] > 0.05
@@ -269,7 +272,7 @@ def test_unknown_mode_and_bad_gather_input_are_input_errors(starmap_slice, tmp_p
     bad = tmp_path / "bad.tsv"
     bad.write_text("metric\tvalue\nexpr_mse\t1\n")
     with pytest.raises(InputError, match="bad.tsv: missing column"):
-        from alphastomics.evaluate import read_metric_table
+        from alphastomics.io.metric_tables import read_metric_table
         read_metric_table(bad)
     assert cli(["gather", str(tmp_path / "absent.tsv"), "--out", str(tmp_path / "all.tsv")]) == 1
     assert not (tmp_path / "all.tsv").exists()

@@ -135,7 +135,7 @@ def test_posterior_mean_averages_every_starting_noise_whatever_the_chunk(small_m
     from alphastomics.checkpoint import load_model
     from alphastomics.io.manifest import load_manifest
     from alphastomics.io.shards import load_slice
-    from alphastomics.sample import _first_step_expectation, draw_samples, expected_expression, known_batch
+    from alphastomics.draws import _first_step_expectation, draw_samples, expected_expression, known_batch
 
     checkpoint, data_dir, slice_id = small_models["bdtnp"]
     model = load_model(checkpoint, "cpu")
@@ -164,7 +164,8 @@ def test_expr_to_pos_keeps_a_consensus_layout_scored_as_a_draw_is(small_models, 
     from alphastomics.io.shards import load_slice
     from alphastomics.layout import consensus_layout
     from alphastomics.metrics import neighbourhoods
-    from alphastomics.sample import draw_samples, expected_positions, known_batch, sample_slice
+    from alphastomics.draws import draw_samples, expected_positions, known_batch
+    from alphastomics.sample import sample_slice
 
     checkpoint, data_dir, slice_id = small_models["bdtnp"]
     model = load_model(checkpoint, "cpu")

@@ -138,7 +138,7 @@ def test_outputs_appear_whole_with_the_usual_permissions_or_not_at_all(tmp_path)
     import torch
 
     from alphastomics.checkpoint import atomic_torch_save
-    from alphastomics.sample import write_h5ad_atomic
+    from alphastomics.io.sample_file import write_sample as write_h5ad_atomic
 
     (tmp_path / "plain.txt").write_text("x")
     usual = (tmp_path / "plain.txt").stat().st_mode & 0o777
@@ -162,7 +162,7 @@ def test_sample_files_with_pandas_string_arrays_are_written(tmp_path):
     import anndata as ad
     import pandas as pd
 
-    from alphastomics.sample import write_h5ad_atomic
+    from alphastomics.io.sample_file import write_sample as write_h5ad_atomic
 
     adata = ad.AnnData(np.ones((2, 1), np.float32))
     adata.obs["cell_id"] = pd.array(["a", "b"], dtype="string")

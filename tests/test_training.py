@@ -393,7 +393,7 @@ def test_hidden_truth_does_not_reach_the_sample(small_models, mode, dataset):
     import dataclasses
 
     from alphastomics.checkpoint import load_model
-    from alphastomics.sample import draw_samples, known_batch
+    from alphastomics.draws import draw_samples, known_batch
 
     checkpoint, data_dir, slice_id = small_models[dataset]
     model = load_model(checkpoint)
@@ -431,7 +431,7 @@ def test_impute_sees_neither_the_held_out_truth_nor_changes_the_given_genes(smal
 
     from alphastomics.checkpoint import load_model
     from alphastomics.heldout import heldout_genes
-    from alphastomics.sample import draw_samples, known_batch
+    from alphastomics.draws import draw_samples, known_batch
 
     checkpoint, data_dir, slice_id = small_models["starmap"]
     model = load_model(checkpoint)
@@ -471,7 +471,7 @@ def test_a_patch_trained_model_says_it_cannot_lay_out_a_whole_slice(bdtnp_dir, t
 
     from alphastomics.evaluate import evaluate_sample, write_metrics
     from alphastomics.report.render import render_report
-    from alphastomics.sample import write_h5ad_atomic
+    from alphastomics.io.sample_file import write_sample as write_h5ad_atomic
 
     write_h5ad_atomic(placed, tmp_path / "slab2.expr_to_pos.h5ad")
     table, details = evaluate_sample(placed, config.evaluation, source="slab2.expr_to_pos.h5ad", reference_dir=bdtnp_dir)
@@ -490,7 +490,7 @@ def test_the_exported_posterior_mean_of_expression_averages_to_the_training_mean
     from scipy.stats import pearsonr
 
     from alphastomics.checkpoint import load_model
-    from alphastomics.sample import CALIBRATION_DRAWS, draw_samples, expected_expression, known_batch
+    from alphastomics.draws import CALIBRATION_DRAWS, draw_samples, expected_expression, known_batch
 
     checkpoint, data_dir, slice_id = small_models["starmap"]
     model = load_model(checkpoint)  # train(..., export_to=...) exports with the training data

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from alphastomics.io.sample_file import EXPR_PRED, EXPR_PRED_MEAN, EXPR_PRED_MEAN_UNGUIDED, EXPR_PRED_UNGUIDED
 from alphastomics.metrics.distribution import energy_distance
 
 MIN_CELLS_PER_TYPE = 10
@@ -75,9 +76,9 @@ def standardised_energy(generated: np.ndarray, real: np.ndarray, max_points: int
 def shift_layers(layers) -> tuple[str, str]:
     """The layers a perturbation's predicted shift is measured on: the posterior means of the draw
     and of its baseline where the sample has both (pos_to_expr, impute), else the first draws."""
-    if "expr_pred_mean" in layers and "expr_pred_mean_unguided" in layers:
-        return "expr_pred_mean", "expr_pred_mean_unguided"
-    return "expr_pred", "expr_pred_unguided"
+    if EXPR_PRED_MEAN in layers and EXPR_PRED_MEAN_UNGUIDED in layers:
+        return EXPR_PRED_MEAN, EXPR_PRED_MEAN_UNGUIDED
+    return EXPR_PRED, EXPR_PRED_UNGUIDED
 
 
 SHIFTED_SDS = 0.25  # an observed per-gene shift beyond this many sds of the gene counts as a real change

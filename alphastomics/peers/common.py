@@ -9,12 +9,12 @@ from pathlib import Path
 
 import anndata as ad
 import numpy as np
-import pandas as pd
 
-from alphastomics import GENERATED_BY_MODE, __version__
 from alphastomics.errors import InputError
 from alphastomics.heldout import heldout_genes
 from alphastomics.io.manifest import load_manifest
+from alphastomics.io.sample_file import point_prediction_sample
+from alphastomics.io.sample_file import write_sample as write_h5ad_atomic  # noqa: F401 - peers.run writes through it
 from alphastomics.io.shards import SliceData, load_slice
 
 
@@ -83,71 +83,20 @@ def load_inputs(data_dir: str | Path, slice_id: str, train_slices: list[str] | N
 def sample_anndata(inputs: PeerInputs, mode: str, method: str, *, expression: np.ndarray | None = None,
                    coordinates: np.ndarray | None = None, embedding: np.ndarray | None = None,
                    extra: dict | None = None) -> ad.AnnData:
-    """A sample file of the held-out slice (docs/FORMATS.md).
+    """A sample file of the held-out slice (alphastomics.io.sample_file.point_prediction_sample).
 
     ``expression`` (N, G) over the dataset's genes: pos_to_expr, the prediction of every measured
     gene; impute, the prediction of the held-out genes (the other genes keep their true values).
-    A point prediction is its own posterior mean: it goes to ``layers['expr_pred']`` and
-    ``layers['expr_pred_mean']``. ``coordinates`` (N, d): expr_to_pos. ``embedding``: domains.
+    ``coordinates`` (N, d): expr_to_pos. ``embedding``: domains. ``extra``: further uns entries.
     """
-    data = inputs.test
-    d = data.n_dims
-    measured = data.gene_mask.astype(bool)
-    obs = pd.DataFrame({"slice_id": data.slice_id, "platform": data.platform},
-                       index=pd.Index(data.cell_ids.astype(str), name="cell_id"))
-    if data.cell_types is not None:
-        labels = [None if t is None or (isinstance(t, float) and np.isnan(t)) else str(t) for t in data.cell_types]
-        obs["cell_type"] = pd.Categorical(labels, categories=sorted({t for t in labels if t is not None}))
-    var = pd.DataFrame({"measured": measured}, index=pd.Index(data.genes, name="gene"))
-    adata = ad.AnnData(X=data.expression.astype(np.float32), obs=obs, var=var)
-    truth = data.expression.astype(np.float32)
+    holdout = {}
     if mode == "impute":
-        heldout = inputs.heldout
-        adata.var["heldout"] = heldout
-        prediction = np.where(heldout & measured, np.asarray(expression, np.float32), truth).astype(np.float32)
-        adata.layers["expr_pred"] = prediction
-        adata.layers["expr_pred_mean"] = prediction
-    elif mode == "pos_to_expr":
-        prediction = (np.asarray(expression, np.float32) * measured).astype(np.float32)
-        adata.layers["expr_pred"] = prediction
-        adata.layers["expr_pred_mean"] = prediction
-    else:
-        adata.layers["expr_pred"] = truth
-    adata.obsm["spatial"] = data.coords[:, :d].astype(np.float32)
-    if mode == "expr_to_pos":
-        coordinates = np.asarray(coordinates, np.float64)
-        if coordinates.shape != (data.coords.shape[0], d) or not np.isfinite(coordinates).all():
-            raise ValueError(f"{method}: coordinates of shape {coordinates.shape} (finite: {np.isfinite(coordinates).all()}), "
-                             f"expected ({data.coords.shape[0]}, {d}) finite")
-        adata.obsm["spatial_pred"] = coordinates.astype(np.float32)
-    else:
-        adata.obsm["spatial_pred"] = data.coords[:, :d].astype(np.float32)
-    if embedding is not None:
-        adata.obsm["alphastomics_embedding"] = np.asarray(embedding, np.float32)
-    adata.uns["alphastomics"] = {
-        "mode": mode,
-        "method": method,
-        "dataset": inputs.dataset,
-        "slice_id": data.slice_id,
-        "n_dims": d,
-        "coordinate_frame": inputs.frame,
-        "train_slices": list(inputs.info.get("train_slices", [])),
-        "trained_on_slice": False,
-        "package_version": __version__,
-        **({"holdout_fraction": inputs.info["holdout_fraction"], "holdout_seed": inputs.info["holdout_seed"],
-            "n_heldout": int(inputs.heldout.sum())} if mode == "impute" else {}),
-        **(extra or {}),
-    }
-    if GENERATED_BY_MODE.get(mode):  # domains: nothing generated (h5py cannot store an empty list of str)
-        adata.uns["alphastomics"]["generated"] = list(GENERATED_BY_MODE[mode])
-    return adata
-
-
-def write_h5ad_atomic(adata: ad.AnnData, out: str | Path) -> None:
-    """Write under a temporary name in the same folder, then rename (the sampler's writer)."""
-    from alphastomics.sample import write_h5ad_atomic as write
-
-    write(adata, out)
+        holdout = {"holdout_fraction": inputs.info["holdout_fraction"], "holdout_seed": inputs.info["holdout_seed"],
+                   "n_heldout": int(inputs.heldout.sum())}
+    return point_prediction_sample(inputs.test, mode, method, dataset=inputs.dataset, coordinate_frame=inputs.frame,
+                                   train_slices=inputs.info.get("train_slices", []),
+                                   heldout=inputs.heldout if mode == "impute" else None, expression=expression,
+                                   coordinates=coordinates, embedding=embedding, info={**holdout, **(extra or {})})
 
 
 def standardise(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:

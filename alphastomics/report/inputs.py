@@ -18,7 +18,9 @@ import pandas as pd
 
 from alphastomics import GENERATED_BY_MODE, MODES
 from alphastomics.errors import InputError
-from alphastomics.evaluate import DEFAULT_METHOD, TABLE_COLUMNS, cell_type_labels
+from alphastomics.io import sample_file
+from alphastomics.io.metric_tables import TABLE_COLUMNS
+from alphastomics.io.sample_file import DEFAULT_METHOD, cell_type_labels
 from alphastomics.report.plots import UNKNOWN_LABEL
 
 log = logging.getLogger(__name__)
@@ -74,7 +76,7 @@ class Sample:
 
     @property
     def gen_expression(self) -> bool:
-        return "expression" in self.generated and "expr_pred" in self.adata.layers
+        return "expression" in self.generated and sample_file.EXPR_PRED in self.adata.layers
 
 
 def _plain(v):
@@ -91,33 +93,26 @@ def load_sample(path: str | Path, slice_ids_by_key: dict[str, str] | None = None
     """One sample file. Where it does not record its slice, the slice is taken from ``obs`` or
     from the file name, whose first part is the slice's file key (``slice_ids_by_key`` maps
     it back to the user's id)."""
-    import anndata
-
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"sample file not found: {path}")
-    try:
-        adata = anndata.read_h5ad(path)
-    except Exception as err:  # noqa: BLE001
-        raise InputError(f"cannot read sample file {path}: {err}") from err
-    if "spatial" not in adata.obsm:
-        raise InputError(f"sample file {path} has no obsm['spatial'] (true coordinates)")
-    meta = _plain(dict(adata.uns.get("alphastomics", {})))
+    adata = sample_file.read_sample(path)
+    if sample_file.SPATIAL not in adata.obsm:
+        raise InputError(f"sample file {path} has no obsm['{sample_file.SPATIAL}'] (true coordinates)")
+    meta = _plain(sample_file.sample_info(adata))
     stem = path.name[: -len(".h5ad")] if path.name.endswith(".h5ad") else path.stem
     parts = stem.split(".")
     mode = str(meta.get("mode") or (parts[1] if len(parts) > 1 else "unknown"))
     slice_id = str(meta.get("slice_id") or (slice_ids_by_key or {}).get(parts[0], parts[0]))
-    if "slice_id" in adata.obs and not meta.get("slice_id"):
-        slice_id = str(adata.obs["slice_id"].iloc[0])
+    if sample_file.SLICE_ID in adata.obs and not meta.get("slice_id"):
+        slice_id = str(adata.obs[sample_file.SLICE_ID].iloc[0])
     generated = meta.get("generated")
     if generated is None:
         generated = GENERATED_BY_MODE.get(mode, [])
     generated = [str(g) for g in np.atleast_1d(generated)]
-    true_pos = np.asarray(adata.obsm["spatial"], dtype=np.float64)
-    pred_pos = np.asarray(adata.obsm["spatial_pred"], dtype=np.float64) if "spatial_pred" in adata.obsm else None
+    true_pos = np.asarray(adata.obsm[sample_file.SPATIAL], dtype=np.float64)
+    pred_pos = np.asarray(adata.obsm[sample_file.SPATIAL_PRED], dtype=np.float64) if sample_file.SPATIAL_PRED in adata.obsm else None
     cell_types = None
-    if "cell_type" in adata.obs:
-        labels = cell_type_labels(adata.obs["cell_type"])
+    if sample_file.CELL_TYPE in adata.obs:
+        labels = cell_type_labels(adata.obs[sample_file.CELL_TYPE])
         if any(label is not None for label in labels):
             cell_types = np.array([UNKNOWN_LABEL if label is None else label for label in labels], dtype=str)
     return Sample(

@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from alphastomics.layout import CONSENSUS_KEY, JOINT_POSITION_DRAWS_KEY
+from alphastomics.io import sample_file
+from alphastomics.io.sample_file import EXPR_PRED, POSITION_UNCERTAINTY, SPATIAL_PRED_CONSENSUS, SPATIAL_PRED_DRAWS
 from alphastomics.report import plots
 from alphastomics.report.inputs import MAIN_METHOD, find_training_log, training_summary
 from alphastomics.report.tables import fmt_value, order_methods, order_modes
@@ -32,12 +33,6 @@ def _dense(m) -> np.ndarray:
     return np.asarray(m, dtype=np.float64)
 
 
-def _measured_mask(adata) -> np.ndarray:
-    if "measured" in adata.var:
-        return np.asarray(adata.var["measured"]).astype(bool)
-    return np.ones(adata.n_vars, dtype=bool)
-
-
 def frame_of(sample) -> str:
     return str(sample.meta.get("coordinate_frame") or "per_slice")
 
@@ -49,9 +44,9 @@ def joint_colours(sample, dataset_dir: Path | None, palette: dict) -> tuple[np.n
     from alphastomics.references import CellTyper, load_reference
 
     ad = sample.adata
-    mask = _measured_mask(ad)
+    mask = sample_file.measured_genes(ad)
     x_true = _dense(ad.X)[:, mask]
-    x_gen = _dense(ad.layers["expr_pred"])[:, mask]
+    x_gen = _dense(ad.layers[EXPR_PRED])[:, mask]
     train = [t for t in np.atleast_1d(sample.meta.get("train_slices") or []) if str(t) != sample.slice_id]
     if sample.cell_types is not None and dataset_dir is not None and train:
         try:
@@ -88,7 +83,7 @@ def tissue_section(groups, palette, dataset_dir: Path | None = None) -> list[dic
         if mode == "joint":
             true_colour, gen_colour, used_palette, colour_label = joint_colours(s, dataset_dir, palette)
             img = plots.side_by_side_figure(s.true_pos, s.pred_pos, true_colour, gen_colour, used_palette, colour_label)
-            draws = s.adata.obsm[JOINT_POSITION_DRAWS_KEY].shape[1] if JOINT_POSITION_DRAWS_KEY in s.adata.obsm else 1
+            draws = s.adata.obsm[SPATIAL_PRED_DRAWS].shape[1] if SPATIAL_PRED_DRAWS in s.adata.obsm else 1
             which = f"; the first of {draws} draws, whose metrics the tables average" if draws > 1 else ""
             items.append({**common, "img": img, "coloured_by": colour_label,
                           "how": "the generated slice beside the true one, each centred in its own frame, no alignment "
@@ -104,15 +99,15 @@ def tissue_section(groups, palette, dataset_dir: Path | None = None) -> list[dic
         coloured_by = "cell type" if labels is not None else "true position along the slice's principal axis (no cell types)"
         img = plots.tissue_figure(s.true_pos, aligned, labels, palette if labels is not None else None, generated_title=title)
         items.append({**common, "img": img, "how": how, "rmsd": fmt_value(rmsd), "coloured_by": coloured_by})
-        if CONSENSUS_KEY in s.adata.obsm:
-            consensus, consensus_rmsd = _placed(s, np.asarray(s.adata.obsm[CONSENSUS_KEY], dtype=np.float64))
+        if SPATIAL_PRED_CONSENSUS in s.adata.obsm:
+            consensus, consensus_rmsd = _placed(s, np.asarray(s.adata.obsm[SPATIAL_PRED_CONSENSUS], dtype=np.float64))
             placed = ("no alignment (a shared frame)" if frame_of(s) == "shared"
                       else "rotation or reflection and translation onto the true coordinates, no scaling")
             img = plots.tissue_figure(s.true_pos, consensus, labels, palette if labels is not None else None,
                                       generated_title="consensus layout")
             items.append({**common, "title": f"{s.label} · consensus layout of the draws", "img": img, "coloured_by": coloured_by,
                           "rmsd": fmt_value(consensus_rmsd),
-                          "how": f"obsm['{CONSENSUS_KEY}'], {placed}: each cell at its mean position over the draws "
+                          "how": f"obsm['{SPATIAL_PRED_CONSENSUS}'], {placed}: each cell at its mean position over the draws "
                                  "(the posterior mean in a shared frame), spread back to the draws' size (constrained Bayes)"})
     return items
 
@@ -130,8 +125,8 @@ def layout_comparison_section(groups, peer_samples, palette) -> list[dict]:
         peers = {p.method: p for p in peer_samples if p.slice_id == sl and p.mode == "expr_to_pos" and p.method != MAIN_METHOD}
         if not peers:
             continue
-        consensus = CONSENSUS_KEY in main.adata.obsm
-        own = np.asarray(main.adata.obsm[CONSENSUS_KEY], dtype=np.float64) if consensus else main.pred_pos
+        consensus = SPATIAL_PRED_CONSENSUS in main.adata.obsm
+        own = np.asarray(main.adata.obsm[SPATIAL_PRED_CONSENSUS], dtype=np.float64) if consensus else main.pred_pos
         layouts = [(f"{MAIN_METHOD} ({'consensus' if consensus else 'draw'})", _placed(main, own)[0])]
         cell_ids = pd.Index(main.adata.obs_names)
         for name in order_methods(peers):
@@ -162,10 +157,10 @@ def expression_sections(groups) -> tuple[list[dict], list[dict]]:
         if not s.gen_expression:
             continue
         ad = s.adata
-        mask = _measured_mask(ad)
+        mask = sample_file.measured_genes(ad)
         genes = np.asarray(ad.var_names)[mask]
         x_true = _dense(ad.X)[:, mask]
-        x_gen = _dense(ad.layers["expr_pred"])[:, mask]
+        x_gen = _dense(ad.layers[EXPR_PRED])[:, mask]
         key = (sl, s.true_pos.shape[0])
         if key not in graphs:
             graphs[key] = plots.knn_graph(s.true_pos, MORAN_K)
@@ -224,8 +219,8 @@ def uncertainty_section(groups) -> tuple[list[dict], str]:
         if not ss:
             continue
         first = ss[0]
-        if "position_uncertainty" in first.adata.obs:
-            spread = np.asarray(first.adata.obs["position_uncertainty"], dtype=np.float64)
+        if POSITION_UNCERTAINTY in first.adata.obs:
+            spread = np.asarray(first.adata.obs[POSITION_UNCERTAINTY], dtype=np.float64)
             n_draws = int(first.meta.get("num_samples") or 0)
             seeds = ", ".join(str(v) for v in np.atleast_1d(first.meta.get("seeds", [])))
             shown = first.pred_pos if frame_of(first) == "shared" else plots.rigid_align(first.true_pos, first.pred_pos)[0]
@@ -264,7 +259,7 @@ def perturbation_section(samples, dataset_dir: Path | None) -> list[dict]:
     for s in samples:
         if not s.gen_expression:
             continue
-        mask = _measured_mask(s.adata)
+        mask = sample_file.measured_genes(s.adata)
         genes = [str(g) for g in s.adata.var_names[mask]]
         try:
             shifts = perturbation_shifts(s.adata, s.slice_id, dataset_dir, genes, mask, s.true_pos.shape[1])
