@@ -13,7 +13,7 @@ transport map between two Gaussians). This is the constrained Bayes estimator (L
 here measured by the draws themselves.
 
 The mean comes from where the frame allows it: in a shared frame the posterior mean of each
-position (``sample.expected_positions``); in a per-slice frame, where each draw has its own
+position (``draws.expected_positions``); in a per-slice frame, where each draw has its own
 orientation, the generalised Procrustes mean of the draws (rotations, reflections and
 translations, no scaling).
 """
@@ -23,10 +23,6 @@ from __future__ import annotations
 import numpy as np
 from scipy.linalg import orthogonal_procrustes
 
-CONSENSUS_KEY = "spatial_pred_consensus"  # obsm key of the sample files
-# joint: every draw of the virtual tissue, (N, S, d) and (N, S, G), draw 0 = spatial_pred / expr_pred
-JOINT_POSITION_DRAWS_KEY = "spatial_pred_draws"
-JOINT_EXPRESSION_DRAWS_KEY = "expr_pred_draws"
 CONSENSUS_PREFIX = "consensus_"  # its metrics: the draw's metrics under this prefix
 
 
