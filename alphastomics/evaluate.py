@@ -503,7 +503,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     config = load_config(args.config).evaluation
     if args.if_status:
-        from alphastomics.peers.run import STATUS_OK, read_status
+        from alphastomics.io.peer_status import STATUS_OK, read_status
 
         status = read_status(args.if_status)
         if status["status"] != STATUS_OK:

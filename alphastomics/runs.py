@@ -49,7 +49,7 @@ def read_benchmark(path: str | Path) -> tuple[float, float]:
 
 def runs_table(status_files: list[str | Path], benchmark_files: list[str | Path], dataset: str,
                slice_ids_by_key: dict[str, str] | None = None) -> pd.DataFrame:
-    from alphastomics.peers.run import STATUS_OK, read_status
+    from alphastomics.io.peer_status import STATUS_OK, read_status
 
     rows: dict[tuple[str, str, str], dict] = {}
     for path in status_files:

@@ -25,33 +25,12 @@ import time
 import traceback
 from pathlib import Path
 
-from alphastomics.io.files import atomic_write_text
 from alphastomics import EVALUATION_MODES
 from alphastomics.errors import InputError
+from alphastomics.io.peer_status import STATUS_FAILED, STATUS_NOT_APPLICABLE, STATUS_OK, write_status
 from alphastomics.peers import PEER_MODES, PEER_PACKAGES
 
 log = logging.getLogger(__name__)
-
-STATUS_OK, STATUS_FAILED, STATUS_NOT_APPLICABLE = "ok", "failed", "not applicable"
-
-
-def write_json_atomic(path: str | Path, data: dict) -> None:
-    atomic_write_text(path, json.dumps(data, indent=1) + "\n")
-
-
-def read_status(path: str | Path) -> dict:
-    """A status record, with an InputError naming the file when it is missing or malformed."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: status record not found")
-    try:
-        status = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise InputError(f"{path}: not a readable status record ({err})") from None
-    missing = [k for k in ("method", "mode", "status") if k not in status]
-    if missing or not isinstance(status, dict):
-        raise InputError(f"{path}: status record lacks {', '.join(missing) or 'a mapping'}")
-    return status
 
 
 def _child(args: dict, error_path: str) -> None:
@@ -176,7 +155,7 @@ def run_peer(method: str, mode: str, data: str, slice_id: str, out: str | Path, 
         record.update(status=STATUS_OK, reason="", sample=str(out))
     if record["status"] != STATUS_OK:
         out.unlink(missing_ok=True)
-    write_json_atomic(status_path, record)
+    write_status(status_path, record)
     return record
 
 
