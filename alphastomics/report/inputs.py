@@ -19,7 +19,7 @@ import pandas as pd
 from alphastomics import GENERATED_BY_MODE, MODES
 from alphastomics.errors import InputError
 from alphastomics.io import sample_file
-from alphastomics.io.metric_tables import TABLE_COLUMNS
+from alphastomics.io.metric_tables import TABLE_COLUMNS, read_metric_table
 from alphastomics.io.sample_file import DEFAULT_METHOD, cell_type_labels
 from alphastomics.report.plots import UNKNOWN_LABEL
 
@@ -32,18 +32,7 @@ MAIN_METHOD = DEFAULT_METHOD  # listed first in every table
 def load_metrics(paths: list[str | Path]) -> pd.DataFrame:
     frames = []
     for p in paths:
-        p = Path(p)
-        if not p.is_file():
-            raise InputError(f"metric table not found: {p}")
-        try:
-            df = pd.read_csv(p, sep="\t")
-        except Exception as err:  # noqa: BLE001
-            raise InputError(f"cannot read metric table {p}: {err}") from err
-        missing = [c for c in METRIC_COLUMNS if c not in df.columns]
-        if missing:
-            raise InputError(f"metric table {p} lacks column(s) {', '.join(missing)} (expected {', '.join(METRIC_COLUMNS)})")
-        df = df[METRIC_COLUMNS].copy()
-        df["value"] = pd.to_numeric(df["value"], errors="coerce")
+        df = read_metric_table(p)
         for c in ("dataset", "slice", "mode", "method", "metric"):
             df[c] = df[c].astype(str)
         frames.append(df)
