@@ -14,7 +14,6 @@ from alphastomics.errors import InputError
 from alphastomics.heldout import heldout_genes
 from alphastomics.io.manifest import load_manifest
 from alphastomics.io.sample_file import point_prediction_sample
-from alphastomics.io.sample_file import write_sample as write_h5ad_atomic  # noqa: F401 - peers.run writes through it
 from alphastomics.io.shards import SliceData, load_slice
 
 

@@ -40,7 +40,8 @@ def _child(args: dict, error_path: str) -> None:
             from alphastomics.cli import limit_threads
 
             limit_threads(args["threads"])
-        from alphastomics.peers.common import NotApplicable, load_inputs, write_h5ad_atomic
+        from alphastomics.io.sample_file import INFO, write_sample
+        from alphastomics.peers.common import NotApplicable, load_inputs
         from alphastomics.peers.methods import run_method
 
         try:
@@ -50,10 +51,10 @@ def _child(args: dict, error_path: str) -> None:
         except NotApplicable as err:
             Path(error_path).write_text(json.dumps({"status": STATUS_NOT_APPLICABLE, "reason": str(err)}))
             os._exit(0)
-        adata.uns["alphastomics"]["dataset"] = args["dataset"] or adata.uns["alphastomics"].get("dataset", "")
-        write_h5ad_atomic(adata, args["out"])
+        adata.uns[INFO]["dataset"] = args["dataset"] or adata.uns[INFO].get("dataset", "")
+        write_sample(adata, args["out"])
         # what the method's package did (version, settings, whether its solver converged) goes into the status record
-        run = adata.uns["alphastomics"].get("method_run")
+        run = adata.uns[INFO].get("method_run")
         Path(error_path).write_text(json.dumps({"status": STATUS_OK, "reason": "", "method_run": _plain(run)}))
     except ImportError as err:
         package = PEER_PACKAGES.get(args["method"], err.name or "?")
