@@ -1,10 +1,10 @@
 """One layout of a slice from the model's ``expr_to_pos`` draws: the consensus layout.
 
 Each draw is a sample of where the cells may lie. It has the tissue's size and shape, but every
-cell carries its own share of the posterior's spread, which scrambles local neighbourhoods (BDTNP
-slab2: kNN@10 0.07-0.10 per draw). The mean of each cell's position over the posterior removes
-that noise but pulls the cells the model is unsure of towards the middle, so the tissue shrinks
-along the axes the model is unsure of (the same slab: kNN@10 0.32, thinnest extent 0.41).
+cell carries its own share of the posterior's spread, which scrambles local neighbourhoods. The
+mean of each cell's position over the posterior removes that noise but pulls the cells the model
+is unsure of towards the middle, so the tissue shrinks along the axes the model is unsure of
+(docs/findings/sampling.md, "The consensus layout").
 
 The consensus layout keeps the mean's order and the draws' size: the mean is moved by the linear
 map that gives it the draws' covariance with the least displacement of its cells (the optimal-

@@ -284,8 +284,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                        help="a per-slice covariate the model was trained with (repeatable)")
     guide.add_argument("--guidance-scale", type=float, default=None,
                        help="classifier-free guidance of expression: 0 unconditional, 1 conditional, > 1 stronger (positions "
-                            "stop at 1). Default 2 for --condition / --slice-condition (on STARmap pos_to_expr, 80%% of cells "
-                            "typed as their condition, 12%% unconditionally), for the cell types a joint sample draws 3 "
+                            "stop at 1). Default 2 for --condition / --slice-condition (docs/conditions.md), for the cell types "
+                            "a joint sample draws 3 "
                             "at the middle noise levels only (0.2-0.7 of the steps; a scale given here applies at every level)")
     guide.add_argument("--target", default=None, metavar="GENE:high|low|LEVEL,... or TSV",
                        help="expression levels to steer generated cells towards (gradient guidance)")
