@@ -294,14 +294,11 @@ def _write_csv_atomically(frame, path: Path) -> None:
 
 
 def code_fingerprint() -> str:
-    """Hash of the model, diffusion and data code: a checkpoint made by other code is not resumed."""
-    root = Path(__file__).parent
-    digest = hashlib.sha256(__version__.encode())
-    for sub in ("model", "diffusion", "data"):
-        for path in sorted((root / sub).glob("*.py")):
-            digest.update(path.read_bytes())
-    digest.update(Path(__file__).read_bytes())
-    return digest.hexdigest()
+    """Hash of every package file the train command runs (the pipeline's fingerprint of the stage,
+    alphastomics.stages): a checkpoint made by other code is not resumed."""
+    from alphastomics.stages import StageFiles
+
+    return hashlib.sha256(f"{__version__} {StageFiles().fingerprint('train')}".encode()).hexdigest()
 
 
 def resume_key(config: Config, genes: list[str], train_ids: list[str], coordinate_frame: str) -> str:
