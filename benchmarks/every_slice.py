@@ -93,9 +93,10 @@ def fold_datasets(names: list[str], labels: str) -> tuple[dict, list[dict]]:
         slices = dataset_slices(spec)
         if len(slices) < 2:
             raise SystemExit(f"every_slice: {name} has {len(slices)} slice(s); holding one out needs at least 2")
-        variants = ["labels"]
-        if has_labels(spec) and labels in ("both", "without"):
-            variants = ["labels", "no labels"] if labels == "both" else ["no labels"]
+        if not has_labels(spec):
+            variants = ["no labels in the data"]
+        else:
+            variants = {"both": ["labels", "no labels"], "with": ["labels"], "without": ["no labels"]}[labels]
         for variant in variants:
             for i, held_out in enumerate(slices):
                 fold = copy.deepcopy(spec)
@@ -258,7 +259,10 @@ def markdown(summary: pd.DataFrame, judged: list[dict], folds: list[dict], wall_
     for f in folds:
         fold_list.setdefault((f["dataset"], f["variant"]), []).append(f["slice"])
     for (dataset, variant), sub in summary.groupby(["dataset", "variant"], sort=False):
-        lines += [f"## {dataset} ({variant}; held out in turn: {', '.join(fold_list.get((dataset, variant), []))})", ""]
+        planned = fold_list.get((dataset, variant), [])
+        done = int(sub["folds"].max()) if not sub.empty else 0
+        lines += [f"## {dataset} ({variant}; held out in turn: {', '.join(planned)}; "
+                  f"{done} of {len(planned)} folds scored)", ""]
         lines += ["| mode | metric | AlphaSTomics | peers (fold mean ± sd) | real slices (range) | verdict |", "|---|---|---|---|---|---|"]
         for v in [j for j in judged if j["dataset"] == dataset and j["variant"] == variant]:
             rows = sub[(sub["mode"] == v["mode"]) & (sub["metric"] == v["metric"])]

@@ -28,7 +28,7 @@ def test_every_slice_of_a_dataset_is_held_out_once_with_and_without_labels(every
         f["slice"] for f in starmap if f["variant"] == "no labels")
     assert len({f["slice"] for f in starmap}) == 3 and len(starmap) == 6
     bdtnp = [f for f in folds if f["dataset"] == "bdtnp_drosophila"]
-    assert {f["variant"] for f in bdtnp} == {"labels"} and len(bdtnp) == 4  # no labels to drop
+    assert {f["variant"] for f in bdtnp} == {"no labels in the data"} and len(bdtnp) == 4  # no labels to drop
     for fold in folds:
         entry = config["datasets"][fold["fold_dataset"]]
         assert entry["test_slices"] == [fold["slice"]] and entry["validation_slices"] == []
