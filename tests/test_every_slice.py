@@ -61,3 +61,14 @@ def test_fold_means_are_judged_against_the_best_peer_and_the_real_slices_range(e
     energy = verdict[("joint", "expr_energy_distance_pca")]
     # lower is better: a mean of 0.40 within the real slices' range [0.2, 0.6]
     assert energy["met"] is True and energy["real_min"] == pytest.approx(0.2) and energy["real_max"] == pytest.approx(0.6)
+
+
+def test_a_mode_whose_only_rivals_are_lower_bounds_is_not_judged(every_slice):
+    """pos_to_expr in per-slice frames: kNN of positions does not apply, so only the training mean
+    ran; beating a lower bound alone is no verdict."""
+    base = {"dataset": "d", "variant": "labels", "slice": "s0", "fold_dataset": "d-fold0", "mode": "pos_to_expr",
+            "metric": "expr_mean_pearson_gene_median", "against": "peers"}
+    table = pd.DataFrame([{**base, "method": "alphastomics", "role": "model", "value": 0.05},
+                          {**base, "method": "training_mean", "role": "peer", "value": 0.0}])
+    (verdict,) = every_slice.verdicts(every_slice.summarise(table))
+    assert verdict["met"] is None and "training_mean" in verdict["verdict"]
