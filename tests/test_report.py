@@ -635,15 +635,19 @@ def test_targets_say_plainly_where_alphastomics_is_not_ahead():
 
 def test_pos_to_expr_is_a_target_against_its_peers():
     """pos_to_expr has a peer (kNN in a shared frame), so the targets judge it: AlphaSTomics' posterior
-    mean against the kNN row; without a rival with a value (per-slice frames) it is not measured."""
+    mean against the kNN row; without a rival, or with lower bounds alone (per-slice frames), it is not measured."""
     columns = ["dataset", "slice", "mode", "method", "metric", "value"]
     metrics = pd.DataFrame([("d", "s1", "pos_to_expr", "alphastomics", "expr_mean_pearson_gene_median", 0.62),
                             ("d", "s1", "pos_to_expr", "knn", "expr_mean_pearson_gene_median", 0.78),
-                            ("d", "s2", "pos_to_expr", "alphastomics", "expr_mean_pearson_gene_median", 0.5)], columns=columns)
+                            ("d", "s2", "pos_to_expr", "alphastomics", "expr_mean_pearson_gene_median", 0.5),
+                            ("d", "s3", "pos_to_expr", "alphastomics", "expr_mean_pearson_gene_median", 0.04),
+                            ("d", "s3", "pos_to_expr", "training_mean", "expr_mean_pearson_gene_median", 0.0)], columns=columns)
     targets = {(t["slice"], t["mode"]): t for t in tables.target_rows(metrics)}
     behind = targets[("s1", "pos_to_expr")]
     assert behind["met"] is False and "knn" in behind["verdict"]
     assert targets[("s2", "pos_to_expr")]["met"] is None
+    bounds_only = targets[("s3", "pos_to_expr")]  # a per-slice frame: only the training mean ran
+    assert bounds_only["met"] is None and "lower bounds" in bounds_only["verdict"]
 
 
 def test_the_oracle_is_a_reference_row_never_ranked_nor_a_rival():

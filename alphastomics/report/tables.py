@@ -401,6 +401,9 @@ def target_rows(df: pd.DataFrame) -> list[dict]:
                 else:
                     rivals = {m: values.get(m, np.nan) for m in against}
                 rivals = {m: v for m, v in rivals.items() if np.isfinite(v)}
+                # lower bounds alone (pos_to_expr in per-slice frames, where kNN of positions does
+                # not apply) are no rivals of their own: beating them is no verdict
+                only_bounds = against == "peers" and rivals and all(m in LOWER_BOUNDS for m in rivals)
                 row = {"dataset": ds, "slice": sl, "mode": mode, "metric": metric, "direction": direction,
                        "alphastomics": fmt_value(float(mine)), "alphastomics_metric": mine_metric,
                        "against": against if isinstance(against, str) else ", ".join(against)}
@@ -408,6 +411,9 @@ def target_rows(df: pd.DataFrame) -> list[dict]:
                     row.update(met=None, verdict="not measured: AlphaSTomics has no value", best_rival="–", best_value="–")
                 elif not rivals:
                     row.update(met=None, verdict="not measured: no rival has a value", best_rival="–", best_value="–")
+                elif only_bounds:
+                    row.update(met=None, verdict=f"not measured: only lower bounds ran ({', '.join(sorted(rivals))})",
+                               best_rival="–", best_value="–")
                 else:
                     better = (lambda a, b: a > b) if direction == "higher" else (lambda a, b: a < b)
                     best_rival = max(rivals, key=lambda m: rivals[m]) if direction == "higher" else min(rivals, key=lambda m: rivals[m])
