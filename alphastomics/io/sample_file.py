@@ -236,6 +236,19 @@ def sample_info(adata: ad.AnnData) -> dict:
     return dict(adata.uns.get(INFO, {}))
 
 
+def plain(value):
+    """A value of ``uns`` (numpy scalars and arrays inside, as h5py returns them) in plain Python types, as JSON takes them."""
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
 def measured_genes(adata: ad.AnnData) -> np.ndarray:
     """(G,) bool: var['measured'], every gene where the file does not say."""
     if MEASURED in adata.var:

@@ -28,6 +28,7 @@ from pathlib import Path
 from alphastomics import EVALUATION_MODES
 from alphastomics.errors import InputError
 from alphastomics.io.peer_status import STATUS_FAILED, STATUS_NOT_APPLICABLE, STATUS_OK, write_status
+from alphastomics.io.sample_file import plain
 from alphastomics.peers import PEER_MODES, PEER_PACKAGES
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ def _child(args: dict, error_path: str) -> None:
         write_sample(adata, args["out"])
         # what the method's package did (version, settings, whether its solver converged) goes into the status record
         run = adata.uns[INFO].get("method_run")
-        Path(error_path).write_text(json.dumps({"status": STATUS_OK, "reason": "", "method_run": _plain(run)}))
+        Path(error_path).write_text(json.dumps({"status": STATUS_OK, "reason": "", "method_run": plain(run)}))
     except ImportError as err:
         package = PEER_PACKAGES.get(args["method"], err.name or "?")
         reason = f"not installed: {package} ({err}); install the peers extra: pip install -e '.[peers]'"
@@ -70,17 +71,6 @@ def _child(args: dict, error_path: str) -> None:
                                                 "traceback": traceback.format_exc()[-4000:]}))
         os._exit(2)
     os._exit(0)
-
-
-def _plain(value):
-    """A sample file's uns value (numpy scalars and arrays inside) as plain JSON types."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    return value
 
 
 def run_note(run: dict | None) -> str:

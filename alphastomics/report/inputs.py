@@ -68,15 +68,6 @@ class Sample:
         return "expression" in self.generated and sample_file.EXPR_PRED in self.adata.layers
 
 
-def _plain(v):
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    if isinstance(v, np.generic):
-        return v.item()
-    if isinstance(v, dict):
-        return {k: _plain(x) for k, x in v.items()}
-    return v
-
 
 def load_sample(path: str | Path, slice_ids_by_key: dict[str, str] | None = None) -> Sample:
     """One sample file. Where it does not record its slice, the slice is taken from ``obs`` or
@@ -86,7 +77,7 @@ def load_sample(path: str | Path, slice_ids_by_key: dict[str, str] | None = None
     adata = sample_file.read_sample(path)
     if sample_file.SPATIAL not in adata.obsm:
         raise InputError(f"sample file {path} has no obsm['{sample_file.SPATIAL}'] (true coordinates)")
-    meta = _plain(sample_file.sample_info(adata))
+    meta = sample_file.plain(sample_file.sample_info(adata))
     stem = path.name[: -len(".h5ad")] if path.name.endswith(".h5ad") else path.stem
     parts = stem.split(".")
     mode = str(meta.get("mode") or (parts[1] if len(parts) > 1 else "unknown"))

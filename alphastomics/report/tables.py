@@ -16,7 +16,7 @@ import pandas as pd
 from alphastomics import MODES
 from alphastomics.layout import CONSENSUS_PREFIX
 from alphastomics.metrics import metric_direction
-from alphastomics.peers import ORACLES
+from alphastomics.peers import LOWER_BOUNDS, ORACLES
 from alphastomics.references import REAL_PREFIX
 from alphastomics.report.inputs import MAIN_METHOD
 
@@ -32,7 +32,6 @@ MODE_DESCRIPTION = {
 
 # Lower bounds (the simplest predictor of a mode): listed after the peers; they compete (a method
 # that does not beat them has learnt nothing), unlike reference rows.
-LOWER_BOUNDS = ("random", "pca", "training_mean")
 
 # (category, pattern): the first matching pattern names a metric's category (expression first, so
 # that expr_energy_distance is not read as a coordinate distance).
