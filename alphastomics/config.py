@@ -203,10 +203,22 @@ class SamplingConfig:
     # off by default: cells land nearer their true place, but the slice's thinnest axis thins and
     # distances rank a little worse (docs/findings/sampling.md).
     atlas_context_cells: int = 0
+    # expr_to_pos and impute: the per-cell estimates (consensus layout, posterior mean of the hidden
+    # genes) smoothed over the cells' nearest neighbours in their given expression
+    # (alphastomics.expression_graph); rounds per mode, 0: off. Chosen on the every-slice folds
+    # (docs/findings/model.md, "Neighbours in expression").
+    expression_graph_neighbours: int = 10
+    expression_graph_components: int = 30
+    layout_smoothing_steps: int = 10
+    impute_smoothing_steps: int = 3
 
     def draws(self, mode: str) -> int:
         """Draws per slice of a mode, when the command line does not say."""
         return self.joint_num_samples if mode == "joint" else self.num_samples
+
+    def smoothing_steps(self, mode: str) -> int:
+        """Rounds of smoothing over the expression graph in a mode (0 where nothing is given to build it from)."""
+        return {"expr_to_pos": self.layout_smoothing_steps, "impute": self.impute_smoothing_steps}.get(mode, 0)
 
     def validate(self) -> None:
         _check_against_schema("sampling", self)
@@ -216,6 +228,10 @@ class SamplingConfig:
             raise ConfigError("sampling.num_samples and sampling.joint_num_samples must be at least 1")
         if self.posterior_mean_draws < 1:
             raise ConfigError("sampling.posterior_mean_draws must be at least 1")
+        if self.expression_graph_neighbours < 1 or self.expression_graph_components < 1:
+            raise ConfigError("sampling.expression_graph_neighbours and sampling.expression_graph_components must be at least 1")
+        if self.layout_smoothing_steps < 0 or self.impute_smoothing_steps < 0:
+            raise ConfigError("sampling.layout_smoothing_steps and sampling.impute_smoothing_steps must be at least 0 (0: off)")
         check_expression_temperature(self.expression_temperature, "sampling.expression_temperature")
         _check_choice("sampling.sampler", self.sampler, ("ancestral", "ddim"))
         _check_choice("sampling.joint_cell_types", self.joint_cell_types, JOINT_CELL_TYPES)

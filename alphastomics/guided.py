@@ -15,8 +15,9 @@ import torch
 from alphastomics import GENERATED_BY_MODE
 from alphastomics.data.batch import SliceBatch
 from alphastomics.diffusion.sampler import FULL_INTERVAL
-from alphastomics.draws import Draws, draw_samples
+from alphastomics.draws import Draws, default_expression_graph, draw_samples, smoothed_by_given_expression
 from alphastomics.errors import InputError
+from alphastomics.expression_graph import ExpressionGraph
 from alphastomics.guidance import apply_conditions, objective, parse_target
 from alphastomics.io.sample_file import CELL_TYPE_DRAWN, CONDITION_CELL_TYPE, TARGET_OBJECTIVE, TARGET_OBJECTIVE_UNGUIDED, TARGETED
 from alphastomics.io.shards import SliceData
@@ -100,9 +101,11 @@ def patch_size_caveat(model: LoadedModel, mode: str, n_cells: int) -> str | None
 def guided_draws(model: LoadedModel, batch: SliceBatch, data: SliceData, mode: str, num_samples: int, seed: int,
                  steps: int | None, sampler: str, progress: bool, request: GuidanceRequest | None, source: str,
                  posterior_mean_draws: int | None = None, expression_temperature: float | None = None,
-                 ) -> tuple[Draws, dict, dict[str, np.ndarray], Draws | None]:
+                 expression_graph: ExpressionGraph | None = None) -> tuple[Draws, dict, dict[str, np.ndarray], Draws | None]:
     """Draws with the request's conditions and target; (draws, uns entries, obs columns, the same
-    seeds drawn without conditions or target when either was asked for)."""
+    seeds drawn without conditions or target when either was asked for). expr_to_pos and impute:
+    the draws' per-cell estimates smoothed over the cells' neighbours in their given expression
+    (``expression_graph``, default the model's sampling settings; alphastomics.expression_graph)."""
     request = request or GuidanceRequest()
     drawn = drawn_cell_types(model, request, mode, len(data.cell_ids), seed)
     if drawn is not None:
@@ -117,8 +120,10 @@ def guided_draws(model: LoadedModel, batch: SliceBatch, data: SliceData, mode: s
         target = parse_target(request.target, model.genes, model.codec, data.cell_ids, request.target_cells, given,
                               request.target_region)
     scale, interval = guidance_settings(request, drawn is not None)
+    expression_graph = expression_graph or default_expression_graph(model, mode)
     draws = draw_samples(model, batch, mode, num_samples, seed, steps, sampler, progress, scale, target, request.target_scale,
                          posterior_mean_draws, interval, expression_temperature)
+    draws = smoothed_by_given_expression(draws, data.expression, batch, mode, expression_graph)
     uns, obs = {}, {}
     caveat = patch_size_caveat(model, mode, len(data.cell_ids))
     if caveat:
@@ -147,6 +152,7 @@ def guided_draws(model: LoadedModel, batch: SliceBatch, data: SliceData, mode: s
         unguided = draw_samples(model, plain, mode, num_samples, seed, steps, sampler, progress,
                                 posterior_mean_draws=posterior_mean_draws if request.slice_conditions else num_samples,
                                 expression_temperature=expression_temperature)
+        unguided = smoothed_by_given_expression(unguided, data.expression, plain, mode, expression_graph)
     if request.condition or request.slice_conditions:
         uns["conditions"] = {"cell_type": request.condition or "", "slice_conditions": dict(request.slice_conditions),
                              "baseline_slice_conditions": own, "guidance_scale": scale}

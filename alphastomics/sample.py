@@ -19,6 +19,7 @@ from alphastomics.diffusion.sampler import SAMPLERS
 from alphastomics.draws import (  # noqa: F401 - the sampling API that scripts and tests import from here
     Draws,
     cell_embedding,
+    default_expression_graph,
     draw_samples,
     expected_expression,
     expected_positions,
@@ -27,6 +28,7 @@ from alphastomics.draws import (  # noqa: F401 - the sampling API that scripts a
     position_uncertainty,
 )
 from alphastomics.errors import InputError
+from alphastomics.expression_graph import SMOOTHED, ExpressionGraph
 from alphastomics.guidance import parse_slice_conditions
 from alphastomics.guided import GuidanceRequest, guided_draws
 from alphastomics.heldout import heldout_genes
@@ -85,7 +87,7 @@ def sample_slice(checkpoint: str | Path, data_dir: str | Path, slice_id: str, mo
                  progress: bool = True, sampler: str | None = None, holdout_fraction: float | None = None,
                  holdout_seed: int | None = None, guidance: GuidanceRequest | None = None,
                  posterior_mean_draws: int | None = None, atlas_context_cells: int | None = None,
-                 expression_temperature: float | None = None) -> ad.AnnData:
+                 expression_temperature: float | None = None, expression_graph: dict | None = None) -> ad.AnnData:
     """One slice of a preprocessed dataset in one mode. ``impute``: the genes chosen by
     alphastomics.heldout (``holdout_fraction``, ``holdout_seed``; default the config's) are hidden
     and generated from the other genes and the coordinates. ``atlas_context_cells``: see
@@ -119,9 +121,10 @@ def sample_slice(checkpoint: str | Path, data_dir: str | Path, slice_id: str, mo
     sampler = sampler or model.config.sampling.sampler
     if expression_temperature is None:
         expression_temperature = model.config.sampling.expression_temperature
+    expression_graph = dataclasses.replace(default_expression_graph(model, mode), **(expression_graph or {}))
     draws, guidance_uns, guidance_obs, unguided = guided_draws(model, batch, placed, mode, num_samples, seed, steps, sampler,
                                                                progress, guidance, f"{data_dir}: slice {slice_id!r}",
-                                                               posterior_mean_draws, expression_temperature)
+                                                               posterior_mean_draws, expression_temperature, expression_graph)
     if context is not None:
         n = len(data.cell_ids)
         draws, unguided = first_cells(draws, n), unguided and first_cells(unguided, n)
@@ -140,6 +143,7 @@ def sample_slice(checkpoint: str | Path, data_dir: str | Path, slice_id: str, mo
             "posterior_mean_draws": draws.posterior_mean_draws,
             "sampler": sampler,
             "expression_temperature": expression_temperature,
+            **expression_graph_record(expression_graph, mode),
             "steps": steps or model.schedule.steps,
             "checkpoint_sha256": model.sha256,
             "train_slices": list(model.train_slices),
@@ -163,7 +167,8 @@ def to_anndata(data: SliceData, draws: Draws, mode: str, frame_kind: str, heldou
 def sample_user_data(model: LoadedModel, user: UserData, mode: str, steps: int | None, seed: int, num_samples: int,
                      sampler: str, impute_genes: list[str] | None = None, holdout_fraction: float | None = None,
                      holdout_seed: int = 0, progress: bool = True, guidance: GuidanceRequest | None = None,
-                     posterior_mean_draws: int | None = None, expression_temperature: float | None = None) -> ad.AnnData:
+                     posterior_mean_draws: int | None = None, expression_temperature: float | None = None,
+                     expression_graph: dict | None = None) -> ad.AnnData:
     """Sample every slice of a user's file (alphastomics.user_data) in one mode; one AnnData.
 
     Generated expression covers every gene the model knows (measured in training). ``impute``:
@@ -173,6 +178,7 @@ def sample_user_data(model: LoadedModel, user: UserData, mode: str, steps: int |
     """
     if expression_temperature is None:
         expression_temperature = model.config.sampling.expression_temperature
+    expression_graph = dataclasses.replace(default_expression_graph(model, mode), **(expression_graph or {}))
     needs = {"expr_to_pos": ["expression"], "pos_to_expr": ["coordinates"], "impute": ["expression", "coordinates"], "joint": []}[mode]
     source = user.report.get("source", "the input")
     if "expression" in needs and not user.has_expression:
@@ -193,7 +199,7 @@ def sample_user_data(model: LoadedModel, user: UserData, mode: str, steps: int |
         batch = known_batch(model, model_view, mode, heldout)
         draws, guidance_uns, guidance_obs, unguided = guided_draws(model, batch, data, mode, num_samples, seed, steps, sampler,
                                                                    progress, guidance, source, posterior_mean_draws,
-                                                                   expression_temperature)
+                                                                   expression_temperature, expression_graph)
         adata = to_anndata(data, draws, mode, model.frame.kind, heldout, generated_genes, user.has_coordinates)
         attach_guidance(adata, guidance_uns, guidance_obs, unguided and to_anndata(
             data, unguided, mode, model.frame.kind, heldout, generated_genes, user.has_coordinates))
@@ -204,8 +210,20 @@ def sample_user_data(model: LoadedModel, user: UserData, mode: str, steps: int |
     adata.uns[INFO] = {**parts[0].uns[INFO], "slice_id": ", ".join(d.slice_id for d in user.slices),
                                  "input": _plain_report(user.report), "seeds": draws.seeds, "num_samples": num_samples,
                                  "posterior_mean_draws": draws.posterior_mean_draws, "sampler": sampler,
-                                 "expression_temperature": expression_temperature}
+                                 "expression_temperature": expression_temperature,
+                                 **expression_graph_record(expression_graph, mode)}
     return adata
+
+
+def expression_graph_record(settings: ExpressionGraph, mode: str) -> dict:
+    """The sample file's record of the smoothing over given expression, in the modes that have one."""
+    return {"expression_graph": settings.record(mode)} if mode in SMOOTHED else {}
+
+
+def expression_graph_overrides(args: argparse.Namespace) -> dict:
+    """The graph settings given on the command line (the others come from the model's sampling settings)."""
+    given = {"neighbours": args.graph_neighbours, "components": args.graph_components, "steps": args.smoothing_steps}
+    return {key: value for key, value in given.items() if value is not None}
 
 
 def impute_target(data: SliceData, model: LoadedModel, impute_genes: list[str] | None, holdout_fraction: float | None,
@@ -297,6 +315,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--atlas-context-cells", type=int, default=None, metavar="N",
                    help="expr_to_pos in a shared frame, on a dataset directory: lay the slice out among up to N cells of the "
                         "training slices (their expression only), then drop them; 0: alone (default: sampling.atlas_context_cells)")
+    graph = p.add_argument_group("neighbours in given expression (expr_to_pos, impute; alphastomics.expression_graph)")
+    graph.add_argument("--smoothing-steps", type=int, default=None, metavar="N",
+                       help="rounds of smoothing the consensus layout (expr_to_pos) or the hidden genes' posterior mean "
+                            "(impute) over the cells' nearest neighbours in their given expression; 0: off (default: "
+                            "sampling.layout_smoothing_steps, sampling.impute_smoothing_steps)")
+    graph.add_argument("--graph-neighbours", type=int, default=None, metavar="K",
+                       help="neighbours per cell in that graph (default: sampling.expression_graph_neighbours)")
+    graph.add_argument("--graph-components", type=int, default=None, metavar="N",
+                       help="principal components of the standardised given genes behind it (default: "
+                            "sampling.expression_graph_components)")
     guide.add_argument("--joint-cell-types", choices=JOINT_CELL_TYPES, default=None,
                        help="joint on a model conditioned on cell type: give the cells the training composition (which "
                             "cell gets which type drawn) and generate the tissue given them (training), or sample "
@@ -312,13 +340,18 @@ def main(args: argparse.Namespace) -> int:
                                scale=args.guidance_scale, target=args.target, target_scale=args.target_scale,
                                target_cells=args.target_cells, target_region=args.target_region,
                                joint_cell_types=args.joint_cell_types)
+    for flag, value, least in (("--smoothing-steps", args.smoothing_steps, 0), ("--graph-neighbours", args.graph_neighbours, 1),
+                               ("--graph-components", args.graph_components, 1)):
+        if value is not None and value < least:
+            raise InputError(f"{flag} must be at least {least}, not {value}")
     if args.data is not None and Path(args.data).is_dir():
         if args.slice_id is None:
             raise InputError(f"{args.data}: a preprocessed dataset directory: name the slice with --slice")
         adata = sample_slice(args.checkpoint, args.data, args.slice_id, args.mode, args.steps, args.seed, args.device,
                              args.dataset, args.num_samples, sampler=args.sampler, holdout_fraction=args.holdout_fraction,
                              holdout_seed=args.holdout_seed, guidance=guidance, posterior_mean_draws=args.posterior_mean_draws,
-                             atlas_context_cells=args.atlas_context_cells, expression_temperature=args.expression_temperature)
+                             atlas_context_cells=args.atlas_context_cells, expression_temperature=args.expression_temperature,
+                             expression_graph=expression_graph_overrides(args))
     else:
         model = load_model(args.checkpoint, args.device)
         dims = args.dims or model.frame.dims
@@ -336,7 +369,8 @@ def main(args: argparse.Namespace) -> int:
         adata = sample_user_data(model, user, args.mode, model.sampling_steps(args.steps), args.seed,
                                  args.num_samples or model.config.sampling.draws(args.mode), args.sampler or model.config.sampling.sampler,
                                  impute, args.holdout_fraction, args.holdout_seed or 0, guidance=guidance,
-                                 posterior_mean_draws=args.posterior_mean_draws, expression_temperature=args.expression_temperature)
+                                 posterior_mean_draws=args.posterior_mean_draws, expression_temperature=args.expression_temperature,
+                                 expression_graph=expression_graph_overrides(args))
         adata.uns[INFO].update({"dataset": args.dataset or "", "checkpoint_sha256": model.sha256,
                                           "train_slices": list(model.train_slices), "runtime_s": round(time.time() - started, 2)})
     write_h5ad_atomic(adata, args.out)

@@ -113,11 +113,13 @@ def test_every_bad_value_is_refused_naming_its_key(section, key, value):
 def test_joint_draws_its_own_number_of_tissues(tmp_path):
     """A joint draw is a whole tissue kept in the sample file: its count is sampling.joint_num_samples,
     not the expr_to_pos draws of sampling.num_samples, in the package and in the pipeline's sample rule
-    (which also passes the config's expression temperature on)."""
+    (which also passes the config's expression temperature and the smoothing over given expression on,
+    per mode)."""
     sampling = config_from_dict({"sampling": {"num_samples": 32, "joint_num_samples": 3}}).sampling
     assert sampling.draws("joint") == 3 and sampling.draws("expr_to_pos") == sampling.draws("pos_to_expr") == 32
     config = yaml.safe_load((REPO / "config/config.yaml").read_text())
-    config["sampling"].update(num_samples=6, joint_num_samples=2, expression_temperature=0.7)
+    config["sampling"].update(num_samples=6, joint_num_samples=2, expression_temperature=0.7, layout_smoothing_steps=7,
+                              expression_graph_neighbours=12)
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     import subprocess
 
@@ -130,6 +132,8 @@ def test_joint_draws_its_own_number_of_tissues(tmp_path):
     by_mode = {m: next(c for c in commands if f"--mode {m}" in c) for m in ("joint", "expr_to_pos")}
     assert "--num-samples 2 " in by_mode["joint"] and "--num-samples 6 " in by_mode["expr_to_pos"]
     assert all("--expression-temperature 0.7 " in command for command in by_mode.values())
+    assert "--smoothing-steps 7 " in by_mode["expr_to_pos"] and "--smoothing-steps 0 " in by_mode["joint"]
+    assert all("--graph-neighbours 12 " in command for command in by_mode.values())
 
 
 def _violations(rule: dict):

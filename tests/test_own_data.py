@@ -155,16 +155,19 @@ def test_posterior_mean_averages_every_starting_noise_whatever_the_chunk(small_m
 def test_expr_to_pos_keeps_a_consensus_layout_scored_as_a_draw_is(small_models, tmp_path):
     """obsm['spatial_pred_consensus']: in a shared frame, the first-step x0 estimates of the starting
     noises averaged (whatever the chunk), in source units, given the draws' spread; in a per-slice
-    frame, the Procrustes mean of the draws given their spread. evaluate scores it under
-    consensus_* exactly as it scores the first draw."""
+    frame, the Procrustes mean of the draws given their spread; by default then smoothed over the
+    cells' neighbours in their given expression. evaluate scores it under consensus_* exactly as it
+    scores the first draw."""
     from alphastomics.checkpoint import load_model
     from alphastomics.config import EvaluationConfig
     from alphastomics.evaluate import evaluate_sample
+    from alphastomics.expression_graph import ExpressionGraph, neighbour_graph, smooth
     from alphastomics.io.manifest import load_manifest
     from alphastomics.io.shards import load_slice
-    from alphastomics.layout import consensus_layout
+    from alphastomics.layout import consensus_layout, matched_spread
     from alphastomics.metrics import neighbourhoods
-    from alphastomics.draws import draw_samples, expected_positions, known_batch
+    from alphastomics.draws import (default_expression_graph, draw_samples, expected_positions, known_batch,
+                                    smoothed_by_given_expression)
     from alphastomics.sample import sample_slice
 
     checkpoint, data_dir, slice_id = small_models["bdtnp"]
@@ -178,10 +181,25 @@ def test_expr_to_pos_keeps_a_consensus_layout_scored_as_a_draw_is(small_models, 
     n = len(data.cell_ids)
     posterior_mean = model.frame.to_source(one_by_one.mean(0)[:n], 3)
     np.testing.assert_allclose(draws.consensus_positions, consensus_layout(draws.coordinates, posterior_mean), rtol=1e-3, atol=1e-2)
+    # sample files smooth it over the cells' neighbours in their given (measured) genes, keeping its spread
+    settings = default_expression_graph(model, "expr_to_pos")
+    assert settings.steps > 0
+    graph = neighbour_graph(data.expression[:, data.gene_mask.astype(bool)], settings.neighbours, settings.components)
+    by_hand = matched_spread(smooth(draws.consensus_positions, graph, settings.steps), draws.consensus_positions[None])
+    smoothed = smoothed_by_given_expression(draws, data.expression, batch, "expr_to_pos", settings)
+    np.testing.assert_allclose(smoothed.consensus_positions, by_hand, rtol=1e-6)
+    assert smoothed_by_given_expression(draws, data.expression, batch, "expr_to_pos", ExpressionGraph(steps=0)) is draws
+    unsmoothed = sample_slice(checkpoint, data_dir, slice_id, "expr_to_pos", steps=3, num_samples=2, progress=False,
+                              posterior_mean_draws=4, expression_graph={"steps": 0})
+    assert unsmoothed.uns["alphastomics"]["expression_graph"]["steps"] == 0
 
     adata = sample_slice(checkpoint, data_dir, slice_id, "expr_to_pos", steps=3, num_samples=2, progress=False, posterior_mean_draws=4)
+    assert adata.uns["alphastomics"]["expression_graph"]["steps"] == settings.steps
     consensus = adata.obsm["spatial_pred_consensus"]
     assert consensus.shape == adata.obsm["spatial"].shape and not np.allclose(consensus, adata.obsm["spatial_pred"])
+    assert not np.allclose(consensus, unsmoothed.obsm["spatial_pred_consensus"])
+    np.testing.assert_allclose(np.cov(consensus, rowvar=False), np.cov(unsmoothed.obsm["spatial_pred_consensus"], rowvar=False),
+                               rtol=1e-3, atol=1e-3)  # the same seeds: smoothing moves cells, not the layout's spread
     adata.uns["alphastomics"]["train_slices"] = []
     table, _ = evaluate_sample(adata, EvaluationConfig())
     values = dict(zip(table["metric"], table["value"]))

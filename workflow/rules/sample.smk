@@ -14,6 +14,9 @@ rule sample:
         posterior_mean_draws=SETTINGS.sampling.posterior_mean_draws,
         seed=SETTINGS.sampling.seed,
         atlas_context_cells=SETTINGS.sampling.atlas_context_cells,
+        smoothing_steps=lambda w: SETTINGS.sampling.smoothing_steps(w.mode),
+        graph_neighbours=SETTINGS.sampling.expression_graph_neighbours,
+        graph_components=SETTINGS.sampling.expression_graph_components,
         code=code_fingerprint("sample"),
     benchmark:
         "results/{dataset}/benchmarks/alphastomics/{slice}.{mode}.tsv"
@@ -27,4 +30,6 @@ rule sample:
         " --mode {wildcards.mode:q} --steps {params.steps:q} --sampler {params.sampler:q}"
         " --expression-temperature {params.expression_temperature:q}"
         " --num-samples {params.num_samples:q} --posterior-mean-draws {params.posterior_mean_draws:q} --seed {params.seed:q} --dataset {wildcards.dataset:q}"
-        " --atlas-context-cells {params.atlas_context_cells:q} --out {output:q} > {log:q} 2>&1"
+        " --atlas-context-cells {params.atlas_context_cells:q} --smoothing-steps {params.smoothing_steps:q}"
+        " --graph-neighbours {params.graph_neighbours:q} --graph-components {params.graph_components:q}"
+        " --out {output:q} > {log:q} 2>&1"
