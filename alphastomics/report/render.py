@@ -52,6 +52,7 @@ from alphastomics.report.tables import (
     target_rows,
     targets_text,
 )
+from alphastomics.report.view3d import view3d_section
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +121,7 @@ def render_report(
     targets = target_rows(df)
     training = training_section(training_log)
     tissue = tissue_section(groups, palette, dataset_dir=Path(manifest).parent)
+    view3d = view3d_section(groups, palette, dataset_dir=Path(manifest).parent)
     layouts = layout_comparison_section(groups, peer_layouts(peer_status, slice_ids_by_file_key(man)), palette)
     gene_maps, moran_panels = expression_sections(groups)
     morans = moran_figures(moran_panels)
@@ -137,6 +139,7 @@ def render_report(
         training=training,
         tissue=tissue,
         layouts=layouts,
+        view3d=view3d,
         caveats=caveats,
         gene_maps=gene_maps,
         morans=morans,

@@ -63,7 +63,7 @@ def joint_colours(sample, dataset_dir: Path | None, palette: dict) -> tuple[np.n
     return pca.transform(x_true)[:, 0], pca.transform(x_gen)[:, 0], None, "expression PC1 (PCA of the true slice)"
 
 
-def _placed(sample, generated: np.ndarray) -> tuple[np.ndarray, float]:
+def place_generated(sample, generated: np.ndarray) -> tuple[np.ndarray, float]:
     """Generated coordinates as the report draws them beside the true ones, and their RMS distance
     to them: as they are in a shared frame (absolute coordinates), rigidly aligned in a per-slice one."""
     if frame_of(sample) == "shared":
@@ -89,7 +89,7 @@ def tissue_section(groups, palette, dataset_dir: Path | None = None) -> list[dic
                           "how": "the generated slice beside the true one, each centred in its own frame, no alignment "
                                  f"(generated cells are new cells, not the true ones){which}"})
             continue
-        aligned, rmsd = _placed(s, s.pred_pos)
+        aligned, rmsd = place_generated(s, s.pred_pos)
         if frame_of(s) == "shared":
             how, title = "no alignment: a shared coordinate frame, generated coordinates are absolute", "generated"
         else:
@@ -100,7 +100,7 @@ def tissue_section(groups, palette, dataset_dir: Path | None = None) -> list[dic
         img = plots.tissue_figure(s.true_pos, aligned, labels, palette if labels is not None else None, generated_title=title)
         items.append({**common, "img": img, "how": how, "rmsd": fmt_value(rmsd), "coloured_by": coloured_by})
         if SPATIAL_PRED_CONSENSUS in s.adata.obsm:
-            consensus, consensus_rmsd = _placed(s, np.asarray(s.adata.obsm[SPATIAL_PRED_CONSENSUS], dtype=np.float64))
+            consensus, consensus_rmsd = place_generated(s, np.asarray(s.adata.obsm[SPATIAL_PRED_CONSENSUS], dtype=np.float64))
             placed = ("no alignment (a shared frame)" if frame_of(s) == "shared"
                       else "rotation or reflection and translation onto the true coordinates, no scaling")
             img = plots.tissue_figure(s.true_pos, consensus, labels, palette if labels is not None else None,
@@ -127,7 +127,7 @@ def layout_comparison_section(groups, peer_samples, palette) -> list[dict]:
             continue
         consensus = SPATIAL_PRED_CONSENSUS in main.adata.obsm
         own = np.asarray(main.adata.obsm[SPATIAL_PRED_CONSENSUS], dtype=np.float64) if consensus else main.pred_pos
-        layouts = [(f"{MAIN_METHOD} ({'consensus' if consensus else 'draw'})", _placed(main, own)[0])]
+        layouts = [(f"{MAIN_METHOD} ({'consensus' if consensus else 'draw'})", place_generated(main, own)[0])]
         cell_ids = pd.Index(main.adata.obs_names)
         for name in order_methods(peers):
             peer = peers[name]
@@ -135,7 +135,7 @@ def layout_comparison_section(groups, peer_samples, palette) -> list[dict]:
             if (order < 0).any() or len(peer.adata) != len(cell_ids):
                 log.warning("%s: its cells are not those of %s; left out of the side-by-side layouts", peer.path, main.path)
                 continue
-            placed, _ = _placed(main, peer.pred_pos[order])  # onto the true cells in AlphaSTomics' order
+            placed, _ = place_generated(main, peer.pred_pos[order])  # onto the true cells in AlphaSTomics' order
             layouts.append((name, placed))
         labels = main.cell_types
         img = plots.layouts_figure(main.true_pos, layouts, labels, palette if labels is not None else None)
