@@ -209,7 +209,7 @@ class SamplingConfig:
     # (docs/findings/model.md, "Neighbours in expression").
     expression_graph_neighbours: int = 10
     expression_graph_components: int = 30
-    layout_smoothing_steps: int = 10
+    layout_smoothing_steps: int = 20
     impute_smoothing_steps: int = 3
 
     def draws(self, mode: str) -> int:

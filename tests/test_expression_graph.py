@@ -6,6 +6,7 @@ import anndata as ad
 import numpy as np
 import pytest
 
+from alphastomics.config import SamplingConfig
 from alphastomics.expression_graph import ExpressionGraph, neighbour_graph, smooth
 from alphastomics.layout import matched_spread
 from alphastomics.metrics.geometry import distance_metrics
@@ -48,7 +49,9 @@ def test_smoothing_over_real_expression_restores_neighbourhoods_a_noisy_layout_l
     true = np.asarray(slab.obsm["spatial"], dtype=np.float64)
     rng = np.random.default_rng(0)
     noisy = true + rng.normal(size=true.shape) * true.std(axis=0) * 0.4
-    settings = ExpressionGraph(steps=10)
+    defaults = SamplingConfig()
+    settings = ExpressionGraph(defaults.expression_graph_neighbours, defaults.expression_graph_components,
+                               defaults.layout_smoothing_steps)
 
     def placed(graph_expression):
         graph = neighbour_graph(graph_expression, settings.neighbours, settings.components)
