@@ -258,6 +258,8 @@ def markdown(summary: pd.DataFrame, judged: list[dict], folds: list[dict], score
         "against the real training slices scored like generated ones: the target is to lie within their range.",
         "",
     ]
+    if args.note:
+        lines += [args.note, ""]
     if wall_s is not None:
         lines += [f"Wall time of the run: {wall_s / 60:.0f} min on {args.cores} cores.", ""]
     fold_list = {}
@@ -292,6 +294,8 @@ def main() -> int:
     p.add_argument("--out", default="results/every_slice")
     p.add_argument("--gather-only", action="store_true", help="do not run; gather the folds already run")
     p.add_argument("--no-docs", action="store_true", help="do not write docs/results/every_slice.md")
+    p.add_argument("--note", default="", help="a sentence for the page on how its folds were made (e.g. folds gathered from "
+                                              "runs at several commits)")
     p.add_argument("snakemake_args", nargs="*", help="after --: passed to snakemake (e.g. -n)")
     args = p.parse_args()
 
