@@ -23,7 +23,7 @@ from alphastomics.diffusion.schedule import expression_noise, position_noise
 from alphastomics.guidance import Target, gradient_guidance
 from alphastomics.io.shards import SliceData, load_slice
 from alphastomics.expression_graph import SMOOTHED, ExpressionGraph, neighbour_graph, smooth
-from alphastomics.layout import consensus_layout, matched_spread, procrustes_mean
+from alphastomics.layout import consensus_layout, matched_spread, procrustes_mean, spaced_apart, typical_spacing
 from alphastomics.model.network import DenoiserInput, denoise
 
 if TYPE_CHECKING:  # the model file's loader (export calibrates with this module: no import back at run time)
@@ -96,23 +96,27 @@ def default_expression_graph(model: LoadedModel, mode: str) -> ExpressionGraph:
                            settings.smoothing_steps(mode))
 
 
-def smoothed_by_given_expression(draws: Draws, expression: np.ndarray, batch: SliceBatch, mode: str,
-                                 settings: ExpressionGraph) -> Draws:
+def refined_estimates(draws: Draws, expression: np.ndarray, batch: SliceBatch, mode: str, settings: ExpressionGraph) -> Draws:
     """``draws`` with their per-cell estimates (expr_to_pos: the consensus layout; impute: the
     posterior mean of the generated genes) smoothed over the graph of the cells' neighbours in
     their given expression (``expression`` (N, G): the cells' values in source units, of which
-    the genes ``batch`` gives are used). The layout keeps its spread: smoothing pulls cells
-    together, and the consensus layout's size is the draws' (alphastomics.layout.matched_spread)."""
-    if settings.steps == 0 or mode not in SMOOTHED:
+    the genes ``batch`` gives are used), and the consensus layout given the draws' spread and
+    spacing: smoothing pulls cells together, and the layout's size and cell spacing are the draws'
+    (alphastomics.layout.matched_spread, spaced_apart)."""
+    if mode not in SMOOTHED:
         return draws
-    given = (batch.gene_mask[0] if batch.given_genes is None else batch.given_genes[0]).cpu().numpy() > 0
-    graph = neighbour_graph(expression[:, given], settings.neighbours, settings.components)
     consensus, expected = draws.consensus_positions, draws.expected_expression
+    if settings.steps > 0:
+        given = (batch.gene_mask[0] if batch.given_genes is None else batch.given_genes[0]).cpu().numpy() > 0
+        graph = neighbour_graph(expression[:, given], settings.neighbours, settings.components)
+        if consensus is not None:
+            consensus = matched_spread(smooth(consensus, graph, settings.steps), consensus[None])
+        if expected is not None:
+            expected = expected.copy()
+            expected[:, ~given] = smooth(expected[:, ~given], graph, settings.steps)
     if consensus is not None:
-        consensus = matched_spread(smooth(consensus, graph, settings.steps), consensus[None])
-    if expected is not None:
-        expected = expected.copy()
-        expected[:, ~given] = smooth(expected[:, ~given], graph, settings.steps)
+        d = consensus.shape[1]
+        consensus = spaced_apart(consensus, typical_spacing(draws.coordinates[:, :, :d].astype(np.float64)))
     return dataclasses.replace(draws, consensus_positions=consensus, expected_expression=expected)
 
 

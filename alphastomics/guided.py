@@ -15,7 +15,7 @@ import torch
 from alphastomics import GENERATED_BY_MODE
 from alphastomics.data.batch import SliceBatch
 from alphastomics.diffusion.sampler import FULL_INTERVAL
-from alphastomics.draws import Draws, default_expression_graph, draw_samples, smoothed_by_given_expression
+from alphastomics.draws import Draws, default_expression_graph, draw_samples, refined_estimates
 from alphastomics.errors import InputError
 from alphastomics.expression_graph import ExpressionGraph
 from alphastomics.guidance import apply_conditions, objective, parse_target
@@ -105,7 +105,8 @@ def guided_draws(model: LoadedModel, batch: SliceBatch, data: SliceData, mode: s
     """Draws with the request's conditions and target; (draws, uns entries, obs columns, the same
     seeds drawn without conditions or target when either was asked for). expr_to_pos and impute:
     the draws' per-cell estimates smoothed over the cells' neighbours in their given expression
-    (``expression_graph``, default the model's sampling settings; alphastomics.expression_graph)."""
+    (``expression_graph``, default the model's sampling settings; alphastomics.expression_graph),
+    the consensus layout spaced as the draws' cells are (alphastomics.draws.refined_estimates)."""
     request = request or GuidanceRequest()
     drawn = drawn_cell_types(model, request, mode, len(data.cell_ids), seed)
     if drawn is not None:
@@ -123,7 +124,7 @@ def guided_draws(model: LoadedModel, batch: SliceBatch, data: SliceData, mode: s
     expression_graph = expression_graph or default_expression_graph(model, mode)
     draws = draw_samples(model, batch, mode, num_samples, seed, steps, sampler, progress, scale, target, request.target_scale,
                          posterior_mean_draws, interval, expression_temperature)
-    draws = smoothed_by_given_expression(draws, data.expression, batch, mode, expression_graph)
+    draws = refined_estimates(draws, data.expression, batch, mode, expression_graph)
     uns, obs = {}, {}
     caveat = patch_size_caveat(model, mode, len(data.cell_ids))
     if caveat:
@@ -152,7 +153,7 @@ def guided_draws(model: LoadedModel, batch: SliceBatch, data: SliceData, mode: s
         unguided = draw_samples(model, plain, mode, num_samples, seed, steps, sampler, progress,
                                 posterior_mean_draws=posterior_mean_draws if request.slice_conditions else num_samples,
                                 expression_temperature=expression_temperature)
-        unguided = smoothed_by_given_expression(unguided, data.expression, plain, mode, expression_graph)
+        unguided = refined_estimates(unguided, data.expression, plain, mode, expression_graph)
     if request.condition or request.slice_conditions:
         uns["conditions"] = {"cell_type": request.condition or "", "slice_conditions": dict(request.slice_conditions),
                              "baseline_slice_conditions": own, "guidance_scale": scale}

@@ -86,7 +86,7 @@ def test_impute_smooths_only_the_generated_genes_over_the_graph_of_the_given_one
 
     import torch
 
-    from alphastomics.draws import Draws, smoothed_by_given_expression
+    from alphastomics.draws import Draws, refined_estimates
 
     rng = np.random.default_rng(2)
     expression = rng.normal(size=(60, 6))
@@ -96,12 +96,12 @@ def test_impute_smooths_only_the_generated_genes_over_the_graph_of_the_given_one
     draws = Draws(expression=expression[None], coordinates=np.zeros((1, 60, 3)), embedding=np.zeros((60, 2)), seeds=[0],
                   expected_expression=expected)
     settings = ExpressionGraph(neighbours=5, components=3, steps=2)
-    smoothed = smoothed_by_given_expression(draws, expression, batch, "impute", settings)
+    smoothed = refined_estimates(draws, expression, batch, "impute", settings)
     graph = neighbour_graph(expression[:, given], 5, 3)
     np.testing.assert_array_equal(smoothed.expected_expression[:, given], expected[:, given])
     np.testing.assert_allclose(smoothed.expected_expression[:, ~given], smooth(expected[:, ~given], graph, 2), rtol=1e-5)
     assert smoothed.expression is draws.expression and draws.expected_expression is expected
-    assert smoothed_by_given_expression(draws, expression, batch, "pos_to_expr", settings) is draws
+    assert refined_estimates(draws, expression, batch, "pos_to_expr", settings) is draws
 
 
 def test_the_command_line_refuses_a_negative_number_of_steps(tmp_path):
