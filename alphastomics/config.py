@@ -209,6 +209,9 @@ class SamplingConfig:
     # (docs/findings/model.md, "Neighbours in expression").
     expression_graph_neighbours: int = 10
     expression_graph_components: int = 30
+    # expr_to_pos: each cell's neighbours in expression chosen among its this many nearest cells in
+    # the consensus layout (0: anywhere in the slice)
+    expression_graph_pool: int = 150
     layout_smoothing_steps: int = 20
     impute_smoothing_steps: int = 3
 
@@ -230,6 +233,8 @@ class SamplingConfig:
             raise ConfigError("sampling.posterior_mean_draws must be at least 1")
         if self.expression_graph_neighbours < 1 or self.expression_graph_components < 1:
             raise ConfigError("sampling.expression_graph_neighbours and sampling.expression_graph_components must be at least 1")
+        if self.expression_graph_pool < 0:
+            raise ConfigError("sampling.expression_graph_pool must be at least 0 (0: neighbours anywhere in the slice)")
         if self.layout_smoothing_steps < 0 or self.impute_smoothing_steps < 0:
             raise ConfigError("sampling.layout_smoothing_steps and sampling.impute_smoothing_steps must be at least 0 (0: off)")
         check_expression_temperature(self.expression_temperature, "sampling.expression_temperature")

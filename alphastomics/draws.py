@@ -93,7 +93,7 @@ def draw_samples(model: LoadedModel, batch: SliceBatch, mode: str, num_samples: 
 def default_expression_graph(model: LoadedModel, mode: str) -> ExpressionGraph:
     settings = model.config.sampling
     return ExpressionGraph(settings.expression_graph_neighbours, settings.expression_graph_components,
-                           settings.smoothing_steps(mode))
+                           settings.smoothing_steps(mode), settings.expression_graph_pool)
 
 
 def refined_estimates(draws: Draws, expression: np.ndarray, batch: SliceBatch, mode: str, settings: ExpressionGraph) -> Draws:
@@ -108,7 +108,8 @@ def refined_estimates(draws: Draws, expression: np.ndarray, batch: SliceBatch, m
     consensus, expected = draws.consensus_positions, draws.expected_expression
     if settings.steps > 0:
         given = (batch.gene_mask[0] if batch.given_genes is None else batch.given_genes[0]).cpu().numpy() > 0
-        graph = neighbour_graph(expression[:, given], settings.neighbours, settings.components)
+        graph = neighbour_graph(expression[:, given], settings.neighbours, settings.components, within=consensus,
+                                pool=settings.pool)
         if consensus is not None:
             consensus = matched_spread(smooth(consensus, graph, settings.steps), consensus[None])
         if expected is not None:

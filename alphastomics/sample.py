@@ -222,7 +222,8 @@ def expression_graph_record(settings: ExpressionGraph, mode: str) -> dict:
 
 def expression_graph_overrides(args: argparse.Namespace) -> dict:
     """The graph settings given on the command line (the others come from the model's sampling settings)."""
-    given = {"neighbours": args.graph_neighbours, "components": args.graph_components, "steps": args.smoothing_steps}
+    given = {"neighbours": args.graph_neighbours, "components": args.graph_components, "steps": args.smoothing_steps,
+             "pool": args.graph_pool}
     return {key: value for key, value in given.items() if value is not None}
 
 
@@ -325,6 +326,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     graph.add_argument("--graph-components", type=int, default=None, metavar="N",
                        help="principal components of the standardised given genes behind it (default: "
                             "sampling.expression_graph_components)")
+    graph.add_argument("--graph-pool", type=int, default=None, metavar="N",
+                       help="expr_to_pos: a cell's neighbours in expression chosen among its N nearest cells of the "
+                            "consensus layout; 0: anywhere in the slice (default: sampling.expression_graph_pool)")
     guide.add_argument("--joint-cell-types", choices=JOINT_CELL_TYPES, default=None,
                        help="joint on a model conditioned on cell type: give the cells the training composition (which "
                             "cell gets which type drawn) and generate the tissue given them (training), or sample "
@@ -341,7 +345,7 @@ def main(args: argparse.Namespace) -> int:
                                target_cells=args.target_cells, target_region=args.target_region,
                                joint_cell_types=args.joint_cell_types)
     for flag, value, least in (("--smoothing-steps", args.smoothing_steps, 0), ("--graph-neighbours", args.graph_neighbours, 1),
-                               ("--graph-components", args.graph_components, 1)):
+                               ("--graph-components", args.graph_components, 1), ("--graph-pool", args.graph_pool, 0)):
         if value is not None and value < least:
             raise InputError(f"{flag} must be at least {least}, not {value}")
     if args.data is not None and Path(args.data).is_dir():

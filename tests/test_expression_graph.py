@@ -29,6 +29,22 @@ def test_the_graph_is_row_stochastic_symmetric_and_links_cells_alike_in_expressi
     assert (support.sum(axis=1) >= 5).all()
 
 
+def test_a_bilateral_graph_links_cells_alike_in_expression_only_among_those_near_in_the_layout():
+    """Two cell types mixed over a line of cells: the plain graph links cells of a type wherever
+    they lie; given the layout and a pool of 20, every link joins cells of one type at most
+    twenty places apart (a pool's reach at the ends of the line), so smoothing cannot pull a type together across the tissue."""
+    rng = np.random.default_rng(3)
+    n = 200
+    layout = np.stack([np.arange(n, dtype=float), np.zeros(n)], axis=1)
+    types = rng.integers(0, 2, n)
+    expression = np.eye(2)[types] * 4 + rng.normal(scale=0.1, size=(n, 2))
+    plain = neighbour_graph(expression, neighbours=3, components=2).tocoo()
+    bilateral = neighbour_graph(expression, neighbours=3, components=2, within=layout, pool=20).tocoo()
+    assert (types[bilateral.row] == types[bilateral.col]).all()
+    assert np.abs(bilateral.row - bilateral.col).max() <= 20
+    assert np.abs(plain.row - plain.col).max() > 50
+
+
 def test_nothing_to_learn_from_leaves_values_as_they_are():
     values = np.arange(12.0).reshape(4, 3)
     for expression in (np.ones((4, 5)), np.zeros((1, 5))):

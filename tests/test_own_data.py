@@ -183,7 +183,8 @@ def test_expr_to_pos_keeps_a_consensus_layout_scored_as_a_draw_is(small_models, 
     # sample files smooth it over the cells' neighbours in their given (measured) genes, keeping its spread
     settings = default_expression_graph(model, "expr_to_pos")
     assert settings.steps > 0
-    graph = neighbour_graph(data.expression[:, data.gene_mask.astype(bool)], settings.neighbours, settings.components)
+    graph = neighbour_graph(data.expression[:, data.gene_mask.astype(bool)], settings.neighbours, settings.components,
+                            within=draws.consensus_positions, pool=settings.pool)
     spacing = typical_spacing(draws.coordinates)
     by_hand = spaced_apart(matched_spread(smooth(draws.consensus_positions, graph, settings.steps), draws.consensus_positions[None]),
                            spacing)

@@ -17,6 +17,7 @@ rule sample:
         smoothing_steps=lambda w: SETTINGS.sampling.smoothing_steps(w.mode),
         graph_neighbours=SETTINGS.sampling.expression_graph_neighbours,
         graph_components=SETTINGS.sampling.expression_graph_components,
+        graph_pool=SETTINGS.sampling.expression_graph_pool,
         code=code_fingerprint("sample"),
     benchmark:
         "results/{dataset}/benchmarks/alphastomics/{slice}.{mode}.tsv"
@@ -32,4 +33,5 @@ rule sample:
         " --num-samples {params.num_samples:q} --posterior-mean-draws {params.posterior_mean_draws:q} --seed {params.seed:q} --dataset {wildcards.dataset:q}"
         " --atlas-context-cells {params.atlas_context_cells:q} --smoothing-steps {params.smoothing_steps:q}"
         " --graph-neighbours {params.graph_neighbours:q} --graph-components {params.graph_components:q}"
+        " --graph-pool {params.graph_pool:q}"
         " --out {output:q} > {log:q} 2>&1"
