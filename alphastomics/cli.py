@@ -18,7 +18,8 @@ from alphastomics.errors import AlphaSTomicsError
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "preprocess": ("alphastomics.preprocess", "h5ad files of one platform -> Parquet shards + manifest.json"),
-    "gene-list": ("alphastomics.preprocess", "write the fixed gene list (file, intersection or union of panels)"),
+    "gene-list": ("alphastomics.gene_selection", "write the fixed gene list (a file, intersection or union of panels, or "
+                                                "the panels' highly variable genes on the training slices)"),
     "manifest": ("alphastomics.io.manifest", "merge per-file manifests into one dataset manifest.json"),
     "train": ("alphastomics.train", "train the diffusion model on the shards of a dataset"),
     "sample": ("alphastomics.sample", "sample one slice in a mode -> h5ad with true and generated values"),
@@ -38,7 +39,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 # Modules that host several commands expose add_<command>_arguments / <command>_main.
-_SHARED_MODULE_ENTRY = {"gene-list": "gene_list", "gather": "gather"}
+_SHARED_MODULE_ENTRY = {"gather": "gather"}
 
 
 def _entry_points(command: str):

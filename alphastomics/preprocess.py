@@ -1,4 +1,5 @@
-"""Commands ``preprocess`` (h5ad files of one platform -> Parquet shards + manifest) and ``gene-list``.
+"""Command ``preprocess``: h5ad files of one platform -> Parquet shards + manifest (the gene list
+itself is made by ``gene-list``, alphastomics.gene_selection).
 
 Every input is validated (file, keys, coordinates, genes, slices, kind of values) before anything
 is written (alphastomics.preprocess_inputs). Expression is then streamed in row chunks: normalised, mapped onto the fixed gene list
@@ -22,7 +23,7 @@ from tqdm import tqdm
 
 from alphastomics import __version__
 from alphastomics.errors import InputError
-from alphastomics.io.files import atomic_write_text, remove_stale_temp_files, sha256_file
+from alphastomics.io.files import remove_stale_temp_files, sha256_file
 from alphastomics.io.h5ad import H5adFile
 from alphastomics.io.manifest import FORMAT_VERSION, MANIFEST_NAME, write_manifest
 from alphastomics.io.names import file_keys_to_slice_ids, slice_file_key
@@ -40,7 +41,6 @@ from alphastomics.preprocess_inputs import (  # noqa: F401
     report_gene_match,
     resolve_gene_list,
     slice_ids_in_file,
-    unique_var_names,
 )
 
 log = logging.getLogger(__name__)
@@ -336,9 +336,10 @@ def _exit_if_terminated() -> None:
         raise SystemExit(128 + _received_signal)
 
 
-def main(args: argparse.Namespace) -> int:
+def options_from_args(args: argparse.Namespace) -> Options:
+    """The preprocessing options of a parsed command line (also how ``gene-list`` reads a file's options)."""
     out_dir = Path(args.out)
-    opts = Options(
+    return Options(
         platform=args.platform, out_dir=out_dir,
         manifest_path=Path(args.manifest) if args.manifest else out_dir / MANIFEST_NAME,
         dataset=args.dataset or out_dir.resolve().name, gene_list=args.gene_list,
@@ -348,6 +349,10 @@ def main(args: argparse.Namespace) -> int:
         chunk_size=_positive(args.chunk_size, "--chunk-size"), slabs=parse_slabs(args.slabs),
         slice_covariates=tuple(k.strip() for k in (args.slice_covariates or "").split(",") if k.strip()),
     )
+
+
+def main(args: argparse.Namespace) -> int:
+    opts = options_from_args(args)
     # Snakemake cancels jobs with SIGTERM: turn it into SystemExit so the clean-up of temporaries runs
     global _received_signal
     _received_signal = None
@@ -360,24 +365,4 @@ def main(args: argparse.Namespace) -> int:
             signal.signal(signal.SIGTERM, previous)
     n_cells = sum(s["n_cells"] for s in manifest["slices"].values())
     log.info("wrote %d slice(s), %d cells, %d genes -> %s", len(manifest["slices"]), n_cells, len(manifest["genes"]), opts.manifest_path)
-    return 0
-
-
-# ============================================================================================
-# gene-list command
-# ============================================================================================
-def add_gene_list_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("files", nargs="*", type=Path, metavar="FILE.h5ad", help="h5ad files whose panels are combined or checked")
-    parser.add_argument("--mode", required=True, metavar="FILE|intersection|union",
-                        help="a gene list file to normalise and copy, or intersection/union of the files' panels")
-    parser.add_argument("--out", required=True, type=Path, help="gene list to write, one symbol per line")
-
-
-def gene_list_main(args: argparse.Namespace) -> int:
-    files = [Path(f) for f in args.files]
-    genes = resolve_gene_list(args.mode, files)
-    for path in files:  # a given list must reach every panel, or that file would be all zeros
-        report_gene_match(match_genes(genes, unique_var_names(path), path), len(genes), path)
-    atomic_write_text(args.out, "".join(f"{g}\n" for g in genes))
-    log.info("wrote %d genes to %s", len(genes), args.out)
     return 0

@@ -7,6 +7,7 @@ streams the planned files' expression into shards.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from alphastomics.io.shards import DEFAULT_MAX_CELLS_PER_SHARD
 log = logging.getLogger(__name__)
 
 GENE_LIST_MODES = ("intersection", "union")
+HIGHLY_VARIABLE = "highly_variable"  # highly_variable:N, chosen by alphastomics.gene_selection
+_HIGHLY_VARIABLE_PATTERN = re.compile(rf"^{HIGHLY_VARIABLE}:(\d+)$")
 APPLIED_LIBRARY_SIZE = "library_size_log1p"
 # Rows read at a time. Small chunks let glibc serve their arrays from reused heap memory instead of
 # fresh mmaps, whose page faults dominate system time with large chunks.
@@ -78,8 +81,21 @@ def derive_gene_list(files: list[Path], mode: str) -> list[str]:
     return [spelling[k] for k in chosen]
 
 
+def parse_highly_variable(spec: str | None) -> int | None:
+    """N of a ``highly_variable:N`` gene-list spec; None for any other spec."""
+    if spec is None or not str(spec).startswith(HIGHLY_VARIABLE):
+        return None
+    match = _HIGHLY_VARIABLE_PATTERN.match(str(spec))
+    if match is None or int(match.group(1)) < 1:
+        raise InputError(f"gene list {spec!r}: write highly_variable:N with N a positive number of genes, e.g. highly_variable:2000")
+    return int(match.group(1))
+
+
 def resolve_gene_list(spec: str | None, files: list[Path]) -> list[str]:
     """The fixed gene list: from a file, or derived from ``files`` (default: intersection)."""
+    if parse_highly_variable(spec) is not None:
+        raise InputError(f"gene list {spec!r} is chosen on the training slices: write it first with "
+                         f"`alphastomics gene-list FILES --mode {spec} --held-out-slices ... --out genes.txt`, then give that file")
     if spec is None or spec in GENE_LIST_MODES:
         return derive_gene_list(files, spec or "intersection")
     return read_gene_list_file(spec)

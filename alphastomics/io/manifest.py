@@ -130,16 +130,31 @@ def slice_ids_by_file_key(manifest: dict) -> dict[str, str]:
     return file_keys_to_slice_ids(manifest["slices"])
 
 
+def _gene_selection(path: Path, genes: list[str]) -> dict:
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise InputError(f"{path}: gene selection record cannot be read ({err})") from None
+    if record.get("chosen_genes") != len(genes):
+        raise InputError(f"{path}: records {record.get('chosen_genes')} chosen genes, the shards hold {len(genes)}: "
+                         "preprocess again with the gene list this record belongs to")
+    return record
+
+
 # -- command ----------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", type=Path, metavar="MANIFEST", help="per-file manifests written by preprocess")
     parser.add_argument("--out", type=Path, required=True, help="merged manifest to write, e.g. results/<dataset>/manifest.json")
     parser.add_argument("--dataset", default=None, help="dataset name (default: the one the inputs record)")
+    parser.add_argument("--gene-selection", type=Path, default=None,
+                        help="how the gene list was made (the record `gene-list --record` wrote): kept as gene_selection")
 
 
 def main(args: argparse.Namespace) -> int:
     out = Path(args.out)
     merged = merge_manifests([Path(p) for p in args.inputs], out, args.dataset)
+    if args.gene_selection is not None:
+        merged["gene_selection"] = _gene_selection(Path(args.gene_selection), merged["genes"])
     write_manifest(out, merged)
     log.info("wrote %s: %d platform(s), %d slice(s), %d genes", out, len(merged["platforms"]), len(merged["slices"]), len(merged["genes"]))
     return 0

@@ -12,13 +12,16 @@
 import json
 import shlex
 from pathlib import Path
+from types import SimpleNamespace
 
 import yaml
 from snakemake.utils import validate
 
 from alphastomics import DOMAINS_MODE, EVALUATION_MODES
 from alphastomics.config import config_from_dict
+from alphastomics.errors import InputError
 from alphastomics.io.names import file_keys_to_slice_ids
+from alphastomics.preprocess_inputs import parse_highly_variable
 from alphastomics.stages import StageFiles
 
 validate(config, schema="../schemas/config.schema.yaml")
@@ -57,7 +60,11 @@ def _check_config_values():
                         f"config: datasets.{dataset}.platforms.{platform}.files: input file not found: {path}"
                     )
         gene_list = spec["gene_list"]
-        if gene_list not in ("intersection", "union") and not (REPO / gene_list).is_file():
+        try:
+            highly_variable = parse_highly_variable(gene_list)
+        except InputError as err:
+            raise WorkflowError(f"config: datasets.{dataset}.gene_list: {err}")
+        if gene_list not in ("intersection", "union") and highly_variable is None and not (REPO / gene_list).is_file():
             raise WorkflowError(f"config: datasets.{dataset}.gene_list: file not found: {gene_list}")
         overlap = set(spec["test_slices"]) & set(spec["validation_slices"])
         if overlap:
@@ -130,7 +137,26 @@ def all_files(dataset):
 
 def gene_list_file(dataset):
     mode = config["datasets"][dataset]["gene_list"]
-    return [] if mode in ("intersection", "union") else [mode]
+    return [] if mode in ("intersection", "union") or parse_highly_variable(mode) else [mode]
+
+
+def gene_selection_held_out(dataset):
+    """--held-out-slices of a highly_variable gene list: the slices the choice must not see."""
+    if not parse_highly_variable(config["datasets"][dataset]["gene_list"]):
+        return []
+    return ["--held-out-slices", *test_slices(dataset), *validation_slices(dataset)]
+
+
+def gene_selection_file_options(dataset):
+    """--file-options of a highly_variable gene list: each file's preprocess options, as JSON."""
+    if not parse_highly_variable(config["datasets"][dataset]["gene_list"]):
+        return []
+    options = {
+        path: preprocess_options(SimpleNamespace(dataset=dataset, platform=platform, file_id=fid))
+        for platform in config["datasets"][dataset]["platforms"]
+        for fid, path in platform_files(dataset, platform).items()
+    }
+    return ["--file-options", json.dumps(options)]
 
 
 def gene_list_panels(dataset):

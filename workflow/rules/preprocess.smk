@@ -1,20 +1,25 @@
 rule gene_list:
     input:
         # a gene-list file: only that file, so adding an h5ad file does not re-make genes.txt and
-        # re-run every file's preprocessing; intersection/union: the panels of all files
+        # re-run every file's preprocessing; intersection/union/highly_variable: every file's panel
         h5ad=lambda w: gene_list_panels(w.dataset),
         given=lambda w: gene_list_file(w.dataset),
     output:
-        "results/{dataset}/genes.txt",
+        genes="results/{dataset}/genes.txt",
+        record="results/{dataset}/genes.selection.json",
     params:
         mode=lambda w: config["datasets"][w.dataset]["gene_list"],
-        code=code_fingerprint("preprocess"),
+        # highly_variable is chosen on the training slices only, read as preprocessing reads them
+        held_out=lambda w: gene_selection_held_out(w.dataset),
+        file_options=lambda w: gene_selection_file_options(w.dataset),
+        code=code_fingerprint("gene-list"),
     log:
         "logs/{dataset}/gene_list.log",
     conda:
         ENV
     shell:
-        "alphastomics gene-list {input.h5ad:q} --mode {params.mode:q} --out {output:q} > {log:q} 2>&1"
+        "alphastomics gene-list {input.h5ad:q} --mode {params.mode:q} --out {output.genes:q} --record {output.record:q}"
+        " {params.held_out:q} {params.file_options:q} > {log:q} 2>&1"
 
 
 # One job per input file: adding a file to a platform preprocesses only that file.
@@ -39,7 +44,8 @@ rule preprocess:
 
 rule manifest:
     input:
-        per_file_manifests,
+        manifests=per_file_manifests,
+        gene_selection="results/{dataset}/genes.selection.json",
     output:
         "results/{dataset}/manifest.json",
     params:
@@ -49,4 +55,5 @@ rule manifest:
     conda:
         ENV
     shell:
-        "alphastomics manifest {input:q} --dataset {wildcards.dataset:q} --out {output:q} > {log:q} 2>&1"
+        "alphastomics manifest {input.manifests:q} --gene-selection {input.gene_selection:q} --dataset {wildcards.dataset:q}"
+        " --out {output:q} > {log:q} 2>&1"
