@@ -72,3 +72,28 @@ def test_a_mode_whose_only_rivals_are_lower_bounds_is_not_judged(every_slice):
                           {**base, "method": "training_mean", "role": "peer", "value": 0.0}])
     (verdict,) = every_slice.verdicts(every_slice.summarise(table))
     assert verdict["met"] is None and "training_mean" in verdict["verdict"]
+
+
+def test_every_config_covers_each_dataset_of_every_config_and_names_those_not_scored(every_slice):
+    """benchmarks/every_config.py: the bundled config and every config/benchmarks/*.yaml, each
+    dataset at its own held-out slice; a dataset without metrics is named on the page, not dropped."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("every_config", REPO / "benchmarks" / "every_config.py")
+    every_config = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(every_config)
+    runs = every_config.config_runs(every_config.DEFAULT_CONFIGS)
+    names = {r["dataset"] for r in runs}
+    assert {"starmap_mpfc", "bdtnp_drosophila"} <= names
+    assert {p.stem for p in (REPO / "config/benchmarks").glob("*.yaml")} <= names
+    bundled = [r for r in runs if r["dataset"] == "starmap_mpfc"]
+    assert bundled == [{"config": "config/config.yaml", "fold_dataset": "starmap_mpfc", "dataset": "starmap_mpfc",
+                        "variant": "labels", "slice": "20180424_BZ14_control"}]
+    rows = [{"dataset": "starmap_mpfc", "variant": "labels", "slice": "20180424_BZ14_control", "mode": "impute",
+             "metric": "expr_mean_spearman_gene_median", "against": "peers", "method": m, "role": "model" if m == "alphastomics" else "peer",
+             "value": v} for m, v in (("alphastomics", 0.3), ("tangram", 0.2))]
+    summary = every_slice.summarise(pd.DataFrame(rows))
+    page = every_config.markdown(summary, every_slice.verdicts(summary), runs, [], None)
+    assert "| starmap_mpfc | 20180424_BZ14_control | impute |" in page and "**met**: at least tangram (0.2)" in page
+    assert "Not scored" in page and "bdtnp_drosophila (`config/config.yaml`)" in page
