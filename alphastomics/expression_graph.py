@@ -52,7 +52,7 @@ class ExpressionGraph:
 
 
 # what is smoothed in each mode that has given expression
-_CHUNK_CELLS = 4096
+_CHUNK_CELLS = 1024
 
 SMOOTHED = {"expr_to_pos": "obsm['spatial_pred_consensus']", "impute": "layers['expr_pred_mean'] of the generated genes"}
 
