@@ -269,3 +269,25 @@ def test_conditions_before_every_block_start_as_the_input_only_network_and_then_
     assert moved > moved_input_only  # labels now enter every block, not just the first
     no_labels = run(every, None)  # unconditioned calls (labels absent) still run
     assert torch.isfinite(no_labels.expression).all()
+
+
+def test_sampling_takes_the_local_layer_a_block_of_cells_at_a_time_with_the_same_result(monkeypatch):
+    """Without gradients (sampling) the per-edge work runs in blocks of cells, so its memory stays a
+    block's at any section size; each cell's update is the one the whole section at once gives,
+    padding and a batch of two slices included."""
+    import alphastomics.model.local as local
+
+    torch.manual_seed(1)
+    N, D, k = 50, 8, 6
+    x, h = torch.randn(2, N, 3), torch.randn(2, N, D)
+    mask = torch.ones(2, N, dtype=torch.bool)
+    mask[1, 40:] = False
+    index, valid = knn_graph(x, mask, k)
+    layer = LocalMessagePassing(D)
+    torch.nn.init.normal_(layer.position_weight.weight, std=0.5)
+    with torch.no_grad():
+        whole = layer(h, x, index, valid)
+        monkeypatch.setattr(local, "INFERENCE_CHUNK_CELLS", 7)
+        blocks = layer(h, x, index, valid)
+    for a, b in zip(whole, blocks):
+        assert a.shape == b.shape and torch.allclose(a, b, atol=1e-6)

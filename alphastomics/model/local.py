@@ -39,13 +39,18 @@ def knn_graph(positions: torch.Tensor, node_mask: torch.Tensor, k: int) -> tuple
     return index.to(positions.device), valid.to(positions.device)
 
 
-def _gather(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """values (B, N, F), index (B, N, k) -> (B, N, k, F)."""
-    B, N, k = index.shape
+def _gather_from(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """values (B, N, F), index (B, n, k) into N -> (B, n, k, F)."""
+    B, N = values.shape[:2]
+    n, k = index.shape[1:]
     # index_select on the flattened batch: torch.gather with an expanded index materialises the
     # expanded index and is far slower.
     flat = (index + torch.arange(B, device=index.device)[:, None, None] * N).reshape(-1)
-    return values.reshape(B * N, -1).index_select(0, flat).reshape(B, N, k, values.shape[-1])
+    return values.reshape(B * N, -1).index_select(0, flat).reshape(B, n, k, values.shape[-1])
+
+
+# sampling: cells whose per-edge tensors are made at once (see LocalMessagePassing.forward)
+INFERENCE_CHUNK_CELLS = 8192
 
 
 class LocalMessagePassing(nn.Module):
@@ -71,10 +76,24 @@ class LocalMessagePassing(nn.Module):
 
     def forward(self, h: torch.Tensor, x: torch.Tensor, index: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """h (B, N, D), x (B, N, 3), graph from :func:`knn_graph` -> (feature update, coordinate update)."""
-        offset = x[:, :, None, :] - _gather(x, index)  # (B, N, k, 3), equivariant
-        distance = offset.float().pow(2).sum(-1).add(1e-12).sqrt()[..., None]  # (B, N, k, 1)
-        geometry = (distance.add(1e-4).log() * self.log_distance + distance * self.distance).to(h.dtype)
-        message = F.silu(self.source(h)[:, :, None, :] + _gather(self.neighbour(h), index) + geometry)
+        source, neighbour = self.source(h), self.neighbour(h)
+        if torch.is_grad_enabled() or h.shape[1] <= INFERENCE_CHUNK_CELLS:
+            return self._edges(source, neighbour, x, index, valid, x)
+        # Sampling: the per-edge tensors, (B, cells, k, D), are what grows with a section's cells;
+        # taken a block of cells at a time they stay the size of one block (nothing is kept for
+        # a backward pass), and each cell's result is the same.
+        parts = [self._edges(source[:, i:i + INFERENCE_CHUNK_CELLS], neighbour, x[:, i:i + INFERENCE_CHUNK_CELLS],
+                             index[:, i:i + INFERENCE_CHUNK_CELLS], valid[:, i:i + INFERENCE_CHUNK_CELLS], x)
+                 for i in range(0, h.shape[1], INFERENCE_CHUNK_CELLS)]
+        return torch.cat([p[0] for p in parts], dim=1), torch.cat([p[1] for p in parts], dim=1)
+
+    def _edges(self, source, neighbour, x, index, valid, x_all):
+        """Updates of the cells of ``source``/``x``/``index`` (a block of them, or all), their
+        neighbours looked up among all cells (``neighbour``, ``x_all``)."""
+        offset = x[:, :, None, :] - _gather_from(x_all, index)  # (B, n, k, 3), equivariant
+        distance = offset.float().pow(2).sum(-1).add(1e-12).sqrt()[..., None]  # (B, n, k, 1)
+        geometry = (distance.add(1e-4).log() * self.log_distance + distance * self.distance).to(source.dtype)
+        message = F.silu(source[:, :, None, :] + _gather_from(neighbour, index) + geometry)
         weight = torch.tanh(self.position_weight(message))
         if not bool(valid.all()):  # only slices with fewer than k + 1 cells, and padding
             message = message * valid[..., None]
