@@ -38,6 +38,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "params": ("alphastomics.params", "print total and active parameter counts of model variants"),
 }
 
+# Commands that run the network on whole sections without training: large tensors are allocated
+# and freed at every step (alphastomics.allocator).
+NETWORK_INFERENCE_COMMANDS = {"sample", "denoise", "extract", "test"}
+
 # Modules that host several commands expose add_<command>_arguments / <command>_main.
 _SHARED_MODULE_ENTRY = {"gather": "gather"}
 
@@ -100,6 +104,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.threads is not None:
         limit_threads(args.threads)
+    if args.command in NETWORK_INFERENCE_COMMANDS:
+        from alphastomics.allocator import reuse_freed_memory
+
+        reuse_freed_memory()
     _, run = _entry_points(args.command)
     try:
         return int(run(args) or 0)

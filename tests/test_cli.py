@@ -96,3 +96,21 @@ def test_train_flags_override_config(starmap_dir, tmp_path):
         expected = value == "true" if isinstance(in_file, bool) else type(in_file)(value)  # the flag's text, typed
         assert effective[section][name] == expected, flag
     assert effective["model"]["hidden_dim"] == 16  # what no flag overrides stays from the file
+
+
+def test_commands_that_sample_sections_keep_freed_memory_for_reuse(monkeypatch, tmp_path):
+    """sample (and the other network-inference commands) set glibc's allocation options before
+    running; train keeps the defaults (alphastomics.allocator)."""
+    import sys
+
+    import alphastomics.allocator as allocator
+    from alphastomics.cli import COMMANDS, NETWORK_INFERENCE_COMMANDS, main
+
+    assert NETWORK_INFERENCE_COMMANDS <= set(COMMANDS) and "train" not in NETWORK_INFERENCE_COMMANDS
+    if sys.platform.startswith("linux"):
+        assert allocator.reuse_freed_memory() is True
+    calls = []
+    monkeypatch.setattr(allocator, "reuse_freed_memory", lambda: calls.append(1) or True)
+    missing = str(tmp_path / "absent.ckpt")
+    assert main(["sample", "--checkpoint", missing, "--data", missing, "--mode", "joint", "--out", str(tmp_path / "o.h5ad")]) != 0
+    assert calls == [1]
