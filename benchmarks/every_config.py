@@ -71,6 +71,8 @@ def markdown(summary, judged, runs: list[dict], ran: list[dict], args) -> str:
         "[every_slice.md](every_slice.md), never here.",
         "",
     ]
+    if args.note:
+        lines += [args.note, ""]
     if ran:
         lines += ["| config | exit | wall time |", "|---|---|---|"]
         lines += [f"| `{r['config']}` | {r['returncode']} | {r['wall_s'] / 60:.0f} min |" for r in ran]
@@ -101,6 +103,8 @@ def main() -> int:
     p.add_argument("--out", default="results/every_config")
     p.add_argument("--gather-only", action="store_true", help="do not run; gather the datasets already run")
     p.add_argument("--no-docs", action="store_true", help="do not write docs/results/every_config.md")
+    p.add_argument("--note", default="", help="a sentence for the page on how its runs were made (e.g. runs gathered from "
+                                              "several commits)")
     p.add_argument("snakemake_args", nargs="*", help="after --: passed to every snakemake (e.g. -n)")
     args = p.parse_args()
 

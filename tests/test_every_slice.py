@@ -94,6 +94,6 @@ def test_every_config_covers_each_dataset_of_every_config_and_names_those_not_sc
              "metric": "expr_mean_spearman_gene_median", "against": "peers", "method": m, "role": "model" if m == "alphastomics" else "peer",
              "value": v} for m, v in (("alphastomics", 0.3), ("tangram", 0.2))]
     summary = every_slice.summarise(pd.DataFrame(rows))
-    page = every_config.markdown(summary, every_slice.verdicts(summary), runs, [], None)
+    page = every_config.markdown(summary, every_slice.verdicts(summary), runs, [], type("Args", (), {"note": ""})())
     assert "| starmap_mpfc | 20180424_BZ14_control | impute |" in page and "**met**: at least tangram (0.2)" in page
     assert "Not scored" in page and "bdtnp_drosophila (`config/config.yaml`)" in page
