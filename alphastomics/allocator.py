@@ -19,10 +19,13 @@ import sys
 
 log = logging.getLogger(__name__)
 
+_M_TRIM_THRESHOLD = -1
 _M_TOP_PAD = -2
 _M_MMAP_THRESHOLD = -3
-MMAP_THRESHOLD_BYTES = 1 << 32  # above any tensor of a section: all from the heap
-TOP_PAD_BYTES = 256 << 20  # freed memory the heap keeps for the next tensors
+_LARGEST = 2**31 - 1  # mallopt takes an int
+MMAP_THRESHOLD_BYTES = _LARGEST  # above any one tensor of a section: all from the heap
+TRIM_THRESHOLD_BYTES = _LARGEST  # freed memory the heap keeps for the next tensors, up to 2 GB
+TOP_PAD_BYTES = 256 << 20  # the heap grows in steps this large
 
 
 def reuse_freed_memory() -> bool:
@@ -36,8 +39,8 @@ def reuse_freed_memory() -> bool:
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    # mallopt takes an int: the threshold is capped at the largest positive one
-    ok = mallopt(_M_MMAP_THRESHOLD, min(MMAP_THRESHOLD_BYTES, 2**31 - 1)) == 1 and mallopt(_M_TOP_PAD, TOP_PAD_BYTES) == 1
+    ok = all(mallopt(option, value) == 1 for option, value in (
+        (_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES), (_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES), (_M_TOP_PAD, TOP_PAD_BYTES)))
     if not ok:
         log.debug("mallopt refused the allocation settings; glibc defaults kept")
     return ok
