@@ -85,15 +85,13 @@ def normalised_dispersions(mean: np.ndarray, variance: np.ndarray) -> np.ndarray
     return ((frame["dispersion"] - bin_mean) / bin_std).to_numpy()
 
 
-def training_moments(plan: FilePlan, opts: Options, n_genes: int, held_out: set[str], moments: GeneMoments) -> int:
-    """Add the file's training cells (slices not in ``held_out``, coordinates valid) to ``moments``;
-    returns how many were added."""
+def training_moments(plan: FilePlan, opts: Options, n_genes: int, held_out: set[str], moments: GeneMoments) -> None:
+    """Add the file's training cells (slices not in ``held_out``, coordinates valid) to ``moments``."""
     applied = plan.normalization_applied
     if applied not in (APPLIED_LIBRARY_SIZE, "log1p"):
         log.warning("%s: values are used as they are (normalisation %s); highly variable genes assume "
                     "log-normalised values", plan.path, applied)
     training_code = np.array([s not in held_out for s in plan.slice_ids], dtype=bool)
-    added = 0
     with H5adFile(plan.path) as h5ad:
         matrix = h5ad.matrix(opts.layer)
         progress = tqdm(total=plan.n_obs, desc=plan.path.name, unit="cells", file=sys.stderr, mininterval=1.0, leave=False)
@@ -106,10 +104,8 @@ def training_moments(plan: FilePlan, opts: Options, n_genes: int, held_out: set[
                     raise InputError(f"{plan.path}: negative expression values (scaled data?); highly_variable needs "
                                      "counts or log-normalised values (give --layer of the counts)")
                 moments.add(values[use])
-                added += int(use.sum())
             progress.update(stop - start)
         progress.close()
-    return added
 
 
 def highly_variable_genes(files: list[Path], n_top: int, held_out: list[str], options: dict[Path, Options]
@@ -120,12 +116,10 @@ def highly_variable_genes(files: list[Path], n_top: int, held_out: list[str], op
     moments = GeneMoments(len(candidates))
     held = set(held_out)
     seen_slices: set[str] = set()
-    training_slices: set[str] = set()
     for path in files:
         opts = options.get(path) or Options(platform="unknown", out_dir=Path("."), manifest_path=Path("."), dataset="")
         plan = plan_file(path, candidates, opts)
         seen_slices.update(plan.slice_ids)
-        training_slices.update(s for s in plan.slice_ids if s not in held)
         training_moments(plan, opts, len(candidates), held, moments)
     unknown = held - seen_slices
     if unknown:
@@ -146,7 +140,7 @@ def highly_variable_genes(files: list[Path], n_top: int, held_out: list[str], op
         "method": "scanpy flavor='seurat' (normalised dispersion in 20 bins of mean), pooled over the training cells",
         "candidate_genes": len(candidates),
         "chosen_genes": int(len(chosen)),
-        "training_slices": sorted(training_slices),
+        "training_slices": sorted(seen_slices - held),
         "held_out_slices": sorted(held),
         "training_cells": moments.n_cells,
         "normalised_dispersion": {candidates[i]: round(float(score[i]), 4) for i in chosen if np.isfinite(score[i])},

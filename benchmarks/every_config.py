@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import subprocess
 import sys
 import time
@@ -31,7 +30,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from every_slice import _fmt, fold_table, git_commit, has_labels, summarise, verdicts  # noqa: E402
+from every_slice import _fmt, add_run_arguments, fold_table, git_commit, has_labels, summarise, verdicts  # noqa: E402
 
 DEFAULT_CONFIGS = [REPO / "config" / "config.yaml", *sorted((REPO / "config" / "benchmarks").glob("*.yaml"))]
 
@@ -99,13 +98,7 @@ def markdown(summary, judged, runs: list[dict], ran: list[dict], args) -> str:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--configs", nargs="+", type=Path, default=DEFAULT_CONFIGS)
-    p.add_argument("--cores", type=int, default=os.cpu_count() or 2)
-    p.add_argument("--out", default="results/every_config")
-    p.add_argument("--gather-only", action="store_true", help="do not run; gather the datasets already run")
-    p.add_argument("--no-docs", action="store_true", help="do not write docs/results/every_config.md")
-    p.add_argument("--note", default="", help="a sentence for the page on how its runs were made (e.g. runs gathered from "
-                                              "several commits)")
-    p.add_argument("snakemake_args", nargs="*", help="after --: passed to every snakemake (e.g. -n)")
+    add_run_arguments(p, "every_config", "datasets")
     args = p.parse_args()
 
     configs = [c.resolve() for c in args.configs]

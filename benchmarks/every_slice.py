@@ -284,19 +284,24 @@ def markdown(summary: pd.DataFrame, judged: list[dict], folds: list[dict], score
     return "\n".join(lines) + "\n"
 
 
+def add_run_arguments(p: argparse.ArgumentParser, name: str, runs: str) -> None:
+    """The arguments of a benchmark that runs Snakemake and gathers a page, docs/results/<name>.md."""
+    p.add_argument("--cores", type=int, default=os.cpu_count() or 2)
+    p.add_argument("--out", default=f"results/{name}")
+    p.add_argument("--gather-only", action="store_true", help=f"do not run; gather the {runs} already run")
+    p.add_argument("--no-docs", action="store_true", help=f"do not write docs/results/{name}.md")
+    p.add_argument("--note", default="", help=f"a sentence for the page on how its {runs} were made (e.g. {runs} gathered from "
+                                              "runs at several commits)")
+    p.add_argument("snakemake_args", nargs="*", help="after --: passed to snakemake (e.g. -n)")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--datasets", nargs="+", default=DEFAULT_DATASETS)
     p.add_argument("--labels", choices=("both", "with", "without"), default="both",
                    help="labelled datasets: train with their cell-type labels, without, or both (default)")
     p.add_argument("--overlay", default=None, help="a config whose settings override the bundled config's (e.g. config/full.yaml)")
-    p.add_argument("--cores", type=int, default=os.cpu_count() or 2)
-    p.add_argument("--out", default="results/every_slice")
-    p.add_argument("--gather-only", action="store_true", help="do not run; gather the folds already run")
-    p.add_argument("--no-docs", action="store_true", help="do not write docs/results/every_slice.md")
-    p.add_argument("--note", default="", help="a sentence for the page on how its folds were made (e.g. folds gathered from "
-                                              "runs at several commits)")
-    p.add_argument("snakemake_args", nargs="*", help="after --: passed to snakemake (e.g. -n)")
+    add_run_arguments(p, "every_slice", "folds")
     args = p.parse_args()
 
     config, folds = generated_config(args.datasets, args.labels, args.overlay)

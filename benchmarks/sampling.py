@@ -44,6 +44,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import reset_peak, status_kb
 
 from alphastomics.checkpoint import load_model
 from alphastomics.io.shards import load_slice
@@ -124,30 +125,20 @@ def tiled_section(source: Path, n_cells: int, out: Path, seed: int = 0) -> None:
     big.write_h5ad(out)
 
 
-def _status_kb(field: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
 def scale_worker(args) -> None:
     """One size: load the model, reset the memory high-water mark, run the sample command."""
     from alphastomics.cli import main as cli_main
 
     load_model(args.checkpoint)  # imports and the model's memory belong to the baseline
-    Path("/proc/self/clear_refs").write_text("5")
-    baseline_kb = _status_kb("VmRSS") or 0
+    reset_peak()
+    baseline_kb = status_kb("VmRSS") or 0
     usage = resource.getrusage(resource.RUSAGE_SELF)
     cpu0, wall0 = usage.ru_utime + usage.ru_stime, time.perf_counter()
     code = cli_main(["--threads", str(args.threads), "sample", "--checkpoint", args.checkpoint, "--data", args.scale_worker,
                      "--mode", args.scale_mode, "--steps", str(args.scale_steps), "--num-samples", str(args.scale_draws),
                      "--out", args.scale_out])
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    peak_kb = _status_kb("VmHWM") or 0
+    peak_kb = status_kb("VmHWM") or 0
     print("RESULT " + json.dumps({"exit": code, "wall_s": round(time.perf_counter() - wall0, 2),
                                   "cpu_s": round(usage.ru_utime + usage.ru_stime - cpu0, 2),
                                   "peak_mb": round((peak_kb - baseline_kb) / 1024, 1)}))

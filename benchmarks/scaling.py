@@ -46,6 +46,8 @@ import sys
 import time
 from pathlib import Path
 
+from common import reset_peak, status_kb
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SIZES = [1024, 4096, 16384, 65536]
 VARIANTS = ("alphastomics", "softmax", "linear_sampled")
@@ -59,25 +61,6 @@ LABELS = {
 # ------------------------------------------------------------------------------------------------
 # child: one (variant, N) measurement
 # ------------------------------------------------------------------------------------------------
-def _status_kb(field: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def _reset_peak() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return False
-    hwm, rss = _status_kb("VmHWM"), _status_kb("VmRSS")
-    return hwm is not None and rss is not None and hwm <= rss + 1024
-
-
 def synthetic_batch(n: int, genes: int, dim: int, seed: int = 0):
     """One slice: cells in Gaussian clusters (spatial domains) whose expression depends on the cluster."""
     import torch
@@ -139,8 +122,8 @@ def child_main(args) -> None:
     regimes = torch.zeros(1, dtype=torch.long)  # regime BOTH: expression and positions noised
     generator = torch.Generator().manual_seed(0)
     gc.collect()
-    reset_ok = _reset_peak()
-    base_kb = _status_kb("VmRSS") or 0
+    reset_ok = reset_peak()
+    base_kb = status_kb("VmRSS") or 0
 
     batch = synthetic_batch(args.n, args.genes, args.dim, seed=1)
 
@@ -165,7 +148,7 @@ def child_main(args) -> None:
     cpu_times.pop(0)  # warm-up
     sys_times.pop(0)
     if reset_ok:
-        peak_kb = _status_kb("VmHWM") or 0
+        peak_kb = status_kb("VmHWM") or 0
         method = "VmHWM after clear_refs"
     else:
         peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
