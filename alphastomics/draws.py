@@ -17,6 +17,7 @@ import torch
 
 from alphastomics import GENERATED_BY_MODE
 from alphastomics.data.batch import SliceBatch
+from alphastomics.data.places import Place
 from alphastomics.data.slices import collate, make_example
 from alphastomics.diffusion.sampler import FULL_INTERVAL, sample
 from alphastomics.diffusion.schedule import expression_noise, position_noise
@@ -73,7 +74,7 @@ def draw_samples(model: LoadedModel, batch: SliceBatch, mode: str, num_samples: 
     n = int(batch.node_mask[0].sum())
     n_dims = 3 if bool(batch.dim_mask[0, 2]) else 2
     decoded = model.codec.decode(expression[:, :n].cpu().numpy())
-    coordinates = np.stack([model.frame.to_source(p[:n].cpu().numpy(), n_dims) for p in positions])
+    coordinates = np.stack([to_source(model, batch, p[:n].cpu().numpy(), n_dims) for p in positions])
     expected, consensus, k = None, None, 0
     if mode in ("pos_to_expr", "impute"):
         k = max(posterior_mean_draws or model.config.sampling.posterior_mean_draws, num_samples)
@@ -84,10 +85,16 @@ def draw_samples(model: LoadedModel, batch: SliceBatch, mode: str, num_samples: 
         posterior_mean = None
         if model.frame.kind == "shared":
             k = max(posterior_mean_draws or model.config.sampling.posterior_mean_draws, num_samples)
-            posterior_mean = model.frame.to_source(expected_positions(model, batch, [seed + i for i in range(k)],
-                                                                      chunk=num_samples)[:n], n_dims)[:, :n_dims]
+            posterior_mean = to_source(model, batch, expected_positions(model, batch, [seed + i for i in range(k)],
+                                                                        chunk=num_samples)[:n], n_dims)[:, :n_dims]
         consensus = consensus_layout(coordinates[:, :, :n_dims].astype(np.float64), posterior_mean)
     return Draws(decoded, coordinates, embedding[:n], seeds, expected, k, consensus)
+
+
+def to_source(model: LoadedModel, batch: SliceBatch, positions: np.ndarray, n_dims: int) -> np.ndarray:
+    """Model-frame positions of the (first) slice of ``batch`` in source units, at its place where sections have one."""
+    place = None if batch.places is None else model.frame.place_from_features(batch.places[0].cpu().numpy())
+    return model.frame.to_source(positions, n_dims, place)
 
 
 def default_expression_graph(model: LoadedModel, mode: str) -> ExpressionGraph:
@@ -218,10 +225,12 @@ def _first_step_expectation(model: LoadedModel, known: SliceBatch, seeds: list[i
     return model.codec.decode_expectation(pred.expression.float().cpu().numpy())
 
 
-def known_batch(model: LoadedModel, data: SliceData, mode: str, heldout: np.ndarray | None = None) -> SliceBatch:
+def known_batch(model: LoadedModel, data: SliceData, mode: str, heldout: np.ndarray | None = None,
+                place: Place | None = None) -> SliceBatch:
     """The model-space batch of one slice as sampling sees it, on the model's device; ``heldout``
-    (G,) bool: imputation, the genes to generate (the other measured genes are given)."""
-    batch = collate([make_example(data, model.codec, model.frame, conditions=model.conditions)])
+    (G,) bool: imputation, the genes to generate (the other measured genes are given); ``place``:
+    where the section lies along the cutting axis (default: its cells' extent; alphastomics.places)."""
+    batch = collate([make_example(data, model.codec, model.frame, conditions=model.conditions, place=place)])
     if batch.cell_labels is not None:  # unconditional unless conditions are asked for (apply_conditions)
         batch.cell_labels = torch.zeros_like(batch.cell_labels)
         batch.covariates = torch.zeros_like(batch.covariates)

@@ -141,6 +141,24 @@ def _shape_family(sample: Sample, config: EvaluationConfig, out: _Collector) -> 
             "units": "source units"}}, 0.0, cells="all")
 
 
+def _placement_family(sample: Sample, out: _Collector) -> None:
+    """Sections with a place (alphastomics.data.places): generated where the true section lies, and
+    for a place estimated from expression, how far its centre was from the true one."""
+    record = sample.section_place
+    if record is None or "axis" not in record:
+        return
+    axis = "xyz".index(str(record["axis"]))
+    if axis >= sample.true_positions.shape[1]:
+        return
+    (values, how), seconds = _timed(geometry.placement_metrics, sample.true_positions, sample.generated_positions, axis)
+    if record.get("centre_error") is not None:
+        values["place_centre_error_abs"] = abs(float(record["centre_error"]))
+        how["place_centre_error_abs"] = {
+            "formula": "|centre of the place estimated from expression - centre of the true section's extent| along the axis",
+            "units": "source units", "true_thickness": float(record["true_high"]) - float(record["true_low"])}
+    out.add(values, how, seconds, cells="all", place_source=str(record.get("source", "")))
+
+
 def _position_family(sample: Sample, config: EvaluationConfig, out: _Collector) -> None:
     true, generated = sample.true_positions, sample.generated_positions
     (values, how), seconds = _timed(geometry.coordinate_metrics, true, generated)
@@ -463,6 +481,7 @@ def _evaluate(sample: Sample, config: EvaluationConfig, source: str) -> _Collect
         _expression_distribution_family(sample.true_expression, sample.generated_expression, out, f"{sample_file.EXPR_PRED} (first draw)")
     if "position" in sample.generated:
         _shape_family(sample, config, out)
+        _placement_family(sample, out)
         if sample.paired:
             _position_family(sample, config, out)
             if sample.consensus_positions is not None:

@@ -15,6 +15,7 @@ import torch
 from alphastomics import GENERATED_BY_MODE, MODES
 from alphastomics.checkpoint import LoadedModel, load_model
 from alphastomics.config import JOINT_CELL_TYPES, check_expression_temperature
+from alphastomics.data.places import Place, place_from_values, resolve_place
 from alphastomics.diffusion.sampler import SAMPLERS
 from alphastomics.draws import (  # noqa: F401 - the sampling API that scripts and tests import from here
     Draws,
@@ -87,11 +88,13 @@ def sample_slice(checkpoint: str | Path, data_dir: str | Path, slice_id: str, mo
                  progress: bool = True, sampler: str | None = None, holdout_fraction: float | None = None,
                  holdout_seed: int | None = None, guidance: GuidanceRequest | None = None,
                  posterior_mean_draws: int | None = None, atlas_context_cells: int | None = None,
-                 expression_temperature: float | None = None, expression_graph: dict | None = None) -> ad.AnnData:
+                 expression_temperature: float | None = None, expression_graph: dict | None = None,
+                 section_at: Place | None = None) -> ad.AnnData:
     """One slice of a preprocessed dataset in one mode. ``impute``: the genes chosen by
     alphastomics.heldout (``holdout_fraction``, ``holdout_seed``; default the config's) are hidden
     and generated from the other genes and the coordinates. ``atlas_context_cells``: see
-    :func:`atlas_context` (default: sampling.atlas_context_cells)."""
+    :func:`atlas_context` (default: sampling.atlas_context_cells). ``section_at``: a model whose
+    sections carry a place samples the slice there (default: alphastomics.data.places.resolve_place)."""
     if mode not in MODES:
         raise InputError(f"unknown mode '{mode}' (one of {', '.join(MODES)})")
     started = time.time()
@@ -109,13 +112,18 @@ def sample_slice(checkpoint: str | Path, data_dir: str | Path, slice_id: str, mo
         measured = [g for g, m in zip(data.genes, data.gene_mask) if m]
         chosen = set(heldout_genes(measured, fraction, holdout_seed))
         heldout = np.array([g in chosen for g in data.genes])
+    place, place_record = section_place(model, data, mode, section_at, True, f"{data_dir}: slice {slice_id!r}")
     max_context = model.config.sampling.atlas_context_cells if atlas_context_cells is None else atlas_context_cells
+    if place is not None and max_context > 0:
+        # every section is laid out in the frame of its own place: other sections' cells have other places
+        log.warning("%s: atlas context is not used by a model whose sections carry their place", slice_id)
+        max_context = 0
     context = atlas_context(model, data_dir, manifest, data, mode, max_context, seed)
     if context is None and max_context > 0 and mode == "expr_to_pos":
         log.warning("%s: no atlas context (it needs a shared frame and training slices of the same "
                     "panel and dimensionality in %s): laid out alone", slice_id, data_dir)
     placed = data if context is None else stack_cells(data, [data, context])  # the slice's cells first
-    batch = known_batch(model, placed, mode, heldout)
+    batch = known_batch(model, placed, mode, heldout, place)
     steps = model.sampling_steps(steps)
     num_samples = num_samples or model.config.sampling.draws(mode)
     sampler = sampler or model.config.sampling.sampler
@@ -135,6 +143,8 @@ def sample_slice(checkpoint: str | Path, data_dir: str | Path, slice_id: str, mo
     attach_guidance(adata, guidance_uns, guidance_obs, unguided and to_anndata(data, unguided, mode, model.frame.kind, heldout))
     if heldout is not None:
         adata.uns[INFO].update({"holdout_fraction": fraction, "holdout_seed": holdout_seed, "n_heldout": int(heldout.sum())})
+    if place_record is not None:
+        adata.uns[INFO]["section_place"] = place_record
     adata.uns[INFO].update(
         {
             "dataset": dataset or manifest.get("dataset", ""),
@@ -154,6 +164,17 @@ def sample_slice(checkpoint: str | Path, data_dir: str | Path, slice_id: str, mo
     return adata
 
 
+def section_place(model: LoadedModel, data: SliceData, mode: str, requested: Place | None, has_coordinates: bool,
+                  what: str) -> tuple[Place | None, dict | None]:
+    """The place a slice is sampled at, and its record (None, None for a model without places)."""
+    if model.frame.places is None:
+        if requested is not None:
+            raise InputError(f"{what}: --section-at needs a model trained with sections' places (the dataset's section_axis)")
+        return None, None
+    return resolve_place(model.frame.places, data.expression, data.gene_mask, data.coords if has_coordinates else None,
+                         mode, requested, what)
+
+
 def to_anndata(data: SliceData, draws: Draws, mode: str, frame_kind: str, heldout: np.ndarray | None = None,
                generated_genes: np.ndarray | None = None, has_coordinates: bool = True) -> ad.AnnData:
     """The sample file of ``draws`` (alphastomics.io.sample_file.model_sample); expr_to_pos with
@@ -168,8 +189,10 @@ def sample_user_data(model: LoadedModel, user: UserData, mode: str, steps: int |
                      sampler: str, impute_genes: list[str] | None = None, holdout_fraction: float | None = None,
                      holdout_seed: int = 0, progress: bool = True, guidance: GuidanceRequest | None = None,
                      posterior_mean_draws: int | None = None, expression_temperature: float | None = None,
-                     expression_graph: dict | None = None) -> ad.AnnData:
+                     expression_graph: dict | None = None, section_at: Place | dict[str, Place] | None = None) -> ad.AnnData:
     """Sample every slice of a user's file (alphastomics.user_data) in one mode; one AnnData.
+    ``section_at``: for a model whose sections carry a place, one place for every slice or one per
+    slice id (alphastomics.data.places.resolve_place decides where none is given).
 
     Generated expression covers every gene the model knows (measured in training). ``impute``:
     ``impute_genes`` (default: the genes the model knows and the file lacks) are generated while
@@ -196,7 +219,9 @@ def sample_user_data(model: LoadedModel, user: UserData, mode: str, steps: int |
         if generated_genes is not None:
             # the model generates every gene it knows; given genes (impute) stay the file's values
             model_view = dataclasses.replace(data, gene_mask=known_genes | data.gene_mask.astype(bool))
-        batch = known_batch(model, model_view, mode, heldout)
+        requested = section_at.get(data.slice_id) if isinstance(section_at, dict) else section_at
+        place, place_record = section_place(model, data, mode, requested, user.has_coordinates, f"{source}: slice {data.slice_id!r}")
+        batch = known_batch(model, model_view, mode, heldout, place)
         draws, guidance_uns, guidance_obs, unguided = guided_draws(model, batch, data, mode, num_samples, seed, steps, sampler,
                                                                    progress, guidance, source, posterior_mean_draws,
                                                                    expression_temperature, expression_graph)
@@ -205,6 +230,8 @@ def sample_user_data(model: LoadedModel, user: UserData, mode: str, steps: int |
             data, unguided, mode, model.frame.kind, heldout, generated_genes, user.has_coordinates))
         if heldout is not None:
             adata.var[GENERATED_GENES] = heldout
+        if place_record is not None:
+            adata.uns[INFO]["section_place"] = place_record
         parts.append(adata)
     adata = parts[0] if len(parts) == 1 else ad.concat(parts, merge="same", uns_merge="first")
     adata.uns[INFO] = {**parts[0].uns[INFO], "slice_id": ", ".join(d.slice_id for d in user.slices),
@@ -313,6 +340,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     guide.add_argument("--target-region", default=None, metavar="X0:X1,Y0:Y1[,Z0:Z1]",
                        help="the target applies to the cells in this box of the slice's coordinates (its own units; an empty "
                             "bound is open); pos_to_expr and impute")
+    place = p.add_argument_group("sections' places (models trained with a section_axis; alphastomics.data.places)")
+    place.add_argument("--section-at", default=None, metavar="VALUE or LOW:HIGH",
+                       help="sample the section at this place along the cutting axis, in the atlas' units: a plane (VALUE) "
+                            "or a slab (LOW:HIGH). Default: expr_to_pos estimates it from expression; the other modes take "
+                            "the extent of the given coordinates; joint without coordinates needs it")
+    place.add_argument("--section-at-key", default=None, metavar="OBS_KEY",
+                       help="own h5ad: the obs column holding each slice's place (its range over the slice's cells)")
     p.add_argument("--atlas-context-cells", type=int, default=None, metavar="N",
                    help="expr_to_pos in a shared frame, on a dataset directory: lay the slice out among up to N cells of the "
                         "training slices (their expression only), then drop them; 0: alone (default: sampling.atlas_context_cells)")
@@ -336,6 +370,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                             "default: sampling.joint_cell_types (training)")
 
 
+def places_from_obs(path: str, key: str, user: UserData) -> dict[str, Place]:
+    """Each slice's place from an obs column of the user's file: the range of its cells' values."""
+    obs = ad.read_h5ad(path, backed="r").obs
+    if key not in obs.columns:
+        raise InputError(f"{path}: --section-at-key {key!r} is not an obs column (columns: {', '.join(map(str, obs.columns)) or 'none'})")
+    try:
+        values = obs[key].astype(float)
+    except (TypeError, ValueError):
+        raise InputError(f"{path}: obs[{key!r}] is not numeric: it cannot place a section along the cutting axis") from None
+    values.index = values.index.astype(str)
+    return {data.slice_id: place_from_values(values.reindex(data.cell_ids.astype(str)).to_numpy(),
+                                             f"{path}: obs[{key!r}] of slice {data.slice_id!r}") for data in user.slices}
+
+
 def main(args: argparse.Namespace) -> int:
     started = time.time()
     if args.expression_temperature is not None:
@@ -348,6 +396,9 @@ def main(args: argparse.Namespace) -> int:
                                ("--graph-components", args.graph_components, 1), ("--graph-pool", args.graph_pool, 0)):
         if value is not None and value < least:
             raise InputError(f"{flag} must be at least {least}, not {value}")
+    section_at = Place.parse(args.section_at) if args.section_at is not None else None
+    if args.section_at_key is not None and (args.data is None or Path(args.data).is_dir() or section_at is not None):
+        raise InputError("--section-at-key reads an obs column of an own .h5ad given with --data (and replaces --section-at)")
     if args.data is not None and Path(args.data).is_dir():
         if args.slice_id is None:
             raise InputError(f"{args.data}: a preprocessed dataset directory: name the slice with --slice")
@@ -355,7 +406,7 @@ def main(args: argparse.Namespace) -> int:
                              args.dataset, args.num_samples, sampler=args.sampler, holdout_fraction=args.holdout_fraction,
                              holdout_seed=args.holdout_seed, guidance=guidance, posterior_mean_draws=args.posterior_mean_draws,
                              atlas_context_cells=args.atlas_context_cells, expression_temperature=args.expression_temperature,
-                             expression_graph=expression_graph_overrides(args))
+                             expression_graph=expression_graph_overrides(args), section_at=section_at)
     else:
         model = load_model(args.checkpoint, args.device)
         dims = args.dims or model.frame.dims
@@ -369,12 +420,14 @@ def main(args: argparse.Namespace) -> int:
         else:
             raise InputError("give --data (a dataset directory or an .h5ad), --coordinates FILE (pos_to_expr), "
                              "or --num-cells N (joint)")
+        if args.section_at_key is not None:
+            section_at = places_from_obs(args.data, args.section_at_key, user)
         impute = [g.strip() for g in args.impute_genes.split(",") if g.strip()] if args.impute_genes else None
         adata = sample_user_data(model, user, args.mode, model.sampling_steps(args.steps), args.seed,
                                  args.num_samples or model.config.sampling.draws(args.mode), args.sampler or model.config.sampling.sampler,
                                  impute, args.holdout_fraction, args.holdout_seed or 0, guidance=guidance,
                                  posterior_mean_draws=args.posterior_mean_draws, expression_temperature=args.expression_temperature,
-                                 expression_graph=expression_graph_overrides(args))
+                                 expression_graph=expression_graph_overrides(args), section_at=section_at)
         adata.uns[INFO].update({"dataset": args.dataset or "", "checkpoint_sha256": model.sha256,
                                           "train_slices": list(model.train_slices), "runtime_s": round(time.time() - started, 2)})
     write_h5ad_atomic(adata, args.out)

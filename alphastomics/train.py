@@ -27,6 +27,7 @@ from alphastomics.data.batch import SliceBatch
 from alphastomics.data.conditions import ConditionVocabulary
 from alphastomics.data.expression import ExpressionCodec
 from alphastomics.data.frames import FRAMES, CoordinateFrame
+from alphastomics.data.places import AXES, SectionPlaces, axis_index
 from alphastomics.data.slices import PatchDataset, SizeBucketBatchSampler, SliceDataset, collate
 from alphastomics.diffusion.objective import MODE_REGIMES, DiffusionObjective
 from alphastomics.errors import AlphaSTomicsError, ConfigError
@@ -147,11 +148,16 @@ def split_slices(manifest: dict, test: list[str], validation: list[str]) -> tupl
 
 
 def build_dataloaders(config: Config, data_dir: Path, train_ids: list[str], val_ids: list[str], manifest: dict,
-                      coordinate_frame: str = "per_slice"):
+                      coordinate_frame: str = "per_slice", section_axis: str | None = None):
     t = config.training
     train_slices = [load_slice(data_dir, s, manifest) for s in train_ids]
     codec = ExpressionCodec.fit([s.expression for s in train_slices], [s.gene_mask for s in train_slices], config.model.expression_code)
-    frame = CoordinateFrame.fit(coordinate_frame, [(s.coords, s.n_dims) for s in train_slices])
+    places = None
+    if section_axis:
+        if coordinate_frame != "shared":
+            raise ConfigError(f"section_axis {section_axis!r} needs coordinate_frame: shared (sections of one registered frame)")
+        places = SectionPlaces.fit(axis_index(section_axis), train_slices)
+    frame = CoordinateFrame.fit(coordinate_frame, [(s.coords, s.n_dims) for s in train_slices], places)
     conditions = ConditionVocabulary.fit(train_slices, config.model.condition_on_cell_type, list(config.model.slice_covariates))
     if t.data_mode == "cell":
         train_set = PatchDataset(train_slices, codec, frame, t.cells_per_example, t.examples_per_epoch, t.seed, conditions)
@@ -301,24 +307,26 @@ def code_fingerprint() -> str:
     return hashlib.sha256(f"{__version__} {StageFiles().fingerprint('train')}".encode()).hexdigest()
 
 
-def resume_key(config: Config, genes: list[str], train_ids: list[str], coordinate_frame: str) -> str:
+def resume_key(config: Config, genes: list[str], train_ids: list[str], coordinate_frame: str, section_axis: str | None = None) -> str:
     payload = json.dumps({"config": config.to_dict(), "genes": genes, "train": train_ids, "frame": coordinate_frame,
-                          "code": code_fingerprint()}, sort_keys=True)
+                          "code": code_fingerprint(), **({"section_axis": section_axis} if section_axis else {})}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
 def train(config: Config, data_dir: str | Path, out_dir: str | Path, test_ids=(), val_ids=(), resume: bool = False,
-          export_to: str | Path | None = None, coordinate_frame: str = "per_slice") -> dict:
+          export_to: str | Path | None = None, coordinate_frame: str = "per_slice", section_axis: str | None = None) -> dict:
     """Train on every slice of ``data_dir`` except the test and validation slices; returns a summary.
 
-    ``coordinate_frame``: ``per_slice`` or ``shared`` (see alphastomics.data.frames)."""
+    ``coordinate_frame``: ``per_slice`` or ``shared`` (see alphastomics.data.frames); ``section_axis``:
+    a shared frame's cutting axis, each section's place its extent along it (alphastomics.data.places)."""
     started = time.time()
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(config.training.seed, workers=True, verbose=False)
     manifest = load_manifest(data_dir)
     train_ids, val_ids = split_slices(manifest, list(test_ids), list(val_ids))
-    train_loader, val_loader, codec, frame, conditions = build_dataloaders(config, data_dir, train_ids, val_ids, manifest, coordinate_frame)
+    train_loader, val_loader, codec, frame, conditions = build_dataloaders(config, data_dir, train_ids, val_ids, manifest, coordinate_frame,
+                                                                           section_axis)
     genes = list(manifest["genes"])
     log.info("training on %d slices (%s), validating on %s; %s coordinate frame", len(train_ids), ", ".join(train_ids),
              ", ".join(val_ids) or "none", coordinate_frame)
@@ -326,7 +334,7 @@ def train(config: Config, data_dir: str | Path, out_dir: str | Path, test_ids=()
     module = DiffusionModule(config.to_dict(), genes, codec.to_dict(), frame.to_dict(), train_ids,
                              training_preprocessing(manifest, train_loader.dataset), conditions.to_dict())
     save_config(config, out_dir / "config.yaml")
-    key = resume_key(config, genes, train_ids, coordinate_frame)
+    key = resume_key(config, genes, train_ids, coordinate_frame, section_axis)
     key_file = out_dir / "checkpoints" / "resume_key.txt"
     last = out_dir / "checkpoints" / "last.ckpt"
     ckpt_path = None
@@ -366,6 +374,7 @@ def train(config: Config, data_dir: str | Path, out_dir: str | Path, test_ids=()
         "train_slices": train_ids,
         "validation_slices": val_ids,
         "coordinate_frame": coordinate_frame,
+        "section_axis": section_axis,
         "strategy": config.training.strategy,
         "devices": config.training.devices,
         "num_nodes": config.training.num_nodes,
@@ -428,6 +437,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--coordinate-frame", choices=FRAMES, default=None,
                    help="per_slice: every slice in its own frame; shared: one frame for all slices (registered atlas, "
                         "slabs of one specimen). Default: the dataset's coordinate_frame in the config, else per_slice")
+    p.add_argument("--section-axis", choices=AXES, default=None,
+                   help="shared frame: the cutting axis; each section's place is its extent along it, the model learns "
+                        "tissue given the place and samples a section at any place (default: the dataset's section_axis)")
     p.add_argument("--resume", action="store_true", help="continue from checkpoints/last.ckpt when it matches config and code")
     p.add_argument("--export", default=None, help="also write the single-file model for sampling here (default OUT/model.ckpt)")
     p.add_argument("--no-export", action="store_true", help="do not export (the pipeline exports in its own rule)")
@@ -439,7 +451,7 @@ def main(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     overrides = {key: getattr(args, flag.lstrip("-").replace("-", "_")) for flag, (key, _) in OVERRIDES.items()}
     config = apply_overrides(config, overrides)
-    test, val, frame = [], [], "per_slice"
+    test, val, frame, section_axis = [], [], "per_slice", None
     if args.dataset:
         datasets = read_yaml(args.config).get("datasets", {}) if args.config else {}
         if args.dataset not in datasets:
@@ -447,10 +459,13 @@ def main(args: argparse.Namespace) -> int:
         test = datasets[args.dataset].get("test_slices", [])
         val = datasets[args.dataset].get("validation_slices", [])
         frame = datasets[args.dataset].get("coordinate_frame", "per_slice")
+        section_axis = datasets[args.dataset].get("section_axis")
     test = args.test_slices if args.test_slices is not None else test
     val = args.val_slices if args.val_slices is not None else val
     export_to = None if args.no_export else (args.export or str(Path(args.out) / "model.ckpt"))
     frame = args.coordinate_frame or frame
-    summary = train(config, args.data, args.out, test, val, resume=args.resume, export_to=export_to, coordinate_frame=frame)
+    section_axis = args.section_axis or section_axis
+    summary = train(config, args.data, args.out, test, val, resume=args.resume, export_to=export_to, coordinate_frame=frame,
+                    section_axis=section_axis)
     log.info("training finished: %s", json.dumps(summary))
     return 0

@@ -22,6 +22,9 @@ class SliceBatch:
     # codes (B, K), long, 0 = none; None when the model is not conditioned.
     cell_labels: torch.Tensor | None = None
     covariates: torch.Tensor | None = None
+    # Shared frame with a cutting axis: each section's place as the network sees it (B, 2) float
+    # (alphastomics.data.frames.CoordinateFrame.place_features); None otherwise.
+    places: torch.Tensor | None = None
 
     def to(self, device) -> "SliceBatch":
         moved = {f.name: getattr(self, f.name).to(device) for f in fields(self) if isinstance(getattr(self, f.name), torch.Tensor)}

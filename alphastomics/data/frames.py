@@ -15,6 +15,13 @@ the true coordinates of the slice being generated.
 
 In both frames the model sees coordinates whose per-axis spread is about 1, the scale of the
 diffusion noise.
+
+A ``shared`` frame may have a cutting axis (``places``, alphastomics.data.places): then the
+coordinate along it is measured from the section's place and scaled so that every section is as
+thick as the training sections on average. A section generated at a place lies within it by
+construction, and the network, shown the place itself, learns what the tissue is like there;
+without this, a prior over absolute positions put no cells in the gap between two training slabs
+(docs/model.md).
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from alphastomics.data.places import Place, SectionPlaces
+
 FRAMES = ("per_slice", "shared")
 
 
@@ -30,6 +39,19 @@ def rms_per_axis(coords: np.ndarray) -> float:
     """Root mean square over cells and axes of the coordinates' deviation from their centroid."""
     centred = coords - coords.mean(0)
     return float(np.sqrt(np.mean(centred**2)))
+
+
+def _from_place(coords: np.ndarray, place: Place, places: SectionPlaces) -> np.ndarray:
+    """Source coordinates with the cutting axis measured from the section's place, at the typical thickness."""
+    out = coords.astype(np.float64).copy()
+    out[:, places.axis] = (out[:, places.axis] - place.centre) * _thickness_factor(place, places)
+    return out
+
+
+def _thickness_factor(place: Place, places: SectionPlaces) -> float:
+    """Units along the cutting axis per unit of the section's own thickness: every section as thick as the typical one."""
+    typical = places.typical_half_width
+    return typical / place.half_width if place.half_width > 0 and typical > 0 else 1.0
 
 
 @dataclass
@@ -41,19 +63,26 @@ class CoordinateFrame:
     centre: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
     scale: float = 1.0
     dims: int = 2  # the training slices' dimensionality (3 if any was 3D): default of slices with no coordinates
+    places: SectionPlaces | None = None  # shared frame with a cutting axis: the sections' places
 
     @classmethod
-    def fit(cls, kind: str, slices: list[tuple[np.ndarray, int]]) -> "CoordinateFrame":
-        """``slices``: (coordinates (n, 3), n_dims) of each training slice."""
+    def fit(cls, kind: str, slices: list[tuple[np.ndarray, int]], places: SectionPlaces | None = None) -> "CoordinateFrame":
+        """``slices``: (coordinates (n, 3), n_dims) of each training slice; ``places``: a shared
+        frame's cutting axis and the slices' places along it (in the order of ``slices``)."""
         if kind not in FRAMES:
             raise ValueError(f"unknown coordinate frame {kind!r} (one of {', '.join(FRAMES)})")
+        if places is not None and kind != "shared":
+            raise ValueError("a cutting axis (section_axis) needs the shared coordinate frame")
         if kind == "shared":
+            if places is not None:  # the spread the model sees: along the axis, from each section's place
+                slices = [(_from_place(c, Place(*extent), places), d) for (c, d), extent in zip(slices, places.training.values())]
             all_coords = np.concatenate([c for c, _ in slices]).astype(np.float64)
             used = np.array([any(d == 3 for _, d in slices) or axis < 2 for axis in range(3)])
             centre = all_coords.mean(0)
             spread = np.sqrt(np.mean((all_coords[:, used] - centre[used]) ** 2)) or 1.0
             # 2D sections at different z of one specimen: z is part of the frame, centred with the rest.
-            return cls(kind, centre=[float(v) for v in centre], scale=float(spread), dims=max(d for _, d in slices))
+            return cls(kind, centre=[float(v) for v in centre], scale=float(spread), dims=max(d for _, d in slices),
+                       places=places)
         logs: dict[int, list[float]] = {}
         for coords, d in slices:
             n = coords.shape[0]
@@ -75,27 +104,55 @@ class CoordinateFrame:
             raise ValueError(f"the model was trained on {known} slices only; it has no {n_dims}D coordinate scale")
         return c * max(n_cells, 1) ** (1.0 / n_dims)
 
-    def to_model(self, coords: np.ndarray, n_dims: int) -> np.ndarray:
-        """Source (n, 3) -> model frame (n, 3); per_slice: centred on the slice, unused axes 0."""
+    def _place_scales(self) -> tuple[float, float, float]:
+        centres = np.array([0.5 * (lo + hi) for lo, hi in self.places.training.values()])
+        return float(centres.mean()), float(centres.std()) or 1.0, self.places.typical_half_width
+
+    def place_features(self, place: Place) -> list[float]:
+        """What the network is shown of a place: its centre, standardised over the training sections'
+        centres, and its thickness relative to theirs."""
+        mean, spread, typical = self._place_scales()
+        return [(place.centre - mean) / spread, place.half_width / typical if typical > 0 else 0.0]
+
+    def place_from_features(self, features) -> Place:
+        """The place behind ``place_features`` (a batch's ``places`` row)."""
+        mean, spread, typical = self._place_scales()
+        centre, half = float(features[0]) * spread + mean, float(features[1]) * typical
+        return Place(centre - half, centre + half)
+
+    def _require_place(self, place: Place | None) -> Place:
+        if place is None:
+            raise ValueError("this frame has a cutting axis: coordinates map to it only with the section's place")
+        return place
+
+    def to_model(self, coords: np.ndarray, n_dims: int, place: Place | None = None) -> np.ndarray:
+        """Source (n, 3) -> model frame (n, 3); per_slice: centred on the slice, unused axes 0;
+        with a cutting axis, the section's ``place`` is its origin along it."""
         coords = coords.astype(np.float64)
         if self.kind == "shared":
+            if self.places is not None:
+                coords = _from_place(coords, self._require_place(place), self.places)
             return ((coords - np.asarray(self.centre)) / self.scale).astype(np.float32)
         model = (coords - coords.mean(0)) / self.slice_scale(coords.shape[0], n_dims)
         model[:, n_dims:] = 0.0
         return model.astype(np.float32)
 
-    def to_source(self, model: np.ndarray, n_dims: int) -> np.ndarray:
+    def to_source(self, model: np.ndarray, n_dims: int, place: Place | None = None) -> np.ndarray:
         """Model frame (n, 3) -> source units; per_slice coordinates are centred at the origin."""
         model = model.astype(np.float64)
         if self.kind == "shared":
-            return (model * self.scale + np.asarray(self.centre)).astype(np.float32)
+            source = model * self.scale + np.asarray(self.centre)
+            if self.places is not None:
+                place, axis = self._require_place(place), self.places.axis
+                source[:, axis] = source[:, axis] / _thickness_factor(place, self.places) + place.centre
+            return source.astype(np.float32)
         return (model * self.slice_scale(model.shape[0], n_dims)).astype(np.float32)
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "density_scale": dict(self.density_scale), "centre": list(self.centre), "scale": self.scale,
-                "dims": self.dims}
+                "dims": self.dims, "places": None if self.places is None else self.places.to_dict()}
 
     @classmethod
     def from_dict(cls, d: dict) -> "CoordinateFrame":
         return cls(d["kind"], dict(d.get("density_scale", {})), list(d.get("centre", [0.0, 0.0, 0.0])), float(d.get("scale", 1.0)),
-                   int(d.get("dims", 2)))
+                   int(d.get("dims", 2)), SectionPlaces.from_dict(d.get("places")))

@@ -15,6 +15,7 @@ from alphastomics.data.batch import SliceBatch
 from alphastomics.data.conditions import ConditionVocabulary
 from alphastomics.data.expression import ExpressionCodec
 from alphastomics.data.frames import CoordinateFrame
+from alphastomics.data.places import Place, section_extent
 from alphastomics.io.shards import SliceData
 
 
@@ -30,6 +31,7 @@ class Example:
     slice_id: str
     cell_labels: np.ndarray | None = None  # (n,) condition codes of the cells' labels
     covariates: np.ndarray | None = None  # (K,) condition codes of the slice's covariates
+    place: np.ndarray | None = None  # (2,) the network's view of the section's place (alphastomics.data.frames)
 
     @property
     def n_cells(self) -> int:
@@ -37,17 +39,22 @@ class Example:
 
 
 def make_example(s: SliceData, codec: ExpressionCodec, frame: CoordinateFrame, cells: np.ndarray | None = None,
-                 conditions: ConditionVocabulary | None = None) -> Example:
+                 conditions: ConditionVocabulary | None = None, place: Place | None = None) -> Example:
+    """``place``: where the section lies along a shared frame's cutting axis (default: the extent of
+    all of the slice's cells, also when ``cells`` picks a patch of it)."""
     expression = s.expression if cells is None else s.expression[cells]
     coords = s.coords if cells is None else s.coords[cells]
     channels, target = codec.encode(expression, s.gene_mask)
+    if frame.places is not None and place is None:
+        place = section_extent(s.coords, frame.places.axis)
     example = Example(
         expression=channels,
         expression_target=target,
-        positions=frame.to_model(coords, s.n_dims),
+        positions=frame.to_model(coords, s.n_dims, place),
         gene_mask=s.gene_mask.astype(bool),
         n_dims=s.n_dims,
         slice_id=s.slice_id,
+        place=None if frame.places is None else np.asarray(frame.place_features(place), dtype=np.float32),
     )
     if conditions is not None and conditions.active:
         types = None if s.cell_types is None else (s.cell_types if cells is None else s.cell_types[cells])
@@ -78,6 +85,8 @@ def collate(examples: list[Example]) -> SliceBatch:
         for b, e in enumerate(examples):
             batch.cell_labels[b, : e.n_cells] = torch.from_numpy(e.cell_labels)
         batch.covariates = torch.from_numpy(np.stack([e.covariates for e in examples])).long()
+    if examples[0].place is not None:
+        batch.places = torch.from_numpy(np.stack([e.place for e in examples]))
     return batch
 
 

@@ -314,6 +314,8 @@ class Sample:
     drawn_types: np.ndarray | None = None  # joint: obs['cell_type_drawn'], the type each generated cell was drawn with
     # joint: every draw as (expression, coordinates), draw 0 first (obsm['expr_pred_draws'], obsm['spatial_pred_draws'])
     joint_draws: list[tuple[np.ndarray, np.ndarray]] | None = None
+    # a model whose sections carry a place: uns['alphastomics']['section_place'] (alphastomics.data.places)
+    section_place: dict | None = None
 
     @property
     def paired(self) -> bool:
@@ -405,6 +407,7 @@ def sample_from_anndata(adata, dataset: str | None = None, method: str | None = 
         train_slices=uns_list(info.get("train_slices")),
         drawn_types=adata.obs[CELL_TYPE_DRAWN].astype(str).to_numpy() if mode == "joint" and CELL_TYPE_DRAWN in adata.obs else None,
         joint_draws=joint_draws,
+        section_place=dict(info["section_place"]) if isinstance(info.get("section_place"), dict) else None,
     )
 
 

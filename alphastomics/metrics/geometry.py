@@ -351,3 +351,32 @@ def shape_metrics(true: np.ndarray, generated: np.ndarray, n_pairs: int, seed: i
     values.update(spacing_values)
     how.update(spacing_how)
     return values, how
+
+
+def placement_metrics(true: np.ndarray, generated: np.ndarray, axis: int) -> tuple[dict[str, float], dict[str, dict]]:
+    """Is a section generated where it lies, no alignment (a shared frame whose sections carry a place
+    along a cutting axis): the fraction of generated cells inside the true section's range along the
+    axis, and how far each true cell is from its nearest generated cell, in units of the true cells'
+    median spacing (about 1 where every true cell has a generated cell beside it, large where the
+    generated section misses part of the true one)."""
+    from scipy.spatial import cKDTree
+
+    true, generated = np.asarray(true, np.float64), np.asarray(generated, np.float64)
+    low, high = true[:, axis].min(), true[:, axis].max()
+    inside = float(np.mean((generated[:, axis] >= low) & (generated[:, axis] <= high)))
+    to_generated = cKDTree(generated).query(true, k=1)[0]
+    spacing = float(np.median(nearest_neighbour_distances(true)))
+    values = {
+        "place_inside_fraction": inside,
+        "place_true_to_generated_median": float(np.median(to_generated)),
+        "place_true_to_generated_spacing": float(np.median(to_generated) / spacing) if spacing > 0 else float("nan"),
+    }
+    how = {
+        "place_inside_fraction": {"formula": "fraction of generated cells within the true section's range along the cutting axis",
+                                  "axis": "xyz"[axis], "range": [float(low), float(high)]},
+        "place_true_to_generated_median": {"formula": "median over true cells of the distance to the nearest generated cell, "
+                                                      "no alignment", "units": "source units"},
+        "place_true_to_generated_spacing": {"formula": "place_true_to_generated_median / median nearest-neighbour distance of the "
+                                                       "true cells", "true_spacing": spacing},
+    }
+    return values, how

@@ -29,7 +29,8 @@ from torch import nn
 from alphastomics.config import ModelConfig
 from alphastomics.data.batch import SliceBatch
 from alphastomics.model.attention import EquivariantLinearAttention, SoftmaxAttention
-from alphastomics.model.embedding import ConditionEmbedding, ExpressionEmbedding, FourierPositionEmbedding, TimeEmbedding
+from alphastomics.model.embedding import (ConditionEmbedding, ExpressionEmbedding, FourierPositionEmbedding, PlaceEmbedding,
+                                          TimeEmbedding)
 from alphastomics.model.local import LocalMessagePassing, knn_graph
 from alphastomics.model.moe import FeedForward, MixtureOfExperts
 
@@ -60,7 +61,8 @@ def denoise(network, state: DenoiserInput, batch: SliceBatch) -> Prediction:
     The cell, gene and axis masks, the given genes (imputation) and the condition codes are the batch's."""
     return network(state.expression, state.positions, state.t_expression, state.t_position, state.expression_alpha_bar,
                    state.position_alpha_bar, batch.node_mask, batch.gene_mask, batch.dim_mask,
-                   given_genes=batch.given_genes, cell_labels=batch.cell_labels, covariates=batch.covariates)
+                   given_genes=batch.given_genes, cell_labels=batch.cell_labels, covariates=batch.covariates,
+                   places=batch.places)
 
 
 def masked_centre(x: torch.Tensor, node_mask: torch.Tensor) -> torch.Tensor:
@@ -116,9 +118,11 @@ class Block(nn.Module):
 
 class AlphaSTomicsNet(nn.Module):
     def __init__(self, config: ModelConfig, channel_genes, num_genes: int, diffusion_steps: int,
-                 absolute_positions: bool = False, attention: str = "linear", condition_sizes: tuple[int, list[int]] = (0, [])):
+                 absolute_positions: bool = False, attention: str = "linear", condition_sizes: tuple[int, list[int]] = (0, []),
+                 places: bool = False):
         """``channel_genes`` (C,): the gene of each expression channel (alphastomics.data.expression);
-        ``condition_sizes``: codes of the cell-type condition and of each slice covariate (0, []: none)."""
+        ``condition_sizes``: codes of the cell-type condition and of each slice covariate (0, []: none);
+        ``places``: sections carry their place along a cutting axis (alphastomics.data.places)."""
         super().__init__()
         self.config = config
         num_channels = len(channel_genes)
@@ -146,11 +150,12 @@ class AlphaSTomicsNet(nn.Module):
         # One projection per block, zero at start: the network begins as the input-only one
         # (made last, so the other weights draw the same random numbers as without them).
         self.conditions_per_block = nn.ModuleList(nn.Linear(dim, dim) for _ in range(config.num_layers)) \
-            if self.conditions_in is not None and config.condition_every_block else None
+            if (self.conditions_in is not None or places) and config.condition_every_block else None
         if self.conditions_per_block is not None:
             for projection in self.conditions_per_block:
                 nn.init.zeros_(projection.weight)
                 nn.init.zeros_(projection.bias)
+        self.place_in = PlaceEmbedding(dim) if places else None
 
     def forward(
         self,
@@ -166,11 +171,16 @@ class AlphaSTomicsNet(nn.Module):
         given_genes: torch.Tensor | None = None,
         cell_labels: torch.Tensor | None = None,
         covariates: torch.Tensor | None = None,
+        places: torch.Tensor | None = None,
     ) -> Prediction:
         """``given_genes`` (B, G): imputation, genes given clean while the others are generated;
-        ``cell_labels`` (B, N), ``covariates`` (B, K): condition codes (0 = none)."""
+        ``cell_labels`` (B, N), ``covariates`` (B, K): condition codes (0 = none); ``places`` (B, 2):
+        the sections' places along the cutting axis."""
+        if (self.place_in is not None) != (places is not None):
+            raise ValueError("this network takes the sections' places" if self.place_in is not None
+                             else "this network was trained without sections' places")
         inputs = (expression, positions, t_expression, t_position, expression_alpha_bar, position_alpha_bar, node_mask,
-                  gene_mask, dim_mask, given_genes, cell_labels, covariates)
+                  gene_mask, dim_mask, given_genes, cell_labels, covariates, places)
         weights = self.radius_in.weight.dtype
         if weights in (torch.bfloat16, torch.float16) and not torch.is_autocast_enabled(expression.device.type):
             # DeepSpeed's bf16 (or fp16) casts every weight but neither the inputs nor the noise the
@@ -181,7 +191,7 @@ class AlphaSTomicsNet(nn.Module):
         return self._forward(*inputs)
 
     def _forward(self, expression, positions, t_expression, t_position, expression_alpha_bar, position_alpha_bar,
-                 node_mask, gene_mask, dim_mask, given_genes, cell_labels, covariates) -> Prediction:
+                 node_mask, gene_mask, dim_mask, given_genes, cell_labels, covariates, places) -> Prediction:
         mask = node_mask[..., None].to(positions.dtype)
         x_t = positions * mask if self.absolute_positions else masked_centre(positions, node_mask)
         centred = masked_centre(x_t, node_mask)
@@ -196,6 +206,8 @@ class AlphaSTomicsNet(nn.Module):
             signal = position_alpha_bar.clamp(0.0, 1.0).sqrt().to(h.dtype)[:, None, None]
             h = h + signal * self.position_in(x_t)
         conditions = self.conditions_in(cell_labels, covariates) if self.conditions_in is not None else 0.0
+        if self.place_in is not None:
+            conditions = conditions + self.place_in(places).to(h.dtype)[:, None, :]
         h = h + conditions
         h = h * node_mask[..., None]
         graph = knn_graph(x_t, node_mask, self.config.local_neighbours) if self.config.local_neighbours > 0 else None

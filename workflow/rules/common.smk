@@ -198,6 +198,12 @@ def validation_slices(dataset):
     return config["datasets"][dataset]["validation_slices"]
 
 
+def section_axis_option(dataset):
+    """train's --section-axis for a dataset whose sections carry their place (none otherwise)."""
+    axis = config["datasets"][dataset].get("section_axis")
+    return ["--section-axis", axis] if axis else []
+
+
 def test_slice_keys(dataset):
     """{file key: slice id} of the dataset's test slices: the keys name their result files."""
     return file_keys_to_slice_ids(test_slices(dataset))

@@ -23,6 +23,7 @@ rule train:
         test=lambda w: test_slices(w.dataset),
         validation=lambda w: validation_slices(w.dataset),
         frame=lambda w: config["datasets"][w.dataset]["coordinate_frame"],
+        section_axis=lambda w: section_axis_option(w.dataset),
         # On SLURM the profile sets mpi="srun" and tasks_per_node = GPUs per node, so srun starts
         # one process per GPU and Lightning reads world size and ranks from SLURM. The task
         # geometry is passed explicitly: the plugin's job step strips SLURM_* variables, and a
@@ -50,6 +51,7 @@ rule train:
         # that checkpoint was made with the same settings and code.
         "{params.launcher:q} alphastomics --threads {threads} train --data {params.data:q} --config {input.settings:q}"
         " --test-slices {params.test:q} --val-slices {params.validation:q} --coordinate-frame {params.frame:q}"
+        " {params.section_axis:q}"
         " --devices {params.devices:q} --num-nodes {params.nodes:q}"
         " --out {params.out:q} --resume --no-export > {log:q} 2>&1"
 
