@@ -344,7 +344,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     place.add_argument("--section-at", default=None, metavar="VALUE or LOW:HIGH",
                        help="sample the section at this place along the cutting axis, in the atlas' units: a plane (VALUE) "
                             "or a slab (LOW:HIGH). Default: expr_to_pos estimates it from expression; the other modes take "
-                            "the extent of the given coordinates; joint without coordinates needs it")
+                            "the extent of the given coordinates; joint without coordinates needs it. A negative LOW goes with '=': "
+                            "--section-at=-150:-110")
     place.add_argument("--section-at-key", default=None, metavar="OBS_KEY",
                        help="own h5ad: the obs column holding each slice's place (its range over the slice's cells)")
     p.add_argument("--atlas-context-cells", type=int, default=None, metavar="N",
