@@ -37,7 +37,7 @@ MODE_DESCRIPTION = {
 # that expr_energy_distance is not read as a coordinate distance).
 CATEGORIES: list[tuple[str, str]] = [
     ("Expression", r"^expr_"),
-    ("Coordinates", r"procrustes|rssd|kabsch|^distance|dist_|contact|^position|extent|^nn_distance|^density|^axis_profile"),
+    ("Coordinates", r"procrustes|rssd|kabsch|^distance|dist_|contact|^position|^place_|extent|^nn_distance|^density|^axis_profile"),
     ("Neighbourhoods", r"knn|neighbo|enrichment"),
     ("Spatial patterns", r"moran"),
     ("Clusters and labels", r"\bari\b|ari_|_ari|nmi|leiden|label|cluster|transfer|composition|cell_type"),
