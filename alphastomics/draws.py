@@ -17,10 +17,11 @@ import torch
 
 from alphastomics import GENERATED_BY_MODE
 from alphastomics.data.batch import SliceBatch
-from alphastomics.data.places import Place
+from alphastomics.data.places import Place, resolve_place
 from alphastomics.data.slices import collate, make_example
 from alphastomics.diffusion.sampler import FULL_INTERVAL, sample
 from alphastomics.diffusion.schedule import expression_noise, position_noise
+from alphastomics.errors import InputError
 from alphastomics.guidance import Target, gradient_guidance
 from alphastomics.io.shards import SliceData, load_slice
 from alphastomics.expression_graph import SMOOTHED, ExpressionGraph, neighbour_graph, smooth
@@ -223,6 +224,17 @@ def _first_step_expectation(model: LoadedModel, known: SliceBatch, seeds: list[i
     state = DenoiserInput(start, known.positions, t, zeros, model.schedule.alpha_bar("expression")[t], torch.ones(B, device=start.device))
     pred = denoise(model.network, state, known)
     return model.codec.decode_expectation(pred.expression.float().cpu().numpy())
+
+
+def section_place(model: LoadedModel, data: SliceData, mode: str, requested: Place | None, has_coordinates: bool,
+                  what: str) -> tuple[Place | None, dict | None]:
+    """The place a slice is sampled at, and its record (None, None for a model without places)."""
+    if model.frame.places is None:
+        if requested is not None:
+            raise InputError(f"{what}: --section-at needs a model trained with sections' places (the dataset's section_axis)")
+        return None, None
+    return resolve_place(model.frame.places, data.expression, data.gene_mask, data.coords if has_coordinates else None,
+                         mode, requested, what)
 
 
 def known_batch(model: LoadedModel, data: SliceData, mode: str, heldout: np.ndarray | None = None,

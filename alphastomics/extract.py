@@ -22,7 +22,7 @@ import torch
 from alphastomics.checkpoint import load_model
 from alphastomics.errors import InputError
 from alphastomics.io.shards import load_slice
-from alphastomics.draws import cell_embedding, draw_samples, known_batch
+from alphastomics.draws import cell_embedding, draw_samples, known_batch, section_place
 from alphastomics.io.sample_file import write_sample as write_h5ad_atomic
 from alphastomics.user_data import NORMALIZATIONS, read_user_h5ad
 
@@ -34,11 +34,12 @@ EMBEDDING_KEY = "X_alphastomics"
 @torch.no_grad()
 def embed_slice(model, data, has_expression: bool, has_coordinates: bool, seed: int = 0, steps: int | None = None) -> tuple[np.ndarray, str]:
     """(cells, D) embedding of one slice and how its missing modality was filled."""
-    if has_expression and has_coordinates:
-        batch = known_batch(model, data, "joint")
+    mode = "joint" if has_expression and has_coordinates else "expr_to_pos" if has_expression else "pos_to_expr"
+    place, _ = section_place(model, data, mode, None, has_coordinates, f"slice {data.slice_id!r}")
+    if mode == "joint":
+        batch = known_batch(model, data, mode, place=place)
         return cell_embedding(model.network, batch.expression, batch.positions, batch)[: len(data.cell_ids)], "both given"
-    mode = "expr_to_pos" if has_expression else "pos_to_expr"
-    draws = draw_samples(model, known_batch(model, data, mode), mode, 1, seed, steps, progress=False)
+    draws = draw_samples(model, known_batch(model, data, mode, place=place), mode, 1, seed, steps, progress=False)
     return draws.embedding, f"{'coordinates' if has_expression else 'expression'} generated first ({mode}, seed {seed})"
 
 

@@ -15,7 +15,7 @@ import torch
 from alphastomics import GENERATED_BY_MODE, MODES
 from alphastomics.checkpoint import LoadedModel, load_model
 from alphastomics.config import JOINT_CELL_TYPES, check_expression_temperature
-from alphastomics.data.places import Place, place_from_values, resolve_place
+from alphastomics.data.places import Place, place_from_values
 from alphastomics.diffusion.sampler import SAMPLERS
 from alphastomics.draws import (  # noqa: F401 - the sampling API that scripts and tests import from here
     Draws,
@@ -27,6 +27,7 @@ from alphastomics.draws import (  # noqa: F401 - the sampling API that scripts a
     first_cells,
     known_batch,
     position_uncertainty,
+    section_place,
 )
 from alphastomics.errors import InputError
 from alphastomics.expression_graph import SMOOTHED, ExpressionGraph
@@ -162,17 +163,6 @@ def sample_slice(checkpoint: str | Path, data_dir: str | Path, slice_id: str, mo
         }
     )
     return adata
-
-
-def section_place(model: LoadedModel, data: SliceData, mode: str, requested: Place | None, has_coordinates: bool,
-                  what: str) -> tuple[Place | None, dict | None]:
-    """The place a slice is sampled at, and its record (None, None for a model without places)."""
-    if model.frame.places is None:
-        if requested is not None:
-            raise InputError(f"{what}: --section-at needs a model trained with sections' places (the dataset's section_axis)")
-        return None, None
-    return resolve_place(model.frame.places, data.expression, data.gene_mask, data.coords if has_coordinates else None,
-                         mode, requested, what)
 
 
 def to_anndata(data: SliceData, draws: Draws, mode: str, frame_kind: str, heldout: np.ndarray | None = None,

@@ -150,3 +150,14 @@ def test_own_file_places_from_an_obs_column_and_clear_errors(placed_model, small
     result = _cli("sample", "--checkpoint", small_models["bdtnp"][0], "--data", own, "--mode", "joint", "--section-at", "10:50",
                   "--steps", "2", "--out", tmp_path / "none.h5ad")
     assert result.returncode != 0 and "section_axis" in result.stderr
+
+
+def test_report_says_where_each_section_was_sampled():
+    from alphastomics.report.render import place_sentence
+
+    estimated = place_sentence({"axis": "x", "low": -24.0, "high": 80.5, "source": "estimated from expression", "true_low": 2.8,
+                                "true_high": 80.7, "centre_error": -13.47, "estimate_error_rms": 124.0, "outside_training": False})
+    assert estimated == ("sampled at x -24.0 to 80.5 (estimated from expression; true 2.80 to 80.7, centre off by -13.5, "
+                         "leave-one-section-out RMS error 124)")
+    far = place_sentence({"axis": "z", "low": 400, "high": 400, "source": "given", "outside_training": True})
+    assert far.endswith("extrapolated") and "z 400 to 400 (given)" in far

@@ -43,6 +43,7 @@ from alphastomics.report.tables import (
     DIRECTION_SOURCE,
     MODE_DESCRIPTION,
     dataset_summary,
+    fmt_value,
     headline_columns,
     metric_tables,
     order_methods,
@@ -81,6 +82,22 @@ def _env():
     env.filters["thousands"] = lambda v: f"{int(v):,}" if isinstance(v, (int, np.integer)) else v
     env.filters["wbr"] = _wbr
     return env
+
+
+def place_sentence(record: dict) -> str:
+    """Where a section was sampled along its cutting axis, in words (uns['alphastomics']['section_place'])."""
+    def number(v) -> str:
+        return fmt_value(float(v))
+
+    text = f"sampled at {record.get('axis', '')} {number(record['low'])} to {number(record['high'])} ({record.get('source', '')}"
+    if record.get("centre_error") is not None:
+        text += f"; true {number(record['true_low'])} to {number(record['true_high'])}, centre off by {number(record['centre_error'])}"
+        if record.get("estimate_error_rms") is not None:
+            text += f", leave-one-section-out RMS error {number(record['estimate_error_rms'])}"
+    text += ")"
+    if record.get("outside_training"):
+        text += ", outside the training sections' places: extrapolated"
+    return text
 
 
 def render_report(
@@ -131,6 +148,8 @@ def render_report(
     sampled = sorted({(s.slice_id, s.mode, s.method) for s in loaded})
     # what the sampler said its generated positions cannot be trusted for (alphastomics.sample.patch_size_caveat)
     caveats = sorted({(s.label, str(s.meta["caveat"])) for s in loaded if s.meta.get("caveat")})
+    places = sorted({(s.label, place_sentence(s.meta["section_place"])) for s in loaded
+                     if isinstance(s.meta.get("section_place"), dict)})
 
     return _env().get_template("report.html.j2").render(
         dataset=dataset,
@@ -141,6 +160,7 @@ def render_report(
         layouts=layouts,
         view3d=view3d,
         caveats=caveats,
+        places=places,
         gene_maps=gene_maps,
         morans=morans,
         moran_k=MORAN_K,
