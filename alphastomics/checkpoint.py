@@ -103,7 +103,7 @@ def build_network(config: Config, num_genes: int, codec: ExpressionCodec, frame:
     return AlphaSTomicsNet(config.model, codec.channel_genes, num_genes, config.diffusion.diffusion_steps,
                            absolute_positions=frame.kind == "shared",
                            condition_sizes=conditions.sizes if conditions is not None else (0, []),
-                           places=frame.places is not None)
+                           place_axis=None if frame.places is None else frame.places.axis)
 
 
 @dataclass

@@ -22,7 +22,7 @@ class SliceBatch:
     # codes (B, K), long, 0 = none; None when the model is not conditioned.
     cell_labels: torch.Tensor | None = None
     covariates: torch.Tensor | None = None
-    # Shared frame with a cutting axis: each section's place as the network sees it (B, 2) float
+    # Shared frame with a cutting axis: each section's place as the network sees it (B, 3) float
     # (alphastomics.data.frames.CoordinateFrame.place_features); None otherwise.
     places: torch.Tensor | None = None
 

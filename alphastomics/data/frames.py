@@ -79,6 +79,8 @@ class CoordinateFrame:
             all_coords = np.concatenate([c for c, _ in slices]).astype(np.float64)
             used = np.array([any(d == 3 for _, d in slices) or axis < 2 for axis in range(3)])
             centre = all_coords.mean(0)
+            if places is not None:  # each section about its own place (the network adds the place back)
+                centre[places.axis] = 0.0
             spread = np.sqrt(np.mean((all_coords[:, used] - centre[used]) ** 2)) or 1.0
             # 2D sections at different z of one specimen: z is part of the frame, centred with the rest.
             return cls(kind, centre=[float(v) for v in centre], scale=float(spread), dims=max(d for _, d in slices),
@@ -104,20 +106,19 @@ class CoordinateFrame:
             raise ValueError(f"the model was trained on {known} slices only; it has no {n_dims}D coordinate scale")
         return c * max(n_cells, 1) ** (1.0 / n_dims)
 
-    def _place_scales(self) -> tuple[float, float, float]:
-        centres = np.array([0.5 * (lo + hi) for lo, hi in self.places.training.values()])
-        return float(centres.mean()), float(centres.std()) or 1.0, self.places.typical_half_width
-
     def place_features(self, place: Place) -> list[float]:
-        """What the network is shown of a place: its centre, standardised over the training sections'
-        centres, and its thickness relative to theirs."""
-        mean, spread, typical = self._place_scales()
-        return [(place.centre - mean) / spread, place.half_width / typical if typical > 0 else 0.0]
+        """What the network is shown of a place: the centre along the cutting axis in model units,
+        the model units of the section's own coordinate along the axis per model unit of the
+        frame's (to see its cells at their absolute place), and its thickness relative to the
+        training sections' mean (0 for a plane)."""
+        typical = self.places.typical_half_width
+        return [(place.centre - self.places.origin) / self.scale, 1.0 / _thickness_factor(place, self.places),
+                place.half_width / typical if typical > 0 else 0.0]
 
     def place_from_features(self, features) -> Place:
         """The place behind ``place_features`` (a batch's ``places`` row)."""
-        mean, spread, typical = self._place_scales()
-        centre, half = float(features[0]) * spread + mean, float(features[1]) * typical
+        centre = float(features[0]) * self.scale + self.places.origin
+        half = float(features[2]) * self.places.typical_half_width
         return Place(centre - half, centre + half)
 
     def _require_place(self, place: Place | None) -> Place:

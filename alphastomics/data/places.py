@@ -108,6 +108,11 @@ class SectionPlaces:
         widths = [0.5 * (h - lo) for lo, h in self.training.values()]
         return float(np.mean(widths)) if widths else 0.0
 
+    @property
+    def origin(self) -> float:
+        """The mean of the training sections' centres: where the model's absolute coordinate along the axis is 0."""
+        return float(np.mean([0.5 * (lo + h) for lo, h in self.training.values()])) if self.training else 0.0
+
     def span(self) -> tuple[float, float]:
         """The lowest and highest training section centres: a place between them is interpolated."""
         centres = [0.5 * (lo + h) for lo, h in self.training.values()]

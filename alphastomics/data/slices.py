@@ -31,7 +31,7 @@ class Example:
     slice_id: str
     cell_labels: np.ndarray | None = None  # (n,) condition codes of the cells' labels
     covariates: np.ndarray | None = None  # (K,) condition codes of the slice's covariates
-    place: np.ndarray | None = None  # (2,) the network's view of the section's place (alphastomics.data.frames)
+    place: np.ndarray | None = None  # (3,) the network's view of the section's place (alphastomics.data.frames)
 
     @property
     def n_cells(self) -> int:

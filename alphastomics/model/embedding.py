@@ -94,16 +94,19 @@ class FourierPositionEmbedding(nn.Module):
 
 
 class PlaceEmbedding(nn.Module):
-    """A section's place along the cutting axis (standardised centre, relative thickness) as Fourier
-    features of the centre and the thickness itself, then a linear map: one vector per section,
-    added to its cells' tokens like a condition."""
+    """A section's place along the cutting axis (alphastomics.data.frames.CoordinateFrame.place_features:
+    centre in model units, scale along the axis, relative thickness) as Fourier features of the
+    centre and the three values themselves, then a linear map: one vector per section, added to its
+    cells' tokens like a condition."""
+
+    FEATURES = 3
 
     def __init__(self, dim: int, octaves: int = 6):
         super().__init__()
-        self.register_buffer("frequencies", 0.5 * 2.0 ** torch.arange(octaves, dtype=torch.float32), persistent=False)
-        self.linear = nn.Linear(2 * octaves + 2, dim)
+        self.register_buffer("frequencies", 0.25 * 2.0 ** torch.arange(octaves, dtype=torch.float32), persistent=False)
+        self.linear = nn.Linear(2 * octaves + self.FEATURES, dim)
 
-    def forward(self, places: torch.Tensor) -> torch.Tensor:  # (B, 2) -> (B, dim)
+    def forward(self, places: torch.Tensor) -> torch.Tensor:  # (B, 3) -> (B, dim)
         angles = places[:, :1].float() * self.frequencies
         features = torch.cat([angles.sin(), angles.cos(), places.float()], dim=-1)
         return self.linear(features.to(self.linear.weight.dtype))

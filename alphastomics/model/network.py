@@ -119,10 +119,10 @@ class Block(nn.Module):
 class AlphaSTomicsNet(nn.Module):
     def __init__(self, config: ModelConfig, channel_genes, num_genes: int, diffusion_steps: int,
                  absolute_positions: bool = False, attention: str = "linear", condition_sizes: tuple[int, list[int]] = (0, []),
-                 places: bool = False):
+                 place_axis: int | None = None):
         """``channel_genes`` (C,): the gene of each expression channel (alphastomics.data.expression);
         ``condition_sizes``: codes of the cell-type condition and of each slice covariate (0, []: none);
-        ``places``: sections carry their place along a cutting axis (alphastomics.data.places)."""
+        ``place_axis``: sections carry their place along this cutting axis (alphastomics.data.places)."""
         super().__init__()
         self.config = config
         num_channels = len(channel_genes)
@@ -150,12 +150,22 @@ class AlphaSTomicsNet(nn.Module):
         # One projection per block, zero at start: the network begins as the input-only one
         # (made last, so the other weights draw the same random numbers as without them).
         self.conditions_per_block = nn.ModuleList(nn.Linear(dim, dim) for _ in range(config.num_layers)) \
-            if (self.conditions_in is not None or places) and config.condition_every_block else None
+            if (self.conditions_in is not None or place_axis is not None) and config.condition_every_block else None
         if self.conditions_per_block is not None:
             for projection in self.conditions_per_block:
                 nn.init.zeros_(projection.weight)
                 nn.init.zeros_(projection.bias)
-        self.place_in = PlaceEmbedding(dim) if places else None
+        self.place_axis = place_axis
+        self.place_in = PlaceEmbedding(dim) if place_axis is not None else None
+
+    def _absolute(self, x: torch.Tensor, places: torch.Tensor | None) -> torch.Tensor:
+        """Coordinates in the frame's absolute units: with sections' places, the coordinate along the
+        cutting axis is measured from the section's place; what is expressed where is learnt on the
+        absolute one, over the whole range the training sections cover, not per place."""
+        if self.place_axis is None or places is None:
+            return x
+        along = x[..., self.place_axis] * places[:, None, 1].to(x.dtype) + places[:, None, 0].to(x.dtype)
+        return torch.cat([x[..., : self.place_axis], along[..., None], x[..., self.place_axis + 1:]], dim=-1)
 
     def forward(
         self,
@@ -174,8 +184,8 @@ class AlphaSTomicsNet(nn.Module):
         places: torch.Tensor | None = None,
     ) -> Prediction:
         """``given_genes`` (B, G): imputation, genes given clean while the others are generated;
-        ``cell_labels`` (B, N), ``covariates`` (B, K): condition codes (0 = none); ``places`` (B, 2):
-        the sections' places along the cutting axis."""
+        ``cell_labels`` (B, N), ``covariates`` (B, K): condition codes (0 = none); ``places`` (B, 3):
+        the sections' places along the cutting axis (CoordinateFrame.place_features)."""
         if (self.place_in is not None) != (places is not None):
             raise ValueError("this network takes the sections' places" if self.place_in is not None
                              else "this network was trained without sections' places")
@@ -204,7 +214,7 @@ class AlphaSTomicsNet(nn.Module):
             # Fourier features of a noisy coordinate carry signal in proportion to sqrt(alpha_bar):
             # at high noise they would only feed the features noise.
             signal = position_alpha_bar.clamp(0.0, 1.0).sqrt().to(h.dtype)[:, None, None]
-            h = h + signal * self.position_in(x_t)
+            h = h + signal * self.position_in(self._absolute(x_t, places))
         conditions = self.conditions_in(cell_labels, covariates) if self.conditions_in is not None else 0.0
         if self.place_in is not None:
             conditions = conditions + self.place_in(places).to(h.dtype)[:, None, :]
