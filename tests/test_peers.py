@@ -290,3 +290,20 @@ def test_runs_table_joins_status_records_and_benchmark_files(tmp_path):
     failed = table.loc[("novosparc", "expr_to_pos")]
     assert failed["status"] == "failed" and "time limit" in failed["reason"] and failed["wall_s"] == 305.5
     assert len(table) == 3
+
+
+def test_mimyr_status_names_the_input_the_sections_lack(bdtnp_dir, tmp_path):
+    """MIMYR takes Allen-CCF mouse-brain sections only: on the BDTNP slabs its status says which of its
+    documented inputs they lack (and the run writes no sample file)."""
+    import importlib.util
+
+    from alphastomics.peers.run import run_peer
+
+    status = tmp_path / "slab2.joint.status.json"
+    record = run_peer("mimyr", "joint", str(bdtnp_dir), "slab2", tmp_path / "slab2.joint.h5ad", status, frame="shared",
+                      exclude_slices=["slab2"])
+    assert record["status"] == "not applicable" and json.loads(status.read_text())["status"] == "not applicable"
+    assert "Allen CCF in millimetres" in record["reason"] and "no cell types" in record["reason"]
+    if importlib.util.find_spec("mimyr") is None:
+        assert "scipy < 1.17" in record["reason"]
+    assert not (tmp_path / "slab2.joint.h5ad").exists()

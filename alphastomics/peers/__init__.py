@@ -14,6 +14,7 @@ and always writes a status record.
 | pos_to_expr | ``knn`` | shared frame: mean expression of the k nearest training cells in that frame |
 | impute | ``tangram`` | Tangram (package ``tangram-sc``, CPU, its documented defaults): training cells mapped onto the slice through the shared genes |
 | impute | ``knn`` | SpaGE-like kNN imputation in shared-gene expression space |
+| joint | ``mimyr`` | MIMYR (package ``mimyr``): an unseen section of an Allen-CCF mouse-brain atlas; elsewhere a status that names the input it lacks |
 | domains | ``graphst`` | GraphST-style GCN encoder (k = 3 spatial graph, reconstruction + DGI loss) |
 | domains | ``pca`` | lower bound: PCA of expression |
 | domains | ``alphastomics`` | the model's per-cell embedding (``alphastomics extract``), needs ``--checkpoint`` |
@@ -32,13 +33,14 @@ PEER_MODES: dict[str, tuple[str, ...]] = {
     "oracle": ("expr_to_pos",),
     "knn": ("pos_to_expr", "impute"),
     "tangram": ("impute",),
+    "mimyr": ("joint",),
     "graphst": ("domains",),
     "pca": ("domains",),
     "alphastomics": ("domains",),
 }
 
 # The package each method runs through, where it is not this one (shown when it is not installed).
-PEER_PACKAGES = {"novosparc": "novosparc", "tangram": "tangram-sc", "celery": "CeLEryPy"}
+PEER_PACKAGES = {"novosparc": "novosparc", "tangram": "tangram-sc", "celery": "CeLEryPy", "mimyr": "mimyr"}
 
 # Lower bounds: rows that give context, which AlphaSTomics must beat; reported beside the peers.
 LOWER_BOUNDS = {"random", "pca", "training_mean"}

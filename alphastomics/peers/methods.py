@@ -36,6 +36,10 @@ def run_method(method: str, mode: str, inputs: PeerInputs, seed: int = 0, checkp
 
         expression, run = tangram_impute(inputs, seed=seed, **options)
         return sample_anndata(inputs, mode, method, expression=expression, extra={**extra, "method_run": run})
+    if (method, mode) == ("mimyr", "joint"):
+        from alphastomics.peers.mimyr_peer import mimyr_section
+
+        return mimyr_section(inputs, seed=seed)
     measured = inputs.test.gene_mask.astype(bool)
     if (method, mode) == ("pca", "domains"):
         return sample_anndata(inputs, mode, method, embedding=baselines.pca_embedding(inputs.test.expression[:, measured], seed=seed), extra=extra)
