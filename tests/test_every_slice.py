@@ -63,6 +63,24 @@ def test_fold_means_are_judged_against_the_best_peer_and_the_real_slices_range(e
     assert energy["met"] is True and energy["real_min"] == pytest.approx(0.2) and energy["real_max"] == pytest.approx(0.6)
 
 
+def test_a_ratio_best_at_one_must_lie_inside_the_real_range_and_shown_figures_are_not_judged(every_slice):
+    base = {"dataset": "d", "variant": "labels", "slice": "s0", "fold_dataset": "d-fold0", "mode": "joint"}
+    rows = []
+    for mine in (2.3, 1.0):
+        rows = [{**base, "metric": "density_spread_ratio", "against": "references", "method": "alphastomics", "role": "model",
+                 "value": mine},
+                {**base, "metric": "density_spread_ratio", "against": "references", "method": "real:a", "role": "reference",
+                 "value": 0.9},
+                {**base, "metric": "density_spread_ratio", "against": "references", "method": "real:b", "role": "reference",
+                 "value": 1.06},
+                {**base, "metric": "place_inside_fraction", "against": "shown", "method": "alphastomics", "role": "model",
+                 "value": 0.97}]
+        verdict = {v["metric"]: v for v in every_slice.verdicts(every_slice.summarise(pd.DataFrame(rows)))}
+        # a cloud 2.3x as uneven as real tissue is above the range, though "higher" would call it met
+        assert verdict["density_spread_ratio"]["met"] is (mine == 1.0)
+        assert verdict["place_inside_fraction"]["met"] is None and "not judged" in verdict["place_inside_fraction"]["verdict"]
+
+
 def test_a_mode_whose_only_rivals_are_lower_bounds_is_not_judged(every_slice):
     """pos_to_expr in per-slice frames: kNN of positions does not apply, so only the training mean
     ran; beating a lower bound alone is no verdict."""
