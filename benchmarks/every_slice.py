@@ -14,7 +14,8 @@ The folds run as datasets `<dataset>-fold<i>[-nolabels]` of one generated config
 (`results/every_slice/config.yaml`), so Snakemake schedules them together and re-running re-does
 only what changed. Written: `results/every_slice/folds.tsv` (every fold, method and metric),
 `results/every_slice/summary.tsv` (fold mean and spread), `docs/results/every_slice.md` (the
-table of record, with the commit and config it was made with, unless `--no-docs`). Prints one
+table of record, with the commit and config it was made with, unless `--no-docs`; the sections of
+datasets not in this run stay as they were). Prints one
 line of JSON per dataset (and variant), last.
 """
 
@@ -25,6 +26,7 @@ import copy
 import datetime as dt
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -257,22 +259,23 @@ def _fmt(value) -> str:
     return f"{value:.3g}"
 
 
+PAGE_INTRO = [
+    "# Every slice held out in turn",
+    "",
+    "Each fold trains on the other slices of its dataset and is scored on the held-out one; figures are fold means "
+    "± standard deviation over folds. AlphaSTomics' `expr_to_pos` is judged on its consensus layout. `joint` is judged "
+    "against the real training slices scored like generated ones: the target is to lie within their range. Each "
+    "dataset's section says which run, commit and config made it (a run of some datasets replaces their sections only).",
+    "",
+]
+
+
 def markdown(summary: pd.DataFrame, judged: list[dict], folds: list[dict], scored: dict, wall_s: float | None, args) -> str:
-    lines = [
-        "# Every slice held out in turn",
-        "",
-        f"Written by `python benchmarks/every_slice.py{' ' + ' '.join(sys.argv[1:]) if sys.argv[1:] else ''}` "
-        f"on {dt.date.today().isoformat()} at commit {git_commit()}, config `config/config.yaml`"
-        + (f" with `{args.overlay}`" if args.overlay else "") + ".",
-        "Each fold trains on the other slices of its dataset and is scored on the held-out one; figures are fold means "
-        "± standard deviation over folds. AlphaSTomics' `expr_to_pos` is judged on its consensus layout. `joint` is judged "
-        "against the real training slices scored like generated ones: the target is to lie within their range.",
-        "",
-    ]
-    if args.note:
-        lines += [args.note, ""]
-    if wall_s is not None:
-        lines += [f"Wall time of the run: {wall_s / 60:.0f} min on {args.cores} cores.", ""]
+    made = (f"Written by `python benchmarks/every_slice.py{' ' + ' '.join(sys.argv[1:]) if sys.argv[1:] else ''}` "
+            f"on {dt.date.today().isoformat()} at commit {git_commit()}, config `config/config.yaml`"
+            + (f" with `{args.overlay}`" if args.overlay else "") + "."
+            + (f" Wall time of the run: {wall_s / 60:.0f} min on {args.cores} cores." if wall_s is not None else ""))
+    lines = list(PAGE_INTRO)
     fold_list = {}
     for f in folds:
         fold_list.setdefault((f["dataset"], f["variant"]), []).append(f["slice"])
@@ -280,7 +283,9 @@ def markdown(summary: pd.DataFrame, judged: list[dict], folds: list[dict], score
         planned = fold_list.get((dataset, variant), [])
         done = scored.get((dataset, variant), 0)
         lines += [f"## {dataset} ({variant}; held out in turn: {', '.join(planned)}; "
-                  f"{done} of {len(planned)} folds scored)", ""]
+                  f"{done} of {len(planned)} folds scored)", "", made, ""]
+        if args.note:
+            lines += [args.note, ""]
         lines += ["| mode | metric | AlphaSTomics | peers (fold mean ± sd) | real slices (range) | verdict |", "|---|---|---|---|---|---|"]
         for v in [j for j in judged if j["dataset"] == dataset and j["variant"] == variant]:
             rows = sub[(sub["mode"] == v["mode"]) & (sub["metric"] == v["metric"])]
@@ -293,6 +298,33 @@ def markdown(summary: pd.DataFrame, judged: list[dict], folds: list[dict], score
                          f"{peer_text} | {real_text} | {mark}: {v['verdict']} |")
         lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def merged_page(new_text: str, old_text: str) -> str:
+    """The page of record: this run's dataset sections, and the other datasets' sections of the page
+    as it was (a section is a '## ' heading up to the next one; one dataset may have several, by
+    labels variant). Sections of a page written before sections carried their own provenance get
+    the page's provenance line."""
+    def sections(text: str) -> list[str]:
+        parts = re.split(r"(?m)^(?=## )", text)
+        return [p for p in parts if p.startswith("## ")]
+
+    def dataset_of(section: str) -> str:
+        return section[3:].split(" ", 1)[0]
+
+    old_lines = old_text.splitlines()
+    old_made = " ".join(line for line in old_lines if line.startswith(("Written by ", "Wall time of the run")))
+    new_sections = sections(new_text)
+    replaced = {dataset_of(s) for s in new_sections}
+    kept = []
+    for section in sections(old_text):
+        if dataset_of(section) in replaced:
+            continue
+        if "Written by " not in section and old_made:
+            heading, _, body = section.partition("\n")
+            section = f"{heading}\n\n{old_made}\n{body}"
+        kept.append(section.rstrip("\n") + "\n\n")
+    return "\n".join(PAGE_INTRO) + "\n" + "".join(s.rstrip("\n") + "\n\n" for s in new_sections) + "".join(kept)
 
 
 def add_run_arguments(p: argparse.ArgumentParser, name: str, runs: str) -> None:
@@ -339,7 +371,7 @@ def main() -> int:
     if not args.no_docs:
         docs = REPO / "docs" / "results" / "every_slice.md"
         docs.parent.mkdir(parents=True, exist_ok=True)
-        docs.write_text(text)
+        docs.write_text(merged_page(text, docs.read_text() if docs.is_file() else ""))
     print(text)
     for (dataset, variant), _ in summary.groupby(["dataset", "variant"], sort=False):
         mine = [j for j in judged if j["dataset"] == dataset and j["variant"] == variant]

@@ -115,3 +115,16 @@ def test_every_config_covers_each_dataset_of_every_config_and_names_those_not_sc
     page = every_config.markdown(summary, every_slice.verdicts(summary), runs, [], type("Args", (), {"note": ""})())
     assert "| starmap_mpfc | 20180424_BZ14_control | impute |" in page and "**met**: at least tangram (0.2)" in page
     assert "Not scored" in page and "bdtnp_drosophila (`config/config.yaml`)" in page
+
+
+def test_a_run_of_some_datasets_replaces_their_sections_of_the_page_only(every_slice):
+    old = ("# Every slice held out in turn\n\nWritten by `every_slice.py` at commit aaa.\n\nWall time of the run: 90 min.\n\n"
+           "## alpha (labels; 3 folds)\n\n| old alpha |\n\n## beta (no labels; 4 folds)\n\n| old beta |\n")
+    new = ("# Every slice held out in turn\n\nintro\n\n## beta (no labels; 4 folds)\n\nWritten by `every_slice.py` at "
+           "commit bbb.\n\n| new beta |\n")
+    page = every_slice.merged_page(new, old)
+    assert "| new beta |" in page and "| old beta |" not in page and "| old alpha |" in page
+    alpha = page[page.index("## alpha"):]
+    # the kept section carries the provenance of the page it came from
+    assert "commit aaa" in alpha and "90 min" in alpha and "commit bbb" not in alpha
+    assert page.index("## beta") < page.index("## alpha")
