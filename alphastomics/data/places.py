@@ -216,6 +216,11 @@ def resolve_place(places: SectionPlaces, expression: np.ndarray, gene_mask: np.n
         record["cell_estimates_iqr"] = [float(v) for v in np.percentile(per_cell, [25, 75])]
         if places.estimate_error is not None:
             record["estimate_error_rms"] = places.estimate_error
+            if places.estimate_error > 2 * places.typical_half_width:
+                logging.getLogger(__name__).warning(
+                    "%s: the place estimated from expression is uncertain: on the training sections, each left out in turn, "
+                    "it was off by %.4g (RMS) against a section thickness of %.4g; give --section-at where the place is "
+                    "known", what, places.estimate_error, 2 * places.typical_half_width)
     elif true_place is not None:
         place, record["source"] = true_place, "extent of the given coordinates"
     else:
