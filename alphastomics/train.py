@@ -219,13 +219,17 @@ def build_trainer(config: Config, out_dir: Path, has_validation: bool, extra_cal
 
     t = config.training
     monitor = "val/loss" if has_validation else "train/loss_epoch"
+    # Without a validation loop Lightning saves at an epoch's end only where validation would run every
+    # epoch (val_every_n_epochs 1): said explicitly, so that checkpoints follow training whatever that is.
     checkpoint = ModelCheckpoint(
-        dirpath=out_dir / "checkpoints", filename="best", monitor=monitor, mode="min", save_top_k=1, save_last=True,
+        dirpath=out_dir / "checkpoints", filename="best", monitor=monitor, mode="min", save_top_k=1,
+        save_on_train_epoch_end=None if has_validation else True,
         enable_version_counter=False,  # a re-run overwrites best/last instead of writing best-v1 beside a stale best
     )
-    # last.ckpt after every epoch, so a killed or pre-empted job loses at most one epoch.
-    last_every_epoch = ModelCheckpoint(dirpath=out_dir / "checkpoints", save_top_k=0, save_last=True, every_n_epochs=1,
-                                       enable_version_counter=False)
+    # last.ckpt after every epoch (the newest checkpoint, under that name), so a killed or pre-empted job
+    # loses at most one epoch. save_last would not do it: Lightning writes "last" only beside a top-k save.
+    last_every_epoch = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="last", monitor=None, save_top_k=1,
+                                       every_n_epochs=1, save_on_train_epoch_end=True, enable_version_counter=False)
     loggers = [CSVLogger(out_dir, name="logs", version=""), TensorBoardLogger(out_dir, name="logs", version="tensorboard")]
     if t.wandb:
         from lightning.pytorch.loggers import WandbLogger

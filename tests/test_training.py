@@ -268,7 +268,8 @@ def test_nan_loss_stops_training_naming_the_step(starmap_dir, tmp_path):
 
 
 def test_killed_training_resumes_from_last_checkpoint(starmap_dir, tmp_path):
-    settings = small_config(tmp_path, epochs=12, examples_per_epoch=2)
+    # validation every 10 epochs and no validation slice, as in the bundled config: checkpoints still follow every epoch
+    settings = small_config(tmp_path, epochs=12, examples_per_epoch=2, val_every_n_epochs=10)
     out = tmp_path / "model"
     args = ["train", "--data", str(starmap_dir), "--config", str(settings), "--test-slices", "20180424_BZ14_control",
             "--out", str(out), "--resume", "--no-export"]
