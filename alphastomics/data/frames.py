@@ -44,14 +44,8 @@ def rms_per_axis(coords: np.ndarray) -> float:
 def _from_place(coords: np.ndarray, place: Place, places: SectionPlaces) -> np.ndarray:
     """Source coordinates with the cutting axis measured from the section's place, at the typical thickness."""
     out = coords.astype(np.float64).copy()
-    out[:, places.axis] = (out[:, places.axis] - place.centre) * _thickness_factor(place, places)
+    out[:, places.axis] = (out[:, places.axis] - place.centre) * places.thickness_factor(place)
     return out
-
-
-def _thickness_factor(place: Place, places: SectionPlaces) -> float:
-    """Units along the cutting axis per unit of the section's own thickness: every section as thick as the typical one."""
-    typical = places.typical_half_width
-    return typical / place.half_width if place.half_width > 0 and typical > 0 else 1.0
 
 
 @dataclass
@@ -75,7 +69,7 @@ class CoordinateFrame:
             raise ValueError("a cutting axis (section_axis) needs the shared coordinate frame")
         if kind == "shared":
             if places is not None:  # the spread the model sees: along the axis, from each section's place
-                slices = [(_from_place(c, Place(*extent), places), d) for (c, d), extent in zip(slices, places.training.values())]
+                slices = [(_from_place(c, place, places), d) for (c, d), place in zip(slices, places.sections)]
             all_coords = np.concatenate([c for c, _ in slices]).astype(np.float64)
             used = np.array([any(d == 3 for _, d in slices) or axis < 2 for axis in range(3)])
             centre = all_coords.mean(0)
@@ -112,7 +106,7 @@ class CoordinateFrame:
         frame's (to see its cells at their absolute place), and its thickness relative to the
         training sections' mean (0 for a plane)."""
         typical = self.places.typical_half_width
-        return [(place.centre - self.places.origin) / self.scale, 1.0 / _thickness_factor(place, self.places),
+        return [(place.centre - self.places.origin) / self.scale, 1.0 / self.places.thickness_factor(place),
                 place.half_width / typical if typical > 0 else 0.0]
 
     def place_from_features(self, features) -> Place:
@@ -145,7 +139,7 @@ class CoordinateFrame:
             source = model * self.scale + np.asarray(self.centre)
             if self.places is not None:
                 place, axis = self._require_place(place), self.places.axis
-                source[:, axis] = source[:, axis] / _thickness_factor(place, self.places) + place.centre
+                source[:, axis] = source[:, axis] / self.places.thickness_factor(place) + place.centre
             return source.astype(np.float32)
         return (model * self.slice_scale(model.shape[0], n_dims)).astype(np.float32)
 

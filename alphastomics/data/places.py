@@ -104,19 +104,28 @@ class SectionPlaces:
         return AXES[self.axis]
 
     @property
+    def sections(self) -> list[Place]:
+        return [Place(lo, hi) for lo, hi in self.training.values()]
+
+    @property
     def typical_half_width(self) -> float:
-        widths = [0.5 * (h - lo) for lo, h in self.training.values()]
-        return float(np.mean(widths)) if widths else 0.0
+        return float(np.mean([p.half_width for p in self.sections])) if self.training else 0.0
 
     @property
     def origin(self) -> float:
         """The mean of the training sections' centres: where the model's absolute coordinate along the axis is 0."""
-        return float(np.mean([0.5 * (lo + h) for lo, h in self.training.values()])) if self.training else 0.0
+        return float(np.mean([p.centre for p in self.sections])) if self.training else 0.0
 
     def span(self) -> tuple[float, float]:
         """The lowest and highest training section centres: a place between them is interpolated."""
-        centres = [0.5 * (lo + h) for lo, h in self.training.values()]
+        centres = [p.centre for p in self.sections]
         return min(centres), max(centres)
+
+    def thickness_factor(self, place: Place) -> float:
+        """Units along the axis per unit of the section's own thickness: every section as thick as the
+        typical training section (1 for a plane)."""
+        typical = self.typical_half_width
+        return typical / place.half_width if place.half_width > 0 and typical > 0 else 1.0
 
     def outside_training(self, place: Place) -> bool:
         low, high = self.span()
