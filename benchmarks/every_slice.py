@@ -271,7 +271,8 @@ PAGE_INTRO = [
 
 
 def markdown(summary: pd.DataFrame, judged: list[dict], folds: list[dict], scored: dict, wall_s: float | None, args) -> str:
-    made = (f"Written by `python benchmarks/every_slice.py{' ' + ' '.join(sys.argv[1:]) if sys.argv[1:] else ''}` "
+    shown = ["--note ..." if a == args.note else a for a in sys.argv[1:] if a != "--note"]  # the note follows in full
+    made = (f"Written by `python benchmarks/every_slice.py{' ' + ' '.join(shown) if shown else ''}` "
             f"on {dt.date.today().isoformat()} at commit {git_commit()}, config `config/config.yaml`"
             + (f" with `{args.overlay}`" if args.overlay else "") + "."
             + (f" Wall time of the run: {wall_s / 60:.0f} min on {args.cores} cores." if wall_s is not None else ""))
