@@ -218,18 +218,19 @@ def build_trainer(config: Config, out_dir: Path, has_validation: bool, extra_cal
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
     t = config.training
-    monitor = "val/loss" if has_validation else "train/loss_epoch"
-    # Without a validation loop Lightning saves at an epoch's end only where validation would run every
-    # epoch (val_every_n_epochs 1): said explicitly, so that checkpoints follow training whatever that is.
-    checkpoint = ModelCheckpoint(
-        dirpath=out_dir / "checkpoints", filename="best", monitor=monitor, mode="min", save_top_k=1,
-        save_on_train_epoch_end=None if has_validation else True,
-        enable_version_counter=False,  # a re-run overwrites best/last instead of writing best-v1 beside a stale best
-    )
     # last.ckpt after every epoch (the newest checkpoint, under that name), so a killed or pre-empted job
-    # loses at most one epoch. save_last would not do it: Lightning writes "last" only beside a top-k save.
+    # loses at most one epoch. save_last would not do it: Lightning writes "last" only beside a top-k save,
+    # and, without a validation loop, saves at an epoch's end only where validation would run every epoch.
     last_every_epoch = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="last", monitor=None, save_top_k=1,
                                        every_n_epochs=1, save_on_train_epoch_end=True, enable_version_counter=False)
+    checkpoints = [last_every_epoch]
+    if has_validation:
+        # the model to export: the best on the validation slices; without them the last (the training
+        # loss of an epoch, a few examples at random noise levels, is no criterion)
+        checkpoints.insert(0, ModelCheckpoint(
+            dirpath=out_dir / "checkpoints", filename="best", monitor="val/loss", mode="min", save_top_k=1,
+            enable_version_counter=False,  # a re-run overwrites best instead of writing best-v1 beside a stale one
+        ))
     loggers = [CSVLogger(out_dir, name="logs", version=""), TensorBoardLogger(out_dir, name="logs", version="tensorboard")]
     if t.wandb:
         from lightning.pytorch.loggers import WandbLogger
@@ -256,7 +257,7 @@ def build_trainer(config: Config, out_dir: Path, has_validation: bool, extra_cal
         num_sanity_val_steps=0,
         log_every_n_steps=1,
         use_distributed_sampler=False,  # SizeBucketBatchSampler splits batches across ranks itself
-        callbacks=[checkpoint, last_every_epoch, TQDMProgressBar(refresh_rate=10), *extra_callbacks],
+        callbacks=[*checkpoints, TQDMProgressBar(refresh_rate=10), *extra_callbacks],
         logger=loggers,
         default_root_dir=out_dir,
         enable_model_summary=False,
