@@ -16,11 +16,14 @@ the fit in turn.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from alphastomics.errors import InputError
+
+log = logging.getLogger(__name__)
 
 AXES = ("x", "y", "z")
 # cells per training section behind the estimator (a section's median needs few; bounds the fit at atlas scale)
@@ -213,8 +216,6 @@ def resolve_place(places: SectionPlaces, expression: np.ndarray, gene_mask: np.n
     from expression (the section's own coordinates are what it generates); the other modes take the
     extent of the given coordinates. Where true coordinates exist, the record holds the estimate's
     error. A place beyond the training sections' centres is extrapolated: logged and recorded."""
-    import logging
-
     true_place = None if coords is None else section_extent(coords, places.axis)
     record: dict = {"axis": places.axis_name}
     if requested is not None:
@@ -226,7 +227,7 @@ def resolve_place(places: SectionPlaces, expression: np.ndarray, gene_mask: np.n
         if places.estimate_error is not None:
             record["estimate_error_rms"] = places.estimate_error
             if places.estimate_error > 2 * places.typical_half_width:
-                logging.getLogger(__name__).warning(
+                log.warning(
                     "%s: the place estimated from expression is uncertain: on the training sections, each left out in turn, "
                     "it was off by %.4g (RMS) against a section thickness of %.4g; give --section-at where the place is "
                     "known", what, places.estimate_error, 2 * places.typical_half_width)
@@ -243,7 +244,7 @@ def resolve_place(places: SectionPlaces, expression: np.ndarray, gene_mask: np.n
         if requested is None:
             record["centre_error"] = place.centre - true_place.centre
     if record["outside_training"]:
-        logging.getLogger(__name__).warning(
+        log.warning(
             "%s: the place %s along %s lies outside the training sections' centres (%g to %g): extrapolated, not "
             "interpolated", what, place, places.axis_name, low, high)
     return place, record
