@@ -5,7 +5,8 @@ dict), ``genes``, ``codec`` (expression code and per-gene moments, alphastomics.
 ``frame`` (coordinate frame fitted on the training slices, alphastomics.data.frames),
 ``train_slices`` (the slices the model was trained on), ``preprocessing`` (the training data's
 normalisation and measured genes, to match a user's file), ``state_dict`` (network weights only),
-``training`` (steps, epochs, source checkpoint), and, when exported with the training data,
+``training`` (steps, epochs, source checkpoint), ``atlas_reference`` (shared frames: training
+cells' coordinates and expression channels, alphastomics.data.atlas_prior; None without), and, when exported with the training data,
 ``expression_calibration`` (per-gene factors of the pos_to_expr posterior mean,
 ``alphastomics.draws.expression_level_calibration``). A Lightning checkpoint file or a DeepSpeed
 checkpoint directory (ZeRO shards) can both be exported to it.
@@ -23,6 +24,7 @@ import torch
 
 from alphastomics.io.files import atomic_output
 from alphastomics.config import Config, config_from_dict
+from alphastomics.data.atlas_prior import AtlasReference
 from alphastomics.data.conditions import ConditionVocabulary
 from alphastomics.data.expression import ExpressionCodec
 from alphastomics.data.frames import CoordinateFrame
@@ -75,6 +77,7 @@ def export_model(training_checkpoint: str | Path, out: str | Path, data_dir: str
         "train_slices": list(hp.get("train_slices") or []),
         "preprocessing": hp.get("preprocessing") or {},
         "conditions": hp.get("conditions") or {},
+        "atlas_reference": ckpt.get("atlas_reference"),
         "state_dict": state,
         "training": {
             "global_step": ckpt.get("global_step"),
@@ -99,11 +102,12 @@ def file_sha256(path: str | Path) -> str:
 
 
 def build_network(config: Config, num_genes: int, codec: ExpressionCodec, frame: CoordinateFrame,
-                  conditions: ConditionVocabulary | None = None) -> AlphaSTomicsNet:
+                  conditions: ConditionVocabulary | None = None, atlas_prior: bool = False) -> AlphaSTomicsNet:
+    """``atlas_prior``: the model has an atlas reference (alphastomics.data.atlas_prior)."""
     return AlphaSTomicsNet(config.model, codec.channel_genes, num_genes, config.diffusion.diffusion_steps,
                            absolute_positions=frame.kind == "shared",
                            condition_sizes=conditions.sizes if conditions is not None else (0, []),
-                           place_axis=None if frame.places is None else frame.places.axis)
+                           place_axis=None if frame.places is None else frame.places.axis, atlas_prior=atlas_prior)
 
 
 @dataclass
@@ -119,6 +123,7 @@ class LoadedModel:
     preprocessing: dict | None = None  # training data: "normalization" applied, "measured_genes" (bool per gene)
     conditions: ConditionVocabulary | None = None  # what the model can be conditioned on
     expression_calibration: np.ndarray | None = None  # (G,) factors of the pos_to_expr posterior mean; None: not calibrated
+    atlas_reference: AtlasReference | None = None  # training cells near which given positions look (alphastomics.data.atlas_prior)
 
     @property
     def training_normalization(self) -> str:
@@ -162,7 +167,8 @@ def model_from_blob(blob: dict, sha256: str = "", device: str | torch.device = "
     codec = ExpressionCodec.from_dict(blob["codec"])
     frame = CoordinateFrame.from_dict(blob["frame"])
     conditions = ConditionVocabulary.from_dict(blob.get("conditions"))
-    network = build_network(config, len(blob["genes"]), codec, frame, conditions)
+    atlas_reference = AtlasReference.from_dict(blob.get("atlas_reference"))
+    network = build_network(config, len(blob["genes"]), codec, frame, conditions, atlas_reference is not None)
     try:
         network.load_state_dict(blob["state_dict"])
     except RuntimeError as err:
@@ -173,7 +179,7 @@ def model_from_blob(blob: dict, sha256: str = "", device: str | torch.device = "
     calibration = blob.get("expression_calibration")
     return LoadedModel(network, schedule, config, list(blob["genes"]), codec, frame, list(blob.get("train_slices", [])),
                        sha256, blob.get("preprocessing") or {}, conditions,
-                       None if calibration is None else np.asarray(calibration, dtype=np.float32))
+                       None if calibration is None else np.asarray(calibration, dtype=np.float32), atlas_reference)
 
 
 def add_arguments(p) -> None:

@@ -50,6 +50,9 @@ class ModelConfig:
     # label is not averaged away by its neighbours deep in the network (docs/conditions.md).
     # The bundled config sets it; False here so that models saved before it existed still load.
     condition_every_block: bool = False
+    # Shared frames: cells whose positions are given are shown the mean expression of this many
+    # nearest training cells (alphastomics.data.atlas_prior; 0: off, as models saved before it).
+    atlas_prior_neighbours: int = 0
 
     def validate(self) -> None:
         _check_against_schema("model", self)  # bounds first: num_heads = 0 must not reach the modulo below
@@ -141,6 +144,9 @@ class TrainingConfig:
     imputation_probability: float = 0.3
     # Share of examples trained with their conditions dropped (and of cells with their label dropped).
     condition_dropout: float = 0.1
+    # Share of examples trained without the atlas prior (model.atlas_prior_neighbours), so that a
+    # cell the atlas says nothing about is still handled.
+    atlas_prior_dropout: float = 0.2
     val_every_n_epochs: int = 10
     num_workers: int = 0
     wandb: bool = False

@@ -241,8 +241,13 @@ def known_batch(model: LoadedModel, data: SliceData, mode: str, heldout: np.ndar
                 place: Place | None = None) -> SliceBatch:
     """The model-space batch of one slice as sampling sees it, on the model's device; ``heldout``
     (G,) bool: imputation, the genes to generate (the other measured genes are given); ``place``:
-    where the section lies along the cutting axis (default: its cells' extent; alphastomics.places)."""
-    batch = collate([make_example(data, model.codec, model.frame, conditions=model.conditions, place=place)])
+    where the section lies along the cutting axis (default: its cells' extent; alphastomics.places).
+    Where positions are given and the model has an atlas reference, each cell is shown the training
+    atlas's expression near it (a training slice's own cells left out, as in training)."""
+    prior = None
+    if model.atlas_reference is not None and "position" not in GENERATED_BY_MODE[mode]:
+        prior = model.atlas_reference.prior(data.coords, exclude=data.slice_id if data.slice_id in model.train_slices else None)
+    batch = collate([make_example(data, model.codec, model.frame, conditions=model.conditions, place=place, atlas_prior=prior)])
     if batch.cell_labels is not None:  # unconditional unless conditions are asked for (apply_conditions)
         batch.cell_labels = torch.zeros_like(batch.cell_labels)
         batch.covariates = torch.zeros_like(batch.covariates)

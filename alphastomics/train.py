@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 from alphastomics import __version__
 from alphastomics.checkpoint import build_network
 from alphastomics.config import Config, apply_overrides, config_from_dict, load_config, read_yaml, save_config
+from alphastomics.data.atlas_prior import AtlasReference
 from alphastomics.data.batch import SliceBatch
 from alphastomics.data.conditions import ConditionVocabulary
 from alphastomics.data.expression import ExpressionCodec
@@ -44,7 +45,7 @@ class TrainingDiverged(AlphaSTomicsError):
 class DiffusionModule(L.LightningModule):
     # (``coordinate_frame``, not ``frame``: Lightning's save_hyperparameters drops an argument named frame.)
     def __init__(self, config: dict, genes: list[str], codec: dict, coordinate_frame: dict, train_slices: list[str] | None = None,
-                 preprocessing: dict | None = None, conditions: dict | None = None):
+                 preprocessing: dict | None = None, conditions: dict | None = None, atlas_prior: bool = False):
         super().__init__()
         self.save_hyperparameters()
         self.config: Config = config_from_dict(config)
@@ -55,7 +56,10 @@ class DiffusionModule(L.LightningModule):
         # Registered before the networks: the optimiser and gradient clipping then see the parameters
         # in the order they always had, which fixes the rounding of the gradient norm (same seed, same weights).
         self.objective = DiffusionObjective(c, self.codec, self.frame)
-        self.network = build_network(c, len(genes), self.codec, self.frame, self.conditions)
+        self.network = build_network(c, len(genes), self.codec, self.frame, self.conditions, atlas_prior)
+        # The training cells the prior looks up (set by train(); saved in every checkpoint, since the
+        # exported model samples with it): numpy arrays, not weights.
+        self.atlas_reference: AtlasReference | None = None
         # Moving average of the weights (sampling uses it: averaged weights give cleaner samples
         # than the last step's). Off under ZeRO-3, which partitions parameters across ranks.
         self.ema_network = None
@@ -70,6 +74,13 @@ class DiffusionModule(L.LightningModule):
         return self.objective.losses(network or self.network, batch, generator, regimes, masking)
 
     # -- Lightning hooks -----------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.atlas_reference is not None:
+            checkpoint["atlas_reference"] = self.atlas_reference.to_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.atlas_reference = AtlasReference.from_dict(checkpoint.get("atlas_reference")) or self.atlas_reference
+
     def on_train_start(self):
         self.start_step = self.global_step  # > 0 when resumed from a checkpoint
 
@@ -159,10 +170,18 @@ def build_dataloaders(config: Config, data_dir: Path, train_ids: list[str], val_
         places = SectionPlaces.fit(axis_index(section_axis), train_slices)
     frame = CoordinateFrame.fit(coordinate_frame, [(s.coords, s.n_dims) for s in train_slices], places)
     conditions = ConditionVocabulary.fit(train_slices, config.model.condition_on_cell_type, list(config.model.slice_covariates))
+    reference = None
+    if coordinate_frame == "shared":
+        reference = AtlasReference.fit(train_slices, codec, config.model.atlas_prior_neighbours, t.seed)
+        if reference is None and config.model.atlas_prior_neighbours > 0:
+            log.info("no atlas prior: it needs at least two training slices (each one's prior comes from the others)")
+    # each training section sees the atlas without itself, as a held-out section does
+    priors = None if reference is None else [reference.prior(s.coords, exclude=s.slice_id) for s in train_slices]
     if t.data_mode == "cell":
-        train_set = PatchDataset(train_slices, codec, frame, t.cells_per_example, t.examples_per_epoch, t.seed, conditions)
+        train_set = PatchDataset(train_slices, codec, frame, t.cells_per_example, t.examples_per_epoch, t.seed, conditions,
+                                 priors)
     else:
-        train_set = SliceDataset(train_slices, codec, frame, t.examples_per_epoch, conditions)
+        train_set = SliceDataset(train_slices, codec, frame, t.examples_per_epoch, conditions, priors)
     train_loader = DataLoader(
         train_set,
         batch_sampler=SizeBucketBatchSampler(train_set, t.batch_size, shuffle=True, seed=t.seed),
@@ -171,11 +190,13 @@ def build_dataloaders(config: Config, data_dir: Path, train_ids: list[str], val_
     )
     val_loader = None
     if val_ids:
-        val_set = SliceDataset([load_slice(data_dir, s, manifest) for s in val_ids], codec, frame, conditions=conditions)
+        val_slices = [load_slice(data_dir, s, manifest) for s in val_ids]
+        val_priors = None if reference is None else [reference.prior(s.coords) for s in val_slices]
+        val_set = SliceDataset(val_slices, codec, frame, conditions=conditions, atlas_priors=val_priors)
         val_loader = DataLoader(
             val_set, batch_sampler=SizeBucketBatchSampler(val_set, t.batch_size, shuffle=False), collate_fn=collate
         )
-    return train_loader, val_loader, codec, frame, conditions
+    return train_loader, val_loader, codec, frame, conditions, reference
 
 
 def training_preprocessing(manifest: dict, train_set) -> dict:
@@ -330,14 +351,15 @@ def train(config: Config, data_dir: str | Path, out_dir: str | Path, test_ids=()
     L.seed_everything(config.training.seed, workers=True, verbose=False)
     manifest = load_manifest(data_dir)
     train_ids, val_ids = split_slices(manifest, list(test_ids), list(val_ids))
-    train_loader, val_loader, codec, frame, conditions = build_dataloaders(config, data_dir, train_ids, val_ids, manifest, coordinate_frame,
+    train_loader, val_loader, codec, frame, conditions, reference = build_dataloaders(config, data_dir, train_ids, val_ids, manifest, coordinate_frame,
                                                                            section_axis)
     genes = list(manifest["genes"])
     log.info("training on %d slices (%s), validating on %s; %s coordinate frame", len(train_ids), ", ".join(train_ids),
              ", ".join(val_ids) or "none", coordinate_frame)
 
     module = DiffusionModule(config.to_dict(), genes, codec.to_dict(), frame.to_dict(), train_ids,
-                             training_preprocessing(manifest, train_loader.dataset), conditions.to_dict())
+                             training_preprocessing(manifest, train_loader.dataset), conditions.to_dict(), reference is not None)
+    module.atlas_reference = reference
     save_config(config, out_dir / "config.yaml")
     key = resume_key(config, genes, train_ids, coordinate_frame, section_axis)
     key_file = out_dir / "checkpoints" / "resume_key.txt"

@@ -25,6 +25,9 @@ class SliceBatch:
     # Shared frame with a cutting axis: each section's place as the network sees it (B, 3) float
     # (alphastomics.data.frames.CoordinateFrame.place_features); None otherwise.
     places: torch.Tensor | None = None
+    # Shared frame: the training atlas's expression channels near each cell (B, N, C), for cells whose
+    # positions are given (alphastomics.data.atlas_prior); None otherwise.
+    atlas_prior: torch.Tensor | None = None
 
     def to(self, device) -> "SliceBatch":
         moved = {f.name: getattr(self, f.name).to(device) for f in fields(self) if isinstance(getattr(self, f.name), torch.Tensor)}

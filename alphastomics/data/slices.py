@@ -32,6 +32,7 @@ class Example:
     cell_labels: np.ndarray | None = None  # (n,) condition codes of the cells' labels
     covariates: np.ndarray | None = None  # (K,) condition codes of the slice's covariates
     place: np.ndarray | None = None  # (3,) the network's view of the section's place (alphastomics.data.frames)
+    atlas_prior: np.ndarray | None = None  # (n, C) the training atlas's channels near each cell (alphastomics.data.atlas_prior)
 
     @property
     def n_cells(self) -> int:
@@ -39,9 +40,11 @@ class Example:
 
 
 def make_example(s: SliceData, codec: ExpressionCodec, frame: CoordinateFrame, cells: np.ndarray | None = None,
-                 conditions: ConditionVocabulary | None = None, place: Place | None = None) -> Example:
+                 conditions: ConditionVocabulary | None = None, place: Place | None = None,
+                 atlas_prior: np.ndarray | None = None) -> Example:
     """``place``: where the section lies along a shared frame's cutting axis (default: the extent of
-    all of the slice's cells, also when ``cells`` picks a patch of it)."""
+    all of the slice's cells, also when ``cells`` picks a patch of it). ``atlas_prior``: (n_cells, C)
+    for all of the slice's cells (AtlasReference.prior)."""
     expression = s.expression if cells is None else s.expression[cells]
     coords = s.coords if cells is None else s.coords[cells]
     channels, target = codec.encode(expression, s.gene_mask)
@@ -55,6 +58,7 @@ def make_example(s: SliceData, codec: ExpressionCodec, frame: CoordinateFrame, c
         n_dims=s.n_dims,
         slice_id=s.slice_id,
         place=None if frame.places is None else np.asarray(frame.place_features(place), dtype=np.float32),
+        atlas_prior=None if atlas_prior is None else (atlas_prior if cells is None else atlas_prior[cells]),
     )
     if conditions is not None and conditions.active:
         types = None if s.cell_types is None else (s.cell_types if cells is None else s.cell_types[cells])
@@ -87,6 +91,10 @@ def collate(examples: list[Example]) -> SliceBatch:
         batch.covariates = torch.from_numpy(np.stack([e.covariates for e in examples])).long()
     if examples[0].place is not None:
         batch.places = torch.from_numpy(np.stack([e.place for e in examples]))
+    if examples[0].atlas_prior is not None:
+        batch.atlas_prior = torch.zeros(B, N, C)
+        for b, e in enumerate(examples):
+            batch.atlas_prior[b, : e.n_cells] = torch.from_numpy(e.atlas_prior)
     return batch
 
 
@@ -94,8 +102,9 @@ class SliceDataset(Dataset):
     """``slice`` mode: each example is one whole slice. ``length`` > number of slices cycles them."""
 
     def __init__(self, slices: list[SliceData], codec: ExpressionCodec, frame: CoordinateFrame, length: int = 0,
-                 conditions: ConditionVocabulary | None = None):
-        self.examples = [make_example(s, codec, frame, conditions=conditions) for s in slices]
+                 conditions: ConditionVocabulary | None = None, atlas_priors: list[np.ndarray] | None = None):
+        priors = atlas_priors or [None] * len(slices)
+        self.examples = [make_example(s, codec, frame, conditions=conditions, atlas_prior=p) for s, p in zip(slices, priors)]
         self.length = max(length, len(self.examples))
 
     def __len__(self) -> int:
@@ -113,8 +122,10 @@ class PatchDataset(Dataset):
     nearest cells of a random centre cell, drawn from slices in proportion to their cell counts."""
 
     def __init__(self, slices: list[SliceData], codec: ExpressionCodec, frame: CoordinateFrame, cells_per_example: int,
-                 length: int, seed: int = 0, conditions: ConditionVocabulary | None = None):
+                 length: int, seed: int = 0, conditions: ConditionVocabulary | None = None,
+                 atlas_priors: list[np.ndarray] | None = None):
         self.slices = slices
+        self.atlas_priors = atlas_priors or [None] * len(slices)
         self.conditions = conditions
         self.codec = codec
         self.frame = frame
@@ -139,7 +150,8 @@ class PatchDataset(Dataset):
         centre = s.coords[int(rng.integers(s.coords.shape[0])), : s.n_dims]
         k = min(self.cells_per_example, s.coords.shape[0])
         _, cells = self.trees[which].query(centre, k=k)
-        return make_example(s, self.codec, self.frame, np.sort(np.atleast_1d(cells)), self.conditions)
+        return make_example(s, self.codec, self.frame, np.sort(np.atleast_1d(cells)), self.conditions,
+                            atlas_prior=self.atlas_priors[which])
 
     def size(self, index: int) -> int:
         return self.cells_per_example

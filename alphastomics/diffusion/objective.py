@@ -100,6 +100,15 @@ class DiffusionObjective(nn.Module):
         covariates = batch.covariates * keep_example[:, None]
         return labels, covariates
 
+    def dropped_prior(self, batch: SliceBatch, generator) -> torch.Tensor | None:
+        """The atlas prior with whole examples' set to 0 (none) with probability
+        training.atlas_prior_dropout: the model also learns to do without it."""
+        if batch.atlas_prior is None:
+            return None
+        B = batch.atlas_prior.shape[0]
+        keep = (torch.rand(B, generator=generator) >= self.config.training.atlas_prior_dropout).to(batch.atlas_prior.device)
+        return batch.atlas_prior * keep[:, None, None].to(batch.atlas_prior.dtype)
+
     def draw_given_genes(self, batch: SliceBatch, regimes: torch.Tensor, generator) -> torch.Tensor | None:
         """Imputation training: in some examples that generate expression at given coordinates, a
         random 30-95% of the measured genes are given clean, and only the others are generated and
@@ -141,7 +150,7 @@ class DiffusionObjective(nn.Module):
         alpha_bar_e, alpha_bar_p = state.expression_alpha_bar, state.position_alpha_bar
         cell_labels, covariates = self.dropped_conditions(batch, generator)
         pred = denoise(network, state, dataclasses.replace(batch, given_genes=given_genes, cell_labels=cell_labels,
-                                                           covariates=covariates))
+                                                           covariates=covariates, atlas_prior=self.dropped_prior(batch, generator)))
         target_mask = batch.expression_target
         if given_genes is not None:  # given genes are inputs, not predictions
             target_mask = target_mask * (1.0 - given_genes[:, self.channel_genes])[:, None, :]

@@ -62,7 +62,7 @@ def denoise(network, state: DenoiserInput, batch: SliceBatch) -> Prediction:
     return network(state.expression, state.positions, state.t_expression, state.t_position, state.expression_alpha_bar,
                    state.position_alpha_bar, batch.node_mask, batch.gene_mask, batch.dim_mask,
                    given_genes=batch.given_genes, cell_labels=batch.cell_labels, covariates=batch.covariates,
-                   places=batch.places)
+                   places=batch.places, atlas_prior=batch.atlas_prior)
 
 
 def masked_centre(x: torch.Tensor, node_mask: torch.Tensor) -> torch.Tensor:
@@ -119,10 +119,12 @@ class Block(nn.Module):
 class AlphaSTomicsNet(nn.Module):
     def __init__(self, config: ModelConfig, channel_genes, num_genes: int, diffusion_steps: int,
                  absolute_positions: bool = False, attention: str = "linear", condition_sizes: tuple[int, list[int]] = (0, []),
-                 place_axis: int | None = None):
+                 place_axis: int | None = None, atlas_prior: bool = False):
         """``channel_genes`` (C,): the gene of each expression channel (alphastomics.data.expression);
         ``condition_sizes``: codes of the cell-type condition and of each slice covariate (0, []: none);
-        ``place_axis``: sections carry their place along this cutting axis (alphastomics.data.places)."""
+        ``place_axis``: sections carry their place along this cutting axis (alphastomics.data.places);
+        ``atlas_prior``: cells whose positions are given are shown the training atlas's expression
+        near them (alphastomics.data.atlas_prior)."""
         super().__init__()
         self.config = config
         num_channels = len(channel_genes)
@@ -157,6 +159,11 @@ class AlphaSTomicsNet(nn.Module):
                 nn.init.zeros_(projection.bias)
         self.place_axis = place_axis
         self.place_in = PlaceEmbedding(dim) if place_axis is not None else None
+        # No bias: a cell without a prior (zeros) gets nothing added, as a network without one.
+        self.prior_in = nn.Linear(num_channels, dim, bias=False) if atlas_prior else None
+        # Per channel, how much of the prior passes straight to the estimate (0 at start): the
+        # atlas's average near a cell is already an estimate, which the network then refines.
+        self.prior_skip = nn.Parameter(torch.zeros(num_channels)) if atlas_prior else None
 
     def _absolute(self, x: torch.Tensor, places: torch.Tensor | None) -> torch.Tensor:
         """Coordinates in the frame's absolute units: with sections' places, the coordinate along the
@@ -182,15 +189,17 @@ class AlphaSTomicsNet(nn.Module):
         cell_labels: torch.Tensor | None = None,
         covariates: torch.Tensor | None = None,
         places: torch.Tensor | None = None,
+        atlas_prior: torch.Tensor | None = None,
     ) -> Prediction:
         """``given_genes`` (B, G): imputation, genes given clean while the others are generated;
         ``cell_labels`` (B, N), ``covariates`` (B, K): condition codes (0 = none); ``places`` (B, 3):
-        the sections' places along the cutting axis (CoordinateFrame.place_features)."""
+        the sections' places along the cutting axis (CoordinateFrame.place_features); ``atlas_prior``
+        (B, N, C): the training atlas's expression channels near each cell, used where positions are given."""
         if (self.place_in is not None) != (places is not None):
             raise ValueError("this network takes the sections' places" if self.place_in is not None
                              else "this network was trained without sections' places")
         inputs = (expression, positions, t_expression, t_position, expression_alpha_bar, position_alpha_bar, node_mask,
-                  gene_mask, dim_mask, given_genes, cell_labels, covariates, places)
+                  gene_mask, dim_mask, given_genes, cell_labels, covariates, places, atlas_prior)
         weights = self.radius_in.weight.dtype
         if weights in (torch.bfloat16, torch.float16) and not torch.is_autocast_enabled(expression.device.type):
             # DeepSpeed's bf16 (or fp16) casts every weight but neither the inputs nor the noise the
@@ -201,7 +210,7 @@ class AlphaSTomicsNet(nn.Module):
         return self._forward(*inputs)
 
     def _forward(self, expression, positions, t_expression, t_position, expression_alpha_bar, position_alpha_bar,
-                 node_mask, gene_mask, dim_mask, given_genes, cell_labels, covariates, places) -> Prediction:
+                 node_mask, gene_mask, dim_mask, given_genes, cell_labels, covariates, places, atlas_prior) -> Prediction:
         mask = node_mask[..., None].to(positions.dtype)
         x_t = positions * mask if self.absolute_positions else masked_centre(positions, node_mask)
         centred = masked_centre(x_t, node_mask)
@@ -215,6 +224,11 @@ class AlphaSTomicsNet(nn.Module):
             # at high noise they would only feed the features noise.
             signal = position_alpha_bar.clamp(0.0, 1.0).sqrt().to(h.dtype)[:, None, None]
             h = h + signal * self.position_in(self._absolute(x_t, places))
+        prior = None
+        if self.prior_in is not None and atlas_prior is not None:
+            # only where positions are given: a generated position has no place to look the atlas up at
+            prior = atlas_prior.to(h.dtype) * (position_alpha_bar >= 1.0).to(h.dtype)[:, None, None]
+            h = h + self.prior_in(prior)
         conditions = self.conditions_in(cell_labels, covariates) if self.conditions_in is not None else 0.0
         if self.place_in is not None:
             conditions = conditions + self.place_in(places).to(h.dtype)[:, None, :]
@@ -245,6 +259,8 @@ class AlphaSTomicsNet(nn.Module):
         # are preconditioned: predicted directly, the last steps' x0 is the blurred probability, and
         # thresholding it drops the rarer genes of each cell (docs/findings/model.md).
         output = self.expression_out(features)
+        if prior is not None:
+            output = output + self.prior_skip.to(output.dtype) * prior.to(output.dtype)
         e_skip, e_out = precondition(expression_alpha_bar.to(expression.dtype))
         preconditioned = e_skip[:, None, None] * expression + e_out[:, None, None] * output
         expression_x0 = torch.where(self.presence_channels, preconditioned, output)

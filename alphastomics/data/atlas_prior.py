@@ -1,0 +1,94 @@
+"""What the training atlas holds near a position: the expression prior of a shared frame.
+
+In a shared frame (a registered atlas, slabs of one specimen) a cell's position says much about its
+expression: the average of the training cells nearest to it is a strong estimate (the `knn` peer).
+The network is shown that average, for each cell whose position is given (`pos_to_expr`,
+`impute`), and learns to refine it rather than to rebuild it from its weights.
+
+In training a section's prior comes from the other training sections only, as a held-out section's
+comes from sections other than itself; a share of examples is trained without it
+(``training.atlas_prior_dropout``), so that a file with no usable prior (coordinates outside the
+atlas) is still handled. The reference cells travel with the model (alphastomics.checkpoint), so
+sampling a user's file needs no training data.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+from alphastomics.data.expression import ExpressionCodec
+
+log = logging.getLogger(__name__)
+
+# Cells x channels kept as the reference (float16): bounds the model file (about 40 MB) at thousands
+# of genes or millions of cells; below it every training cell is kept.
+MAX_REFERENCE_ENTRIES = 20_000_000
+PRIOR_CHUNK_ENTRIES = 16_000_000  # neighbours' channels gathered at once (memory of a large section)
+
+
+@dataclass
+class AtlasReference:
+    coords: np.ndarray  # (M, 3) float32, the shared frame's source units
+    channels: np.ndarray  # (M, C) float16 expression channels (alphastomics.data.expression)
+    targets: np.ndarray  # (M, C) bool, where a channel was measured
+    section: np.ndarray  # (M,) int32, index into slice_ids
+    slice_ids: list[str]
+    neighbours: int
+
+    @classmethod
+    def fit(cls, slices, codec: ExpressionCodec, neighbours: int, seed: int = 0) -> "AtlasReference | None":
+        """The reference of training ``slices`` (SliceData); None with fewer than two, since a
+        section's prior must come from the others."""
+        if len(slices) < 2 or neighbours <= 0:
+            return None
+        coords, channels, targets, section = [], [], [], []
+        for index, s in enumerate(slices):
+            encoded, target = codec.encode(s.expression, s.gene_mask)
+            coords.append(s.coords.astype(np.float32))
+            channels.append(encoded.astype(np.float16))
+            targets.append(target > 0)
+            section.append(np.full(len(encoded), index, dtype=np.int32))
+        coords, channels, targets, section = (np.concatenate(a) for a in (coords, channels, targets, section))
+        keep = MAX_REFERENCE_ENTRIES // max(channels.shape[1], 1)
+        if len(coords) > keep:
+            chosen = np.sort(np.random.default_rng(seed).choice(len(coords), keep, replace=False))
+            log.info("atlas prior: %d of the %d training cells kept as its reference", keep, len(coords))
+            coords, channels, targets, section = coords[chosen], channels[chosen], targets[chosen], section[chosen]
+        return cls(coords, channels, targets, section, [s.slice_id for s in slices], int(neighbours))
+
+    def prior(self, coords: np.ndarray, exclude: str | None = None) -> np.ndarray:
+        """(n, C) float32: for each position (source units), the mean channels of its ``neighbours``
+        nearest reference cells, leaving out the section ``exclude`` (a training section's own
+        cells); each channel averaged over the cells that measured it (0 where none did)."""
+        use = np.ones(len(self.coords), dtype=bool)
+        if exclude is not None and exclude in self.slice_ids:
+            use = self.section != self.slice_ids.index(exclude)
+        if not use.any():
+            return np.zeros((len(coords), self.channels.shape[1]), dtype=np.float32)
+        k = min(self.neighbours, int(use.sum()))
+        _, nearest = cKDTree(self.coords[use]).query(np.asarray(coords, dtype=np.float32), k=k)
+        nearest = np.flatnonzero(use)[nearest.reshape(len(coords), k)]
+        out = np.empty((len(coords), self.channels.shape[1]), dtype=np.float32)
+        step = max(1, PRIOR_CHUNK_ENTRIES // (k * max(self.channels.shape[1], 1)))
+        for start in range(0, len(coords), step):
+            rows = nearest[start:start + step]
+            weight = self.targets[rows].astype(np.float32)  # (cells, k, C)
+            total = (self.channels[rows].astype(np.float32) * weight).sum(1)
+            out[start:start + step] = total / np.maximum(weight.sum(1), 1.0)
+        return out
+
+    def to_dict(self) -> dict:
+        return {"coords": self.coords, "channels": self.channels, "targets": self.targets, "section": self.section,
+                "slice_ids": list(self.slice_ids), "neighbours": self.neighbours}
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "AtlasReference | None":
+        if not d:
+            return None
+        return cls(np.asarray(d["coords"], dtype=np.float32), np.asarray(d["channels"], dtype=np.float16),
+                   np.asarray(d["targets"], dtype=bool), np.asarray(d["section"], dtype=np.int32),
+                   list(d["slice_ids"]), int(d["neighbours"]))
