@@ -31,20 +31,28 @@ def test_a_sections_prior_is_its_neighbours_mean_in_the_other_sections_only(slab
     codec, ref = reference
     slab1 = slabs["slab1"]
     prior = ref.prior(slab1.coords, exclude="slab1")
+    C = codec.num_channels
+    assert prior.shape == (len(slab1.coords), ref.width) and ref.width > C
     others = [slabs["slab0"], slabs["slab3"]]
     coords = np.concatenate([o.coords for o in others])
     channels = np.concatenate([codec.encode(o.expression, o.gene_mask)[0] for o in others]).astype(np.float16)
-    _, nearest = cKDTree(coords).query(slab1.coords, k=15)
-    assert np.allclose(prior, channels[nearest].astype(np.float32).mean(1), atol=1e-3)
-    # without leaving it out, a section's prior is mostly itself: far closer to its own expression
+    distance, nearest = cKDTree(coords).query(slab1.coords, k=15)
+    assert np.allclose(prior[:, :C], channels[nearest].astype(np.float32).mean(1), atol=1e-3)
+    # closeness: 1 where the neighbours are near, falling with their distance
+    closeness = prior[:, C]
+    assert np.all((closeness > 0) & (closeness <= 1))
+    assert np.allclose(closeness, np.exp(-distance.mean(1) / ref.spacing / 2.0), atol=1e-4)
+    # without leaving it out, a section's prior is mostly itself: closer to its own expression, and near
     own, _ = codec.encode(slab1.expression, slab1.gene_mask)
-    assert np.abs(ref.prior(slab1.coords) - own).mean() < 0.8 * np.abs(prior - own).mean()
+    with_own = ref.prior(slab1.coords)
+    assert np.abs(with_own[:, :C] - own).mean() < 0.8 * np.abs(prior[:, :C] - own).mean()
+    assert np.median(with_own[:, C]) > np.median(closeness)
 
 
 def test_the_held_out_slab_prior_says_what_is_expressed_where(slabs, reference):
     codec, ref = reference
     slab2 = slabs["slab2"]
-    prior = codec.decode_expectation(ref.prior(slab2.coords)[None])[0]
+    prior = codec.decode_expectation(ref.prior(slab2.coords)[None, :, : codec.num_channels])[0]
     genes = [g for g in range(slab2.expression.shape[1]) if slab2.expression[:, g].std() > 0]
     pearson = [np.corrcoef(prior[:, g], slab2.expression[:, g])[0, 1] for g in genes]
     # the slab lies between two training slabs: their cells near each of its cells say much (the
@@ -86,8 +94,8 @@ def test_model_carries_its_reference_and_uses_the_prior_only_where_positions_are
     slab2 = load_slice(bdtnp_dir, "slab2")
     batch = known_batch(model, slab2, "pos_to_expr")
     assert batch.atlas_prior is not None and known_batch(model, slab2, "joint").atlas_prior is None
-    # the prior gets through to the estimate: a trained skip, and the input projection
-    assert float(model.network.prior_skip.detach().abs().sum()) > 0
+    # the prior gets through to the estimate: a trained gate, and the input projection
+    assert float(model.network.prior_gate.weight.detach().abs().sum()) > 0
     n = batch.expression.shape[1]
     noise = torch.randn_like(batch.expression)
     for t_position, changes in ((0, True), (10, False)):

@@ -3,7 +3,13 @@
 In a shared frame (a registered atlas, slabs of one specimen) a cell's position says much about its
 expression: the average of the training cells nearest to it is a strong estimate (the `knn` peer).
 The network is shown that average, for each cell whose position is given (`pos_to_expr`,
-`impute`), and learns to refine it rather than to rebuild it from its weights.
+`impute`), with how close those cells are, and learns to refine it rather than to rebuild it from
+its weights.
+
+How close matters: in training a section's prior comes from the other sections only, and for the
+cells deep inside a slab at an end of the atlas the nearest other cells lie far away, so the
+training priors are on the whole worse than a held-out section's between two training ones. Shown
+the distance, the network learns where to trust the prior instead of learning to distrust it.
 
 In training a section's prior comes from the other training sections only, as a held-out section's
 comes from sections other than itself; a share of examples is trained without it
@@ -28,6 +34,9 @@ log = logging.getLogger(__name__)
 # of genes or millions of cells; below it every training cell is kept.
 MAX_REFERENCE_ENTRIES = 20_000_000
 PRIOR_CHUNK_ENTRIES = 16_000_000  # neighbours' channels gathered at once (memory of a large section)
+# Closeness of the neighbours, exp(-mean distance / scale), at these scales in units of the
+# reference's cell spacing: 1 where they are near, 0 where far (and where a prior is dropped).
+CLOSENESS_SCALES = (2.0, 4.0, 8.0, 16.0)
 
 
 @dataclass
@@ -38,6 +47,7 @@ class AtlasReference:
     section: np.ndarray  # (M,) int32, index into slice_ids
     slice_ids: list[str]
     neighbours: int
+    spacing: float  # median distance of a reference cell to its nearest one (source units)
 
     @classmethod
     def fit(cls, slices, codec: ExpressionCodec, neighbours: int, seed: int = 0) -> "AtlasReference | None":
@@ -58,32 +68,43 @@ class AtlasReference:
             chosen = np.sort(np.random.default_rng(seed).choice(len(coords), keep, replace=False))
             log.info("atlas prior: %d of the %d training cells kept as its reference", keep, len(coords))
             coords, channels, targets, section = coords[chosen], channels[chosen], targets[chosen], section[chosen]
-        return cls(coords, channels, targets, section, [s.slice_id for s in slices], int(neighbours))
+        nearest, _ = cKDTree(coords).query(coords, k=2)
+        spacing = float(np.median(nearest[:, 1])) or 1.0
+        return cls(coords, channels, targets, section, [s.slice_id for s in slices], int(neighbours), spacing)
+
+    @property
+    def width(self) -> int:
+        """Values of a cell's prior: the channels, then the closeness features."""
+        return self.channels.shape[1] + len(CLOSENESS_SCALES)
 
     def prior(self, coords: np.ndarray, exclude: str | None = None) -> np.ndarray:
-        """(n, C) float32: for each position (source units), the mean channels of its ``neighbours``
-        nearest reference cells, leaving out the section ``exclude`` (a training section's own
-        cells); each channel averaged over the cells that measured it (0 where none did)."""
+        """(n, C + len(CLOSENESS_SCALES)) float32: for each position (source units), the mean channels
+        of its ``neighbours`` nearest reference cells, leaving out the section ``exclude`` (a training
+        section's own cells), each channel averaged over the cells that measured it (0 where none
+        did); then their closeness (CLOSENESS_SCALES)."""
         use = np.ones(len(self.coords), dtype=bool)
         if exclude is not None and exclude in self.slice_ids:
             use = self.section != self.slice_ids.index(exclude)
         if not use.any():
-            return np.zeros((len(coords), self.channels.shape[1]), dtype=np.float32)
+            return np.zeros((len(coords), self.width), dtype=np.float32)
         k = min(self.neighbours, int(use.sum()))
-        _, nearest = cKDTree(self.coords[use]).query(np.asarray(coords, dtype=np.float32), k=k)
+        distance, nearest = cKDTree(self.coords[use]).query(np.asarray(coords, dtype=np.float32), k=k)
         nearest = np.flatnonzero(use)[nearest.reshape(len(coords), k)]
-        out = np.empty((len(coords), self.channels.shape[1]), dtype=np.float32)
+        out = np.empty((len(coords), self.width), dtype=np.float32)
+        C = self.channels.shape[1]
+        mean_distance = distance.reshape(len(coords), k).mean(1, keepdims=True) / self.spacing
+        out[:, C:] = np.exp(-mean_distance / np.asarray(CLOSENESS_SCALES, dtype=np.float32))
         step = max(1, PRIOR_CHUNK_ENTRIES // (k * max(self.channels.shape[1], 1)))
         for start in range(0, len(coords), step):
             rows = nearest[start:start + step]
             weight = self.targets[rows].astype(np.float32)  # (cells, k, C)
             total = (self.channels[rows].astype(np.float32) * weight).sum(1)
-            out[start:start + step] = total / np.maximum(weight.sum(1), 1.0)
+            out[start:start + step, :C] = total / np.maximum(weight.sum(1), 1.0)
         return out
 
     def to_dict(self) -> dict:
         return {"coords": self.coords, "channels": self.channels, "targets": self.targets, "section": self.section,
-                "slice_ids": list(self.slice_ids), "neighbours": self.neighbours}
+                "slice_ids": list(self.slice_ids), "neighbours": self.neighbours, "spacing": self.spacing}
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "AtlasReference | None":
@@ -91,4 +112,4 @@ class AtlasReference:
             return None
         return cls(np.asarray(d["coords"], dtype=np.float32), np.asarray(d["channels"], dtype=np.float16),
                    np.asarray(d["targets"], dtype=bool), np.asarray(d["section"], dtype=np.int32),
-                   list(d["slice_ids"]), int(d["neighbours"]))
+                   list(d["slice_ids"]), int(d["neighbours"]), float(d["spacing"]))

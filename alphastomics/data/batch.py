@@ -25,8 +25,8 @@ class SliceBatch:
     # Shared frame with a cutting axis: each section's place as the network sees it (B, 3) float
     # (alphastomics.data.frames.CoordinateFrame.place_features); None otherwise.
     places: torch.Tensor | None = None
-    # Shared frame: the training atlas's expression channels near each cell (B, N, C), for cells whose
-    # positions are given (alphastomics.data.atlas_prior); None otherwise.
+    # Shared frame: the training atlas's expression channels near each cell and their closeness
+    # (B, N, C + 4), for cells whose positions are given (alphastomics.data.atlas_prior); None otherwise.
     atlas_prior: torch.Tensor | None = None
 
     def to(self, device) -> "SliceBatch":

@@ -32,7 +32,7 @@ class Example:
     cell_labels: np.ndarray | None = None  # (n,) condition codes of the cells' labels
     covariates: np.ndarray | None = None  # (K,) condition codes of the slice's covariates
     place: np.ndarray | None = None  # (3,) the network's view of the section's place (alphastomics.data.frames)
-    atlas_prior: np.ndarray | None = None  # (n, C) the training atlas's channels near each cell (alphastomics.data.atlas_prior)
+    atlas_prior: np.ndarray | None = None  # (n, C + 4) the training atlas near each cell (alphastomics.data.atlas_prior)
 
     @property
     def n_cells(self) -> int:
@@ -43,8 +43,8 @@ def make_example(s: SliceData, codec: ExpressionCodec, frame: CoordinateFrame, c
                  conditions: ConditionVocabulary | None = None, place: Place | None = None,
                  atlas_prior: np.ndarray | None = None) -> Example:
     """``place``: where the section lies along a shared frame's cutting axis (default: the extent of
-    all of the slice's cells, also when ``cells`` picks a patch of it). ``atlas_prior``: (n_cells, C)
-    for all of the slice's cells (AtlasReference.prior)."""
+    all of the slice's cells, also when ``cells`` picks a patch of it). ``atlas_prior``: for all of
+    the slice's cells (AtlasReference.prior)."""
     expression = s.expression if cells is None else s.expression[cells]
     coords = s.coords if cells is None else s.coords[cells]
     channels, target = codec.encode(expression, s.gene_mask)
@@ -92,7 +92,7 @@ def collate(examples: list[Example]) -> SliceBatch:
     if examples[0].place is not None:
         batch.places = torch.from_numpy(np.stack([e.place for e in examples]))
     if examples[0].atlas_prior is not None:
-        batch.atlas_prior = torch.zeros(B, N, C)
+        batch.atlas_prior = torch.zeros(B, N, examples[0].atlas_prior.shape[1])
         for b, e in enumerate(examples):
             batch.atlas_prior[b, : e.n_cells] = torch.from_numpy(e.atlas_prior)
     return batch

@@ -29,6 +29,7 @@ from torch import nn
 from alphastomics.config import ModelConfig
 from alphastomics.data.batch import SliceBatch
 from alphastomics.model.attention import EquivariantLinearAttention, SoftmaxAttention
+from alphastomics.data.atlas_prior import CLOSENESS_SCALES
 from alphastomics.model.embedding import (ConditionEmbedding, ExpressionEmbedding, FourierPositionEmbedding, PlaceEmbedding,
                                           TimeEmbedding)
 from alphastomics.model.local import LocalMessagePassing, knn_graph
@@ -160,10 +161,13 @@ class AlphaSTomicsNet(nn.Module):
         self.place_axis = place_axis
         self.place_in = PlaceEmbedding(dim) if place_axis is not None else None
         # No bias: a cell without a prior (zeros) gets nothing added, as a network without one.
-        self.prior_in = nn.Linear(num_channels, dim, bias=False) if atlas_prior else None
-        # Per channel, how much of the prior passes straight to the estimate (0 at start): the
-        # atlas's average near a cell is already an estimate, which the network then refines.
-        self.prior_skip = nn.Parameter(torch.zeros(num_channels)) if atlas_prior else None
+        self.prior_in = nn.Linear(num_channels + len(CLOSENESS_SCALES), dim, bias=False) if atlas_prior else None
+        # Per cell and channel, how much of the prior passes straight to the estimate (0 at start):
+        # the atlas's average near a cell is already an estimate, trusted where its cells are close.
+        self.prior_gate = nn.Linear(dim, num_channels) if atlas_prior else None
+        if self.prior_gate is not None:
+            nn.init.zeros_(self.prior_gate.weight)
+            nn.init.zeros_(self.prior_gate.bias)
 
     def _absolute(self, x: torch.Tensor, places: torch.Tensor | None) -> torch.Tensor:
         """Coordinates in the frame's absolute units: with sections' places, the coordinate along the
@@ -260,7 +264,7 @@ class AlphaSTomicsNet(nn.Module):
         # thresholding it drops the rarer genes of each cell (docs/findings/model.md).
         output = self.expression_out(features)
         if prior is not None:
-            output = output + self.prior_skip.to(output.dtype) * prior.to(output.dtype)
+            output = output + self.prior_gate(features).to(output.dtype) * prior[..., : self.num_channels].to(output.dtype)
         e_skip, e_out = precondition(expression_alpha_bar.to(expression.dtype))
         preconditioned = e_skip[:, None, None] * expression + e_out[:, None, None] * output
         expression_x0 = torch.where(self.presence_channels, preconditioned, output)
