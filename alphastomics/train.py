@@ -175,13 +175,14 @@ def build_dataloaders(config: Config, data_dir: Path, train_ids: list[str], val_
         reference = AtlasReference.fit(train_slices, codec, config.model.atlas_prior_neighbours, t.seed)
         if reference is None and config.model.atlas_prior_neighbours > 0:
             log.info("no atlas prior: it needs at least two training slices (each one's prior comes from the others)")
-    # each training section sees the atlas without itself, as a held-out section does
-    priors = None if reference is None else [reference.prior(s.coords, exclude=s.slice_id) for s in train_slices]
+    # each training section sees the atlas without itself (or without its cells around each cell),
+    # as a held-out section does
+    priors = None if reference is None else [reference.training_priors(s.coords, s.slice_id) for s in train_slices]
     if t.data_mode == "cell":
         train_set = PatchDataset(train_slices, codec, frame, t.cells_per_example, t.examples_per_epoch, t.seed, conditions,
                                  priors)
     else:
-        train_set = SliceDataset(train_slices, codec, frame, t.examples_per_epoch, conditions, priors)
+        train_set = SliceDataset(train_slices, codec, frame, t.examples_per_epoch, conditions, priors, t.seed)
     train_loader = DataLoader(
         train_set,
         batch_sampler=SizeBucketBatchSampler(train_set, t.batch_size, shuffle=True, seed=t.seed),
@@ -191,7 +192,7 @@ def build_dataloaders(config: Config, data_dir: Path, train_ids: list[str], val_
     val_loader = None
     if val_ids:
         val_slices = [load_slice(data_dir, s, manifest) for s in val_ids]
-        val_priors = None if reference is None else [reference.prior(s.coords) for s in val_slices]
+        val_priors = None if reference is None else [reference.prior(s.coords)[None] for s in val_slices]
         val_set = SliceDataset(val_slices, codec, frame, conditions=conditions, atlas_priors=val_priors)
         val_loader = DataLoader(
             val_set, batch_sampler=SizeBucketBatchSampler(val_set, t.batch_size, shuffle=False), collate_fn=collate

@@ -49,6 +49,22 @@ def test_a_sections_prior_is_its_neighbours_mean_in_the_other_sections_only(slab
     assert np.median(with_own[:, C]) > np.median(closeness)
 
 
+def test_training_priors_range_from_the_section_left_out_to_a_hole_around_each_cell(slabs, reference):
+    codec, ref = reference
+    slab1 = slabs["slab1"]
+    variants = ref.training_priors(slab1.coords, "slab1")
+    C = codec.num_channels
+    assert variants.shape == (5, len(slab1.coords), ref.width)
+    assert np.allclose(variants[0], ref.prior(slab1.coords, exclude="slab1"), atol=2e-3)
+    closeness = np.median(variants[:, :, C].astype(np.float32), axis=1)
+    # smaller holes, nearer neighbours; every hole leaves them farther than the section's own would be
+    assert np.all(np.diff(closeness[1:]) < 0) and closeness[1] > closeness[0]
+    assert closeness[1] < np.median(ref.prior(slab1.coords)[:, C])
+    # a cell's own cube is left out: never its own expression
+    own, _ = codec.encode(slab1.expression, slab1.gene_mask)
+    assert np.abs(variants[1, :, :C].astype(np.float32) - own).mean() > 0.1
+
+
 def test_the_held_out_slab_prior_says_what_is_expressed_where(slabs, reference):
     codec, ref = reference
     slab2 = slabs["slab2"]

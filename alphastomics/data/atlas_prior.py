@@ -37,6 +37,9 @@ PRIOR_CHUNK_ENTRIES = 16_000_000  # neighbours' channels gathered at once (memor
 # Closeness of the neighbours, exp(-mean distance / scale), at these scales in units of the
 # reference's cell spacing: 1 where they are near, 0 where far (and where a prior is dropped).
 CLOSENESS_SCALES = (2.0, 4.0, 8.0, 16.0)
+# Training priors with a hole in the section's own cells around each cell, cubes of these sides in
+# cell spacings (AtlasReference.training_priors).
+HOLE_SIDES = (4.0, 8.0, 16.0, 32.0)
 
 
 @dataclass
@@ -85,16 +88,38 @@ class AtlasReference:
         use = np.ones(len(self.coords), dtype=bool)
         if exclude is not None and exclude in self.slice_ids:
             use = self.section != self.slice_ids.index(exclude)
+        return self._nearest_mean(np.asarray(coords, dtype=np.float32), use)
+
+    def training_priors(self, coords: np.ndarray, slice_id: str) -> np.ndarray:
+        """(1 + len(HOLE_SIDES), n, width) float16: the priors a training section is trained with,
+        one drawn per example. The first leaves the whole section out; each other leaves out, for
+        each cell, the cells of the section in the cube of side HOLE_SIDES (in cell spacings) around
+        it (a grid of cubes), so that its own cells beyond the hole count. Leaving the section out
+        alone gives mostly distant neighbours, a held-out section between two training ones has near
+        ones: together the variants cover both, each labelled by its closeness."""
+        coords = np.asarray(coords, dtype=np.float32)
+        variants = [self.prior(coords, exclude=slice_id)]
+        own = self.section == self.slice_ids.index(slice_id) if slice_id in self.slice_ids else np.zeros(len(self.coords), bool)
+        for side in HOLE_SIDES:
+            cube, reference_cube = _cube_ids(coords, self.coords, side * self.spacing)
+            out = np.empty((len(coords), self.width), dtype=np.float32)
+            for value in np.unique(cube):
+                cells = cube == value
+                out[cells] = self._nearest_mean(coords[cells], ~(own & (reference_cube == value)))
+            variants.append(out)
+        return np.stack(variants).astype(np.float16)
+
+    def _nearest_mean(self, coords: np.ndarray, use: np.ndarray) -> np.ndarray:
         if not use.any():
             return np.zeros((len(coords), self.width), dtype=np.float32)
         k = min(self.neighbours, int(use.sum()))
-        distance, nearest = cKDTree(self.coords[use]).query(np.asarray(coords, dtype=np.float32), k=k)
+        distance, nearest = cKDTree(self.coords[use]).query(coords, k=k)
         nearest = np.flatnonzero(use)[nearest.reshape(len(coords), k)]
         out = np.empty((len(coords), self.width), dtype=np.float32)
         C = self.channels.shape[1]
         mean_distance = distance.reshape(len(coords), k).mean(1, keepdims=True) / self.spacing
         out[:, C:] = np.exp(-mean_distance / np.asarray(CLOSENESS_SCALES, dtype=np.float32))
-        step = max(1, PRIOR_CHUNK_ENTRIES // (k * max(self.channels.shape[1], 1)))
+        step = max(1, PRIOR_CHUNK_ENTRIES // (k * max(C, 1)))
         for start in range(0, len(coords), step):
             rows = nearest[start:start + step]
             weight = self.targets[rows].astype(np.float32)  # (cells, k, C)
@@ -113,3 +138,11 @@ class AtlasReference:
         return cls(np.asarray(d["coords"], dtype=np.float32), np.asarray(d["channels"], dtype=np.float16),
                    np.asarray(d["targets"], dtype=bool), np.asarray(d["section"], dtype=np.int32),
                    list(d["slice_ids"]), int(d["neighbours"]), float(d["spacing"]))
+
+
+
+def _cube_ids(points: np.ndarray, reference: np.ndarray, side: float) -> tuple[np.ndarray, np.ndarray]:
+    """Which cube of one grid of ``side`` each point and each reference point lies in (int ids)."""
+    cells = np.floor(np.concatenate([points, reference]) / side).astype(np.int64)
+    ids = np.unique(cells, axis=0, return_inverse=True)[1].ravel()
+    return ids[: len(points)], ids[len(points):]

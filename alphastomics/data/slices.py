@@ -3,6 +3,7 @@ masks); datasets for the two data modes (whole slices, spatial patches) and padd
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -98,20 +99,36 @@ def collate(examples: list[Example]) -> SliceBatch:
     return batch
 
 
+def drawn_prior(variants: np.ndarray | None, rng: np.random.Generator) -> np.ndarray | None:
+    """One of a slice's atlas priors (AtlasReference.training_priors: (V, n, width)), at random."""
+    return None if variants is None else variants[int(rng.integers(len(variants)))].astype(np.float32)
+
+
 class SliceDataset(Dataset):
-    """``slice`` mode: each example is one whole slice. ``length`` > number of slices cycles them."""
+    """``slice`` mode: each example is one whole slice. ``length`` > number of slices cycles them.
+    ``atlas_priors``: per slice, the variants of its atlas prior (V, n, width), one drawn per example."""
 
     def __init__(self, slices: list[SliceData], codec: ExpressionCodec, frame: CoordinateFrame, length: int = 0,
-                 conditions: ConditionVocabulary | None = None, atlas_priors: list[np.ndarray] | None = None):
-        priors = atlas_priors or [None] * len(slices)
-        self.examples = [make_example(s, codec, frame, conditions=conditions, atlas_prior=p) for s, p in zip(slices, priors)]
+                 conditions: ConditionVocabulary | None = None, atlas_priors: list[np.ndarray] | None = None,
+                 seed: int = 0):
+        self.examples = [make_example(s, codec, frame, conditions=conditions) for s in slices]
+        self.atlas_priors = atlas_priors
         self.length = max(length, len(self.examples))
+        self.seed = seed
+        self.epoch = 0
 
     def __len__(self) -> int:
         return self.length
 
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
     def __getitem__(self, index: int) -> Example:
-        return self.examples[index % len(self.examples)]
+        example = self.examples[index % len(self.examples)]
+        if self.atlas_priors is None:
+            return example
+        rng = np.random.default_rng((self.seed, self.epoch, index))
+        return dataclasses.replace(example, atlas_prior=drawn_prior(self.atlas_priors[index % len(self.examples)], rng))
 
     def size(self, index: int) -> int:
         return self.examples[index % len(self.examples)].n_cells
@@ -151,7 +168,7 @@ class PatchDataset(Dataset):
         k = min(self.cells_per_example, s.coords.shape[0])
         _, cells = self.trees[which].query(centre, k=k)
         return make_example(s, self.codec, self.frame, np.sort(np.atleast_1d(cells)), self.conditions,
-                            atlas_prior=self.atlas_priors[which])
+                            atlas_prior=drawn_prior(self.atlas_priors[which], rng))
 
     def size(self, index: int) -> int:
         return self.cells_per_example
