@@ -162,12 +162,13 @@ class AlphaSTomicsNet(nn.Module):
         self.place_in = PlaceEmbedding(dim) if place_axis is not None else None
         # No bias: a cell without a prior (zeros) gets nothing added, as a network without one.
         self.prior_in = nn.Linear(num_channels + len(CLOSENESS_SCALES), dim, bias=False) if atlas_prior else None
-        # Per cell and channel, how much of the prior passes straight to the estimate (0 at start):
-        # the atlas's average near a cell is already an estimate, trusted where its cells are close.
+        # Per cell and channel, how much of the prior passes straight to the estimate: the atlas's
+        # average near a cell is already an estimate, so the network starts from it (gate 1) and
+        # learns where to trust it less (far neighbours) and what to correct.
         self.prior_gate = nn.Linear(dim, num_channels) if atlas_prior else None
         if self.prior_gate is not None:
             nn.init.zeros_(self.prior_gate.weight)
-            nn.init.zeros_(self.prior_gate.bias)
+            nn.init.ones_(self.prior_gate.bias)
 
     def _absolute(self, x: torch.Tensor, places: torch.Tensor | None) -> torch.Tensor:
         """Coordinates in the frame's absolute units: with sections' places, the coordinate along the
