@@ -6,16 +6,13 @@ The network is shown that average, for each cell whose position is given (`pos_t
 `impute`), with how close those cells are, and learns to refine it rather than to rebuild it from
 its weights.
 
-How close matters: in training a section's prior comes from the other sections only, and for the
-cells deep inside a slab at an end of the atlas the nearest other cells lie far away, so the
-training priors are on the whole worse than a held-out section's between two training ones. Shown
-the distance, the network learns where to trust the prior instead of learning to distrust it.
-
-In training a section's prior comes from the other training sections only, as a held-out section's
-comes from sections other than itself; a share of examples is trained without it
-(``training.atlas_prior_dropout``), so that a file with no usable prior (coordinates outside the
-atlas) is still handled. The reference cells travel with the model (alphastomics.checkpoint), so
-sampling a user's file needs no training data.
+A training section must not see itself, and leaving it out whole gives the cells deep inside an
+end slab neighbours far away, worse than a held-out section between two training ones gets; so
+each example draws either that prior or one with a hole of the section's own cells around each cell
+(AtlasReference.training_priors), and the network is shown how close the neighbours are, to learn
+where to trust the prior. A share of examples is trained without it (``training.atlas_prior_dropout``),
+so that a file with no usable prior is still handled. The reference cells travel with the model
+(alphastomics.checkpoint), so sampling a user's file needs no training data.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ class SliceBatch:
     # (alphastomics.data.frames.CoordinateFrame.place_features); None otherwise.
     places: torch.Tensor | None = None
     # Shared frame: the training atlas's expression channels near each cell and their closeness
-    # (B, N, C + 4), for cells whose positions are given (alphastomics.data.atlas_prior); None otherwise.
+    # (B, N, AtlasReference.width), for cells whose positions are given (alphastomics.data.atlas_prior); None otherwise.
     atlas_prior: torch.Tensor | None = None
 
     def to(self, device) -> "SliceBatch":

@@ -33,7 +33,7 @@ class Example:
     cell_labels: np.ndarray | None = None  # (n,) condition codes of the cells' labels
     covariates: np.ndarray | None = None  # (K,) condition codes of the slice's covariates
     place: np.ndarray | None = None  # (3,) the network's view of the section's place (alphastomics.data.frames)
-    atlas_prior: np.ndarray | None = None  # (n, C + 4) the training atlas near each cell (alphastomics.data.atlas_prior)
+    atlas_prior: np.ndarray | None = None  # (n, AtlasReference.width) the training atlas near each cell (alphastomics.data.atlas_prior)
 
     @property
     def n_cells(self) -> int:
