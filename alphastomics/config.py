@@ -51,8 +51,9 @@ class ModelConfig:
     # The bundled config sets it; False here so that models saved before it existed still load.
     condition_every_block: bool = False
     # Shared frames: cells whose positions are given are shown the mean expression of this many
-    # nearest training cells (alphastomics.data.atlas_prior; 0: off, as models saved before it).
-    atlas_prior_neighbours: int = 0
+    # nearest training cells (alphastomics.data.atlas_prior; 0: off, as models saved before it;
+    # "auto": the number that best predicts each training section from the others).
+    atlas_prior_neighbours: int | str = 0
 
     def validate(self) -> None:
         _check_against_schema("model", self)  # bounds first: num_heads = 0 must not reach the modulo below
@@ -332,6 +333,8 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
             raise ConfigError(f"{key}: expected true or false, got {value!r}")
         return value
     if isinstance(default, (int, float)) and not isinstance(default, bool):
+        if value == "auto":  # numbers the tool can choose itself; the schema says which fields allow it
+            return value
         try:
             number = float(value)
         except (TypeError, ValueError):

@@ -84,6 +84,23 @@ def test_reference_needs_two_sections_and_round_trips(slabs, reference):
     assert np.array_equal(again.prior(slabs["slab2"].coords), ref.prior(slabs["slab2"].coords))
 
 
+def test_auto_neighbours_average_more_cells_where_single_cells_are_noisier(slabs):
+    # the BDTNP atlas is averaged expression, smooth in space: few neighbours predict a section best;
+    # the same atlas with each cell's own noise on top needs more of them to average it away
+    training = [slabs[s] for s in TRAINING]
+    rng = np.random.default_rng(0)
+    noisy = [dataclasses.replace(s, expression=np.clip(s.expression + rng.normal(0, 2 * s.expression.std(0), s.expression.shape), 0, None)
+                                 .astype(np.float32)) for s in training]
+    chosen = {}
+    for name, sections in (("smooth", training), ("noisy", noisy)):
+        codec = ExpressionCodec.fit([s.expression for s in sections], [s.gene_mask for s in sections], "zero_aware")
+        ref = AtlasReference.fit(sections, codec, neighbours="auto")
+        scores = ref.choose_neighbours()
+        assert ref.neighbours == max(scores, key=scores.get)
+        chosen[name] = ref.neighbours
+    assert chosen["smooth"] <= 15 < chosen["noisy"]
+
+
 @pytest.fixture(scope="module")
 def prior_model(bdtnp_dir, tmp_path_factory, one_torch_thread):
     from alphastomics.config import config_from_dict
@@ -122,6 +139,19 @@ def test_model_carries_its_reference_and_uses_the_prior_only_where_positions_are
             shown = denoise(model.network, state, batch).expression
             hidden = denoise(model.network, state, dataclasses.replace(batch, atlas_prior=None)).expression
         assert bool((shown - hidden).abs().max() > 1e-4) == changes, f"t_position={t_position}, {n} cells"
+    # where the prior is shown, the cells' absolute place is not: the section moved along the frame
+    # (the same relative layout, the same prior) gets the same estimate; without the prior it does not
+    t = torch.tensor([10])
+    moved = dataclasses.replace(batch, positions=batch.positions + torch.tensor([0.5, 0.0, 0.0]) * batch.node_mask[..., None])
+    for prior_shown in (True, False):
+        estimates = []
+        for b in (batch, moved):
+            b = b if prior_shown else dataclasses.replace(b, atlas_prior=None)
+            state = DenoiserInput(noise, b.positions, t, torch.tensor([0]), model.schedule.alpha_bar("expression")[t],
+                                  model.schedule.alpha_bar("position")[torch.tensor([0])])
+            with torch.no_grad():
+                estimates.append(denoise(model.network, state, b).expression)
+        assert bool((estimates[0] - estimates[1]).abs().max() > 1e-4) != prior_shown
     # sampling a held-out slab and a user's file (the reference travels in the model file)
     out = tmp_path / "pos_to_expr.h5ad"
     assert main(["sample", "--checkpoint", str(prior_model), "--data", str(bdtnp_dir), "--slice", "slab2", "--mode",

@@ -37,6 +37,10 @@ CLOSENESS_SCALES = (2.0, 4.0, 8.0, 16.0)
 # Training priors with a hole in the section's own cells around each cell, cubes of these sides in
 # cell spacings (AtlasReference.training_priors).
 HOLE_SIDES = (4.0, 8.0, 16.0, 32.0)
+# model.atlas_prior_neighbours: auto chooses among these, scoring at most CHOICE_CELLS cells of each
+# training section (AtlasReference.choose_neighbours).
+NEIGHBOUR_CHOICES = (5, 10, 15, 20, 30, 50)
+CHOICE_CELLS = 2000
 
 
 @dataclass
@@ -50,10 +54,11 @@ class AtlasReference:
     spacing: float  # median distance of a reference cell to its nearest one (source units)
 
     @classmethod
-    def fit(cls, slices, codec: ExpressionCodec, neighbours: int, seed: int = 0) -> "AtlasReference | None":
+    def fit(cls, slices, codec: ExpressionCodec, neighbours: int | str, seed: int = 0) -> "AtlasReference | None":
         """The reference of training ``slices`` (SliceData); None with fewer than two, since a
-        section's prior must come from the others."""
-        if len(slices) < 2 or neighbours <= 0:
+        section's prior must come from the others. ``neighbours``: how many nearest cells a prior
+        averages, or "auto" (choose_neighbours)."""
+        if len(slices) < 2 or neighbours == 0:
             return None
         coords, channels, targets, section = [], [], [], []
         for index, s in enumerate(slices):
@@ -70,7 +75,49 @@ class AtlasReference:
             coords, channels, targets, section = coords[chosen], channels[chosen], targets[chosen], section[chosen]
         nearest, _ = cKDTree(coords).query(coords, k=2)
         spacing = float(np.median(nearest[:, 1])) or 1.0
-        return cls(coords, channels, targets, section, [s.slice_id for s in slices], int(neighbours), spacing)
+        reference = cls(coords, channels, targets, section, [s.slice_id for s in slices], 0, spacing)
+        if neighbours == "auto":
+            scores = reference.choose_neighbours(seed)
+            neighbours = max(scores, key=scores.get)
+            log.info("atlas prior: %d neighbours (median Pearson over channels of each training section predicted "
+                     "from the others: %s)", neighbours, ", ".join(f"{k}: {v:.3f}" for k, v in scores.items()))
+        reference.neighbours = int(neighbours)
+        return reference
+
+    def choose_neighbours(self, seed: int = 0) -> dict[int, float]:
+        """For each of NEIGHBOUR_CHOICES, how well the mean of that many nearest cells of the other
+        training sections predicts a section's own channels: the median over channels of their
+        Pearson correlation over the section's cells (those that measured the channel), averaged over
+        sections. The best number is a property of the data, not of the model: smooth atlases of
+        averaged expression want few neighbours, noisy single cells many (docs/model.md)."""
+        rng = np.random.default_rng(seed)
+        C = self.channels.shape[1]
+        totals = np.zeros(len(NEIGHBOUR_CHOICES))
+        for index in range(len(self.slice_ids)):
+            own = self.section == index
+            others = np.flatnonzero(~own)
+            cells = np.flatnonzero(own)
+            if len(cells) > CHOICE_CELLS:
+                cells = np.sort(rng.choice(cells, CHOICE_CELLS, replace=False))
+            k = min(max(NEIGHBOUR_CHOICES), len(others))
+            _, nearest = cKDTree(self.coords[others]).query(self.coords[cells], k=k)
+            nearest = others[nearest.reshape(len(cells), k)]
+            correlations = np.full((len(NEIGHBOUR_CHOICES), C), np.nan)
+            step = max(1, PRIOR_CHUNK_ENTRIES // (len(cells) * k))
+            for first in range(0, C, step):
+                block = slice(first, first + step)
+                weight = self.targets[nearest, block].astype(np.float32)  # (cells, k, channels)
+                running = np.cumsum(self.channels[nearest, block].astype(np.float32) * weight, axis=1)
+                counts = np.cumsum(weight, axis=1)
+                truth = self.channels[cells, block].astype(np.float32)
+                measured = self.targets[cells, block]
+                for j, choice in enumerate(NEIGHBOUR_CHOICES):
+                    at = min(choice, k) - 1
+                    estimate = running[:, at] / np.maximum(counts[:, at], 1.0)
+                    correlations[j, block] = _masked_pearson(truth, estimate, measured)
+            with np.errstate(all="ignore"):
+                totals += np.nan_to_num(np.nanmedian(correlations, axis=1))
+        return {choice: float(total / len(self.slice_ids)) for choice, total in zip(NEIGHBOUR_CHOICES, totals)}
 
     @property
     def width(self) -> int:
@@ -136,6 +183,19 @@ class AtlasReference:
                    np.asarray(d["targets"], dtype=bool), np.asarray(d["section"], dtype=np.int32),
                    list(d["slice_ids"]), int(d["neighbours"]), float(d["spacing"]))
 
+
+
+def _masked_pearson(x: np.ndarray, y: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """(C,) Pearson correlation of each column of x and y over the rows where ``mask``; NaN where
+    fewer than 3 rows or either column is constant there."""
+    m = mask.astype(np.float64)
+    n = m.sum(0)
+    with np.errstate(all="ignore"):
+        mx, my = (x * m).sum(0) / n, (y * m).sum(0) / n
+        dx, dy = (x - mx) * m, (y - my) * m
+        r = (dx * dy).sum(0) / np.sqrt((dx ** 2).sum(0) * (dy ** 2).sum(0))
+    r[(n < 3) | ~np.isfinite(r)] = np.nan
+    return r
 
 
 def _cube_ids(points: np.ndarray, reference: np.ndarray, side: float) -> tuple[np.ndarray, np.ndarray]:

@@ -224,19 +224,24 @@ class AlphaSTomicsNet(nn.Module):
             + self.radius_in(torch.log1p(centred.pow(2).sum(-1, keepdim=True)))
             + (self.time_expression(t_expression) + self.time_position(t_position))[:, None, :]
         )
-        if self.position_in is not None:
-            # Fourier features of a noisy coordinate carry signal in proportion to sqrt(alpha_bar):
-            # at high noise they would only feed the features noise.
-            signal = position_alpha_bar.clamp(0.0, 1.0).sqrt().to(h.dtype)[:, None, None]
-            h = h + signal * self.position_in(self._absolute(x_t, places))
-        prior = None
+        prior, located = None, None
         if self.prior_in is not None and atlas_prior is not None:
             # only where positions are given: a generated position has no place to look the atlas up at
             prior = atlas_prior.to(h.dtype) * (position_alpha_bar >= 1.0).to(h.dtype)[:, None, None]
             h = h + self.prior_in(prior)
+            # An example shown the atlas around its cells is told where they are by it, and not also by
+            # absolute coordinates or its place: at a held-out section's coordinates those take values
+            # training never saw, and what the network learnt from them there was worse than the atlas.
+            located = (prior != 0).flatten(1).any(1)
+        absent = 1.0 if located is None else (~located).to(h.dtype)[:, None, None]
+        if self.position_in is not None:
+            # Fourier features of a noisy coordinate carry signal in proportion to sqrt(alpha_bar):
+            # at high noise they would only feed the features noise.
+            signal = position_alpha_bar.clamp(0.0, 1.0).sqrt().to(h.dtype)[:, None, None]
+            h = h + absent * signal * self.position_in(self._absolute(x_t, places))
         conditions = self.conditions_in(cell_labels, covariates) if self.conditions_in is not None else 0.0
         if self.place_in is not None:
-            conditions = conditions + self.place_in(places).to(h.dtype)[:, None, :]
+            conditions = conditions + absent * self.place_in(places).to(h.dtype)[:, None, :]
         h = h + conditions
         h = h * node_mask[..., None]
         graph = knn_graph(x_t, node_mask, self.config.local_neighbours) if self.config.local_neighbours > 0 else None
