@@ -776,7 +776,7 @@ def test_every_method_s_layout_is_drawn_beside_alphastomics_matched_by_cell_id(t
         record = folder / "s1.expr_to_pos.status.json"
         record.write_text(json.dumps({"mode": "expr_to_pos", "method": method, "status": status, "sample": "not/here.h5ad"}))
         statuses.append(record)
-    peers = inputs.peer_layouts(statuses)
+    peers = inputs.peer_samples(statuses)
     assert sorted(p.method for p in peers) == ["celery", "other"]  # the failed run has no sample
 
     drawn = {}
@@ -784,3 +784,47 @@ def test_every_method_s_layout_is_drawn_beside_alphastomics_matched_by_cell_id(t
     items = sections.layout_comparison_section({("s1", "expr_to_pos", "alphastomics"): [main]}, peers, {"A": "#f00", "B": "#00f"})
     assert len(items) == 1 and list(drawn) == ["alphastomics (draw)", "celery"]
     np.testing.assert_allclose(drawn["celery"], true, atol=1e-3)  # matched back by id, turned back, never rescaled
+
+
+def test_gene_by_gene_names_the_genes_where_alphastomics_is_furthest_behind_the_best_peer(tmp_path):
+    """pos_to_expr: AlphaSTomics' posterior mean is scored gene by gene beside each peer's estimate,
+    matched by cell id; the rival is the peer with the best median (never a reference row), and the
+    genes named first are those furthest behind it."""
+    import json
+
+    import anndata as ad
+
+    rng = np.random.default_rng(3)
+    n, genes = 120, [f"g{i}" for i in range(6)]
+    true = rng.normal(size=(n, len(genes))).astype(np.float32)
+    cells = np.array([f"c{i}" for i in range(n)])
+
+    def write(path, estimate, order, method):
+        a = ad.AnnData(X=true[order], obs=pd.DataFrame(index=cells[order]), var=pd.DataFrame(index=genes))
+        a.obsm["spatial"] = a.obsm["spatial_pred"] = rng.uniform(0, 10, (n, 2)).astype(np.float32)[order]
+        a.layers["expr_pred"] = estimate[order] + rng.normal(size=estimate.shape).astype(np.float32)  # a draw: noisier
+        if method == "alphastomics":
+            a.layers["expr_pred_mean"] = estimate[order]
+        a.uns["alphastomics"] = {"mode": "pos_to_expr", "method": method, "slice_id": "s1", "generated": ["expression"]}
+        a.write_h5ad(path)
+        return path
+
+    ours = true + 0.3 * rng.normal(size=true.shape).astype(np.float32)
+    ours[:, 4] = rng.normal(size=n)  # a gene AlphaSTomics misses entirely
+    ours[:, 2] = true[:, 2] + 1.5 * rng.normal(size=n)  # and one it gets roughly
+    main = inputs.load_sample(write(tmp_path / "s1.pos_to_expr.h5ad", ours.astype(np.float32), np.arange(n), "alphastomics"))
+    statuses = []
+    for method, estimate in (("knn", true + 0.5 * rng.normal(size=true.shape)), ("oracle", true), ("training_mean", 0 * true)):
+        folder = tmp_path / "peers" / method
+        folder.mkdir(parents=True)
+        write(folder / "s1.pos_to_expr.h5ad", estimate.astype(np.float32), rng.permutation(n), method)
+        record = folder / "s1.pos_to_expr.status.json"
+        record.write_text(json.dumps({"mode": "pos_to_expr", "method": method, "status": "ok"}))
+        statuses.append(record)
+    items = sections.gene_accuracy_section({("s1", "pos_to_expr", "alphastomics"): [main]}, inputs.peer_samples(statuses))
+    assert len(items) == 1
+    item = items[0]
+    assert item["rival"] == "knn" and item["estimate"] == "posterior mean" and item["n_genes"] == len(genes)
+    assert [row["gene"] for row in item["rows"]][:2] == ["g4", "g2"]
+    assert float(item["rows"][0]["behind"]) > 0.5  # matched by id: knn's r is ~0.9 however its cells are ordered (unmatched: ~0)
+    assert "oracle" in item["medians"] and item["img"].startswith("data:image/png;base64,")

@@ -48,6 +48,13 @@ def _per_row_chunked(fn: Callable, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.concatenate([fn(a[s:s + step].T, b[s:s + step].T) for s in range(0, a.shape[0], step)])
 
 
+def gene_pearson(true: np.ndarray, estimate: np.ndarray) -> np.ndarray:
+    """(G,) each gene's Pearson correlation over cells, scored as ``expr_*_pearson_gene_*`` score it:
+    NaN where the true gene is constant (left out), 0 where only the estimate is."""
+    r = _per_column_chunked(pearson_per_column, true, estimate)
+    return np.where(is_constant(true, 0), np.nan, np.where(is_constant(estimate, 0), 0.0, r))
+
+
 def _summaries(scores: np.ndarray) -> tuple[float, float]:
     if scores.size == 0:
         return float("nan"), float("nan")

@@ -110,8 +110,8 @@ def load_sample(path: str | Path, slice_ids_by_key: dict[str, str] | None = None
     )
 
 
-def peer_layouts(status_paths: list[str | Path], slice_ids_by_key: dict[str, str] | None = None) -> list[Sample]:
-    """The expr_to_pos sample files of the peers that ran (status "ok"), from their status records
+def peer_samples(status_paths: list[str | Path], slice_ids_by_key: dict[str, str] | None = None) -> list[Sample]:
+    """The sample files of the peers that ran (status "ok"), from their status records
     (``alphastomics peer --status``); a failed or skipped run has none and is left out."""
     samples = []
     for status_path in filter(None, status_paths):  # an empty list may reach the command line as ''
@@ -120,7 +120,7 @@ def peer_layouts(status_paths: list[str | Path], slice_ids_by_key: dict[str, str
             status = json.loads(status_path.read_text())
         except (OSError, ValueError) as err:
             raise InputError(f"{status_path}: not a readable peer status record ({err})") from err
-        if status.get("mode") != "expr_to_pos" or status.get("status") != "ok":
+        if status.get("status") != "ok":
             continue
         recorded = Path(str(status.get("sample", "")))
         beside = status_path.with_name(status_path.name.removesuffix(".status.json") + ".h5ad")

@@ -490,6 +490,54 @@ def morans_scatter_figure(
     return to_data_uri(fig)
 
 
+def gene_accuracy_figure(correlations: Mapping[str, np.ndarray], genes: Sequence[str], rival: str | None,
+                         named: Sequence[int], title: str) -> str:
+    """Per-gene correlation of each method's estimate with the truth. Left: every method's genes
+    sorted from best to worst (a curve per method; the judged median where it crosses the middle).
+    Right, where a peer is given as ``rival``: AlphaSTomics (y) against it (x) gene by gene, the
+    genes of ``named`` (indices) labelled."""
+    methods = list(correlations)
+    others = [c for i, c in enumerate(plt.get_cmap("tab10").colors) if i != 1]  # tab10's orange is AlphaSTomics'
+    colours = {m: ("#d9622b" if i == 0 else others[(i - 1) % len(others)]) for i, m in enumerate(methods)}
+    fig, axes = plt.subplots(1, 2 if rival else 1, figsize=(10.0 if rival else 5.2, 4.3), layout="constrained", squeeze=False)
+    ax = axes[0, 0]
+    for m in methods:
+        r = np.sort(np.asarray(correlations[m], dtype=float)[np.isfinite(correlations[m])])[::-1]
+        if r.size:
+            ax.plot(np.linspace(0, 1, r.size), r, color=colours[m], lw=2.2 if m == methods[0] else 1.2,
+                    label=f"{m} (median {np.median(r):.2f})")
+    ax.axvline(0.5, color="#aaaaaa", lw=0.8, ls=":")
+    ax.set_xlabel("fraction of genes, best to worst")
+    ax.set_ylabel("Pearson r over cells, per gene")
+    ax.set_title(f"{title}: every gene")
+    ax.legend(fontsize=8, loc="lower left")
+    ax.grid(True, color="#eeeeee", lw=0.6)
+    if rival:
+        ax = axes[0, 1]
+        ours, theirs = np.asarray(correlations[methods[0]], float), np.asarray(correlations[rival], float)
+        ok = np.isfinite(ours) & np.isfinite(theirs)
+        ax.scatter(theirs[ok], ours[ok], s=14, color="#3b6ea8", alpha=0.75, linewidths=0)
+        lo = float(min(np.nanmin(np.r_[ours[ok], theirs[ok]]), 0.0)) if ok.any() else -1.0
+        ax.plot([lo, 1], [lo, 1], color="#888888", lw=1, ls="--", label="y = x")
+        box = dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.85)
+        for rank, j in enumerate(i for i in named if ok[i]):
+            ax.scatter([theirs[j]], [ours[j]], s=22, color="#d9622b", linewidths=0, zorder=3)
+            # alternate sides, so neighbouring labels rarely cover each other (the table below has the values)
+            right = rank % 2 == 0
+            ann = ax.annotate(str(genes[j]), (theirs[j], ours[j]), xytext=(5 if right else -5, 3 if right else -9),
+                              textcoords="offset points", fontsize=8, color="#333333", ha="left" if right else "right",
+                              bbox=box, clip_on=True)
+            ann.set_in_layout(False)
+        ax.set_xlim(lo - 0.05, 1.02)
+        ax.set_ylim(lo - 0.05, 1.02)
+        ax.set_aspect("equal", adjustable="box")
+        ax.set_xlabel(f"{rival}: Pearson r per gene")
+        ax.set_ylabel(f"{methods[0]}: Pearson r per gene")
+        ax.set_title(f"gene by gene against {rival}; below the line: behind it")
+        ax.grid(True, color="#eeeeee", lw=0.6)
+    return to_data_uri(fig)
+
+
 def shift_scatter_figure(predicted: np.ndarray, observed: np.ndarray, genes: Sequence[str], title: str,
                          n_labels: int = 8) -> str:
     """Per-gene mean shift of a perturbation, observed (x) vs predicted (y); the genes that moved

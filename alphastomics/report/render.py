@@ -25,13 +25,14 @@ from alphastomics.report.inputs import (
     METRIC_COLUMNS,
     load_metrics,
     load_sample,
-    peer_layouts,
+    peer_samples,
     sample_groups,
 )
 from alphastomics.report.provenance import provenance_section
 from alphastomics.report.sections import (
     MORAN_K,
     expression_sections,
+    gene_accuracy_section,
     layout_comparison_section,
     moran_figures,
     perturbation_section,
@@ -113,7 +114,8 @@ def render_report(
     peer_status: list[str | Path] = (),
 ) -> str:
     """The HTML of one dataset's report. ``peer_status``: the peers' status records (alphastomics
-    peer); the expr_to_pos sample files of those that ran are drawn beside AlphaSTomics' layout."""
+    peer); the sample files of those that ran are drawn beside AlphaSTomics' (expr_to_pos layouts,
+    per-gene accuracy of pos_to_expr and impute)."""
     from alphastomics.runs import read_runs
 
     man = load_manifest(manifest)
@@ -139,8 +141,10 @@ def render_report(
     training = training_section(training_log)
     tissue = tissue_section(groups, palette, dataset_dir=Path(manifest).parent)
     view3d = view3d_section(groups, palette, dataset_dir=Path(manifest).parent)
-    layouts = layout_comparison_section(groups, peer_layouts(peer_status, slice_ids_by_file_key(man)), palette)
+    peers = peer_samples(peer_status, slice_ids_by_file_key(man))
+    layouts = layout_comparison_section(groups, peers, palette)
     gene_maps, moran_panels = expression_sections(groups)
+    gene_accuracy = gene_accuracy_section(groups, peers)
     morans = moran_figures(moran_panels)
     uncertainty, uncertainty_note = uncertainty_section(groups)
     perturbations = perturbation_section(perturbed, Path(manifest).parent)
@@ -163,6 +167,7 @@ def render_report(
         places=places,
         gene_maps=gene_maps,
         morans=morans,
+        gene_accuracy=gene_accuracy,
         moran_k=MORAN_K,
         uncertainty=uncertainty,
         uncertainty_note=uncertainty_note,

@@ -1,4 +1,5 @@
-"""Figure sections of the report: tissues, gene maps, Moran's I, positional uncertainty, training curves.
+"""Figure sections of the report: tissues, gene maps, Moran's I, per-gene accuracy, positional
+uncertainty, training curves.
 
 Each function takes samples grouped by (slice, mode, method) (``inputs.sample_groups``) or the
 training log, draws its figures with ``plots`` and returns what the template shows.
@@ -19,12 +20,17 @@ from alphastomics.io import sample_file
 from alphastomics.io.sample_file import EXPR_PRED, POSITION_UNCERTAINTY, SPATIAL_PRED_CONSENSUS, SPATIAL_PRED_DRAWS
 from alphastomics.report import plots
 from alphastomics.report.inputs import MAIN_METHOD, find_training_log, training_summary
-from alphastomics.report.tables import fmt_value, order_methods, order_modes
+from alphastomics.metrics import expression
+from alphastomics.report.tables import fmt_value, is_reference, order_methods, order_modes
 
 log = logging.getLogger(__name__)
 
 MORAN_K = 10  # neighbours of the kNN graph for Moran's I in the report figures
 N_GENES_SHOWN = 3  # most and least spatially variable genes mapped per sample
+# Modes whose expression estimate is judged per gene against the peers, and the genes named where
+# AlphaSTomics is furthest behind the best of them
+GENE_ACCURACY_MODES = ("pos_to_expr", "impute")
+N_WORST_GENES = 8
 
 
 def _dense(m) -> np.ndarray:
@@ -198,6 +204,57 @@ def expression_sections(groups) -> tuple[list[dict], list[dict]]:
             "highlight": [str(genes[i]) for i in top + bottom],
         })
     return maps, moran_panels
+
+
+def _gene_estimate(sample) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(genes, true, estimate) as the metrics score them: the scored genes (the held-out ones in
+    impute), and the posterior mean where the sample has one, else its prediction."""
+    scored = sample_file.sample_from_anndata(sample.adata, source=str(sample.path))
+    estimate = scored.mean_expression if scored.mean_expression is not None else scored.generated_expression
+    return scored.genes, scored.true_expression, estimate
+
+
+def gene_accuracy_section(groups, peer_samples) -> list[dict]:
+    """pos_to_expr and impute: each gene's correlation over cells with the truth, AlphaSTomics'
+    estimate beside every peer's, and the genes where it is furthest behind the peer with the best
+    median. The median over genes is the judged figure; it can be high while the genes a
+    biologist looks at first (a boundary, a stripe) are wrong, which only a per-gene view shows.
+    Peers' cells are matched by cell id and genes by name; a peer whose cells differ is left out."""
+    items = []
+    for (sl, mode, method), ss in groups.items():
+        if mode not in GENE_ACCURACY_MODES or method != MAIN_METHOD:
+            continue
+        main = ss[0]
+        genes, true, estimate = _gene_estimate(main)
+        correlations = {MAIN_METHOD: expression.gene_pearson(true, estimate)}
+        cell_ids = pd.Index(main.adata.obs_names)
+        for peer in sorted((p for p in peer_samples if p.slice_id == sl and p.mode == mode and p.method != MAIN_METHOD),
+                           key=lambda p: order_methods([p.method, MAIN_METHOD]).index(p.method)):
+            order = pd.Index(peer.adata.obs_names).get_indexer(cell_ids)
+            if (order < 0).any() or len(peer.adata) != len(cell_ids):
+                log.warning("%s: its cells are not those of %s; left out of the per-gene accuracy", peer.path, main.path)
+                continue
+            peer_genes, _, peer_estimate = _gene_estimate(peer)
+            column = pd.Index(peer_genes).get_indexer(genes)
+            r = np.full(len(genes), np.nan)
+            found = column >= 0
+            r[found] = expression.gene_pearson(true[:, found], peer_estimate[order][:, column[found]])
+            correlations[peer.method] = r
+        rivals = {m: float(np.nanmedian(r)) for m, r in correlations.items()
+                  if m != MAIN_METHOD and not is_reference(m) and np.isfinite(r).any()}
+        rival = max(rivals, key=rivals.get) if rivals else None
+        ours = correlations[MAIN_METHOD]
+        behind = ours - (correlations[rival] if rival else 0.0)
+        ranked = [int(i) for i in np.argsort(np.where(np.isfinite(behind), behind, np.inf)) if np.isfinite(behind[i])]
+        worst = [i for i in ranked if rival is None or behind[i] < 0][:N_WORST_GENES]
+        rows = [{"gene": genes[i], "ours": fmt_value(ours[i]), "rival": fmt_value(correlations[rival][i]) if rival else "",
+                 "behind": fmt_value(-behind[i]) if rival else ""} for i in worst]
+        img = plots.gene_accuracy_figure(correlations, genes, rival, worst, f"{sl} · {mode}")
+        medians = ", ".join(f"{m} {fmt_value(float(np.nanmedian(r)))}" for m, r in correlations.items() if np.isfinite(r).any())
+        items.append({"title": f"{sl} · {mode}", "img": img, "mode": mode, "rival": rival, "rows": rows,
+                      "n_genes": int(np.isfinite(ours).sum()), "medians": medians,
+                      "estimate": "posterior mean" if sample_file.EXPR_PRED_MEAN in main.adata.layers else "first draw"})
+    return items
 
 
 def moran_figures(moran_panels: list[dict]) -> list[dict]:

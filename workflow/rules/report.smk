@@ -4,8 +4,9 @@ rule report:
         metrics="results/{dataset}/metrics.tsv",
         runs="results/{dataset}/methods.tsv",
         samples=lambda w: sample_files(w.dataset),
-        # the peers' expr_to_pos layouts, drawn beside AlphaSTomics' (their status says which ran)
-        peer_status=lambda w: [f for f in peer_files(w.dataset, "status.json") if f.endswith(".expr_to_pos.status.json")],
+        # the peers' samples, drawn beside AlphaSTomics' (expr_to_pos layouts, per-gene accuracy of
+        # pos_to_expr and impute); their status says which ran
+        peer_status=lambda w: peer_files(w.dataset, "status.json"),
         training="results/{dataset}/model/training.json",
         model="results/{dataset}/model/model.ckpt",
         settings="results/{dataset}/settings/train.yaml",
