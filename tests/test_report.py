@@ -475,11 +475,12 @@ def test_starmap_report_has_every_section(built):
     run = built["starmap"]
     html = run["report"].read_text()
     _assert_self_contained(html)
-    for anchor in ("summary", "training", "metrics", "tissue", "genes", "moran", "uncertainty", "provenance"):
+    for anchor in ("summary", "training", "metrics", "tissue", "genes", "moran", "gene-accuracy", "uncertainty", "provenance"):
         assert f'id="{anchor}"' in html
     images = _images(html)
-    # training + 4 tissue (2 methods x 2 position modes) + 2x2x2 gene maps + 2 Moran's I modes + 1 uncertainty
-    assert len(images) == 1 + 4 + 8 + 2 + 1
+    # training + 4 tissue (2 methods x 2 position modes) + 2x2x2 gene maps + 2 Moran's I modes
+    # + gene by gene (pos_to_expr) + 1 uncertainty
+    assert len(images) == 1 + 4 + 8 + 2 + 1 + 1
     assert all(img.startswith(b"\x89PNG\r\n\x1a\n") for img in images)
     # metric tables: one per mode, both methods side by side, best marked, direction stated
     for mode in ("expr_to_pos", "pos_to_expr", "joint"):
@@ -507,7 +508,7 @@ def test_bdtnp_3d_report_without_cell_types_or_training_log(built):
     assert "no cell types" in html and "xy, xz and yz projections" in html
     assert "no positional uncertainty to show" in html  # uncertainty section skipped with a note
     assert "80 / 84" in html  # measured genes from the manifest
-    assert len(_images(html)) == 1 + 2 + 1  # tissue, gene maps (most + least), Moran's I
+    assert len(_images(html)) == 1 + 2 + 1 + 1  # tissue, gene maps (most + least), Moran's I, gene by gene
     assert "aay" not in re.sub(r"<[^>]+>", " ", html).split()  # an unmeasured gene is never mapped
 
 
