@@ -18,9 +18,9 @@ import pandas as pd
 
 from alphastomics.io import sample_file
 from alphastomics.io.sample_file import EXPR_PRED, POSITION_UNCERTAINTY, SPATIAL_PRED_CONSENSUS, SPATIAL_PRED_DRAWS
+from alphastomics.metrics import expression
 from alphastomics.report import plots
 from alphastomics.report.inputs import MAIN_METHOD, find_training_log, training_summary
-from alphastomics.metrics import expression
 from alphastomics.report.tables import fmt_value, is_reference, order_methods, order_modes
 
 log = logging.getLogger(__name__)
@@ -118,6 +118,16 @@ def tissue_section(groups, palette, dataset_dir: Path | None = None) -> list[dic
     return items
 
 
+def matched_cells(peer, main, cell_ids: pd.Index, section: str) -> np.ndarray | None:
+    """Indices that put ``peer``'s cells in the order of ``cell_ids`` (AlphaSTomics' cells); None,
+    with a warning naming ``section``, where its cells are not those cells."""
+    order = pd.Index(peer.adata.obs_names).get_indexer(cell_ids)
+    if (order < 0).any() or len(peer.adata) != len(cell_ids):
+        log.warning("%s: its cells are not those of %s; left out of %s", peer.path, main.path, section)
+        return None
+    return order
+
+
 def layout_comparison_section(groups, peer_samples, palette) -> list[dict]:
     """expr_to_pos: per held-out slice, AlphaSTomics' layout (its consensus, else its draw) beside
     every peer's on one scale, each placed as the tissue section places it (as it is in a shared
@@ -137,9 +147,8 @@ def layout_comparison_section(groups, peer_samples, palette) -> list[dict]:
         cell_ids = pd.Index(main.adata.obs_names)
         for name in order_methods(peers):
             peer = peers[name]
-            order = pd.Index(peer.adata.obs_names).get_indexer(cell_ids)
-            if (order < 0).any() or len(peer.adata) != len(cell_ids):
-                log.warning("%s: its cells are not those of %s; left out of the side-by-side layouts", peer.path, main.path)
+            order = matched_cells(peer, main, cell_ids, "the side-by-side layouts")
+            if order is None:
                 continue
             placed, _ = place_generated(main, peer.pred_pos[order])  # onto the true cells in AlphaSTomics' order
             layouts.append((name, placed))
@@ -228,11 +237,10 @@ def gene_accuracy_section(groups, peer_samples) -> list[dict]:
         genes, true, estimate = _gene_estimate(main)
         correlations = {MAIN_METHOD: expression.gene_pearson(true, estimate)}
         cell_ids = pd.Index(main.adata.obs_names)
-        for peer in sorted((p for p in peer_samples if p.slice_id == sl and p.mode == mode and p.method != MAIN_METHOD),
-                           key=lambda p: order_methods([p.method, MAIN_METHOD]).index(p.method)):
-            order = pd.Index(peer.adata.obs_names).get_indexer(cell_ids)
-            if (order < 0).any() or len(peer.adata) != len(cell_ids):
-                log.warning("%s: its cells are not those of %s; left out of the per-gene accuracy", peer.path, main.path)
+        peers = {p.method: p for p in peer_samples if p.slice_id == sl and p.mode == mode and p.method != MAIN_METHOD}
+        for peer in (peers[name] for name in order_methods(peers)):
+            order = matched_cells(peer, main, cell_ids, "the per-gene accuracy")
+            if order is None:
                 continue
             peer_genes, _, peer_estimate = _gene_estimate(peer)
             column = pd.Index(peer_genes).get_indexer(genes)
