@@ -173,8 +173,6 @@ def build_dataloaders(config: Config, data_dir: Path, train_ids: list[str], val_
     reference = None
     if coordinate_frame == "shared":
         reference = AtlasReference.fit(train_slices, codec, config.model.atlas_prior_neighbours, t.seed)
-        if reference is None and config.model.atlas_prior_neighbours != 0:
-            log.info("no atlas prior: it needs at least two training slices (each one's prior comes from the others)")
     # each training section sees the atlas without itself (or without its cells around each cell),
     # as a held-out section does
     priors = None if reference is None else [reference.training_priors(s.coords, s.slice_id) for s in train_slices]

@@ -76,9 +76,28 @@ def test_the_held_out_slab_prior_says_what_is_expressed_where(slabs, reference):
     assert np.median(pearson) > 0.6
 
 
-def test_reference_needs_two_sections_and_round_trips(slabs, reference):
+def test_one_training_section_is_its_own_prior_beyond_a_hole(slabs, reference):
+    # two z-planes of one embryo, one held out: the other plane is the whole atlas
+    codec, _ = reference
+    slab1 = slabs["slab1"]
+    ref = AtlasReference.fit([slab1], codec, neighbours="auto")
+    assert ref is not None and ref.neighbours in ref.choose_neighbours()
+    variants = ref.training_priors(slab1.coords, "slab1")
+    C = codec.num_channels
+    assert variants.shape == (4, len(slab1.coords), ref.width)  # the holes; there is no other section
+    own, _ = codec.encode(slab1.expression, slab1.gene_mask)
+    assert np.abs(variants[0, :, :C].astype(np.float32) - own).mean() > 0.1
+    assert np.all(variants[:, :, C] > 0)  # every cell has a prior, its neighbours beyond the hole
+    # the neighbouring slab's cells near slab2's say what is expressed there
+    slab2 = slabs["slab2"]
+    prior = codec.decode_expectation(ref.prior(slab2.coords)[None, :, :C])[0]
+    genes = [g for g in range(slab2.expression.shape[1]) if slab2.expression[:, g].std() > 0]
+    assert np.median([np.corrcoef(prior[:, g], slab2.expression[:, g])[0, 1] for g in genes]) > 0.3
+
+
+def test_reference_needs_sections_and_neighbours_and_round_trips(slabs, reference):
     codec, ref = reference
-    assert AtlasReference.fit([slabs["slab0"]], codec, 15) is None
+    assert AtlasReference.fit([], codec, 15) is None
     assert AtlasReference.fit([slabs[s] for s in TRAINING], codec, 0) is None
     again = AtlasReference.from_dict(ref.to_dict())
     assert np.array_equal(again.prior(slabs["slab2"].coords), ref.prior(slabs["slab2"].coords))

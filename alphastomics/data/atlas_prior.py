@@ -55,10 +55,10 @@ class AtlasReference:
 
     @classmethod
     def fit(cls, slices, codec: ExpressionCodec, neighbours: int | str, seed: int = 0) -> "AtlasReference | None":
-        """The reference of training ``slices`` (SliceData); None with fewer than two, since a
-        section's prior must come from the others. ``neighbours``: how many nearest cells a prior
-        averages, or "auto" (choose_neighbours)."""
-        if len(slices) < 2 or neighbours == 0:
+        """The reference of training ``slices`` (SliceData); None without any. With one section its
+        prior in training comes from its own cells beyond a hole around each cell (training_priors).
+        ``neighbours``: how many nearest cells a prior averages, or "auto" (choose_neighbours)."""
+        if not slices or neighbours == 0:
             return None
         coords, channels, targets, section = [], [], [], []
         for index, s in enumerate(slices):
@@ -94,14 +94,11 @@ class AtlasReference:
         C = self.channels.shape[1]
         totals = np.zeros(len(NEIGHBOUR_CHOICES))
         for index in range(len(self.slice_ids)):
-            own = self.section == index
-            others = np.flatnonzero(~own)
-            cells = np.flatnonzero(own)
+            cells = np.flatnonzero(self.section == index)
             if len(cells) > CHOICE_CELLS:
                 cells = np.sort(rng.choice(cells, CHOICE_CELLS, replace=False))
-            k = min(max(NEIGHBOUR_CHOICES), len(others))
-            _, nearest = cKDTree(self.coords[others]).query(self.coords[cells], k=k)
-            nearest = others[nearest.reshape(len(cells), k)]
+            nearest = self._nearest_elsewhere(cells, max(NEIGHBOUR_CHOICES))
+            k = nearest.shape[1]
             correlations = np.full((len(NEIGHBOUR_CHOICES), C), np.nan)
             step = max(1, PRIOR_CHUNK_ENTRIES // (len(cells) * k))
             for first in range(0, C, step):
@@ -119,6 +116,25 @@ class AtlasReference:
                 totals += np.nan_to_num(np.nanmedian(correlations, axis=1))
         return {choice: float(total / len(self.slice_ids)) for choice, total in zip(NEIGHBOUR_CHOICES, totals)}
 
+    def _nearest_elsewhere(self, cells: np.ndarray, k: int) -> np.ndarray:
+        """(len(cells), k') indices of the reference cells nearest each of ``cells`` (all of one
+        section) among the other sections; where there is no other, among the section's own cells
+        outside the cube of side HOLE_SIDES[0] around each cell (training_priors' nearest variant)."""
+        own = self.section == self.section[cells[0]]
+        coords = self.coords[cells]
+        if not own.all():
+            others = np.flatnonzero(~own)
+            k = min(k, len(others))
+            return others[cKDTree(self.coords[others]).query(coords, k=k)[1].reshape(len(cells), k)]
+        cube, reference_cube = _cube_ids(coords, self.coords, HOLE_SIDES[0] * self.spacing)
+        k = min(k, len(self.coords) - int(np.bincount(reference_cube).max()))
+        nearest = np.empty((len(cells), k), dtype=np.int64)
+        for value in np.unique(cube):
+            rows = cube == value
+            outside = np.flatnonzero(reference_cube != value)
+            nearest[rows] = outside[cKDTree(self.coords[outside]).query(coords[rows], k=k)[1].reshape(-1, k)]
+        return nearest
+
     @property
     def width(self) -> int:
         """Values of a cell's prior: the channels, then the closeness features."""
@@ -135,15 +151,16 @@ class AtlasReference:
         return self._nearest_mean(np.asarray(coords, dtype=np.float32), use)
 
     def training_priors(self, coords: np.ndarray, slice_id: str) -> np.ndarray:
-        """(1 + len(HOLE_SIDES), n, width) float16: the priors a training section is trained with,
+        """(V, n, width) float16: the V priors a training section is trained with,
         one drawn per example. The first leaves the whole section out; each other leaves out, for
         each cell, the cells of the section in the cube of side HOLE_SIDES (in cell spacings) around
         it (a grid of cubes), so that its own cells beyond the hole count. Leaving the section out
         alone gives mostly distant neighbours, a held-out section between two training ones has near
-        ones: together the variants cover both, each labelled by its closeness."""
+        ones: together the variants cover both, each labelled by its closeness. The reference's only
+        section has no other to leave itself out to: its variants are the holes alone."""
         coords = np.asarray(coords, dtype=np.float32)
-        variants = [self.prior(coords, exclude=slice_id)]
         own = self.section == self.slice_ids.index(slice_id) if slice_id in self.slice_ids else np.zeros(len(self.coords), bool)
+        variants = [] if own.all() else [self.prior(coords, exclude=slice_id)]
         for side in HOLE_SIDES:
             cube, reference_cube = _cube_ids(coords, self.coords, side * self.spacing)
             out = np.empty((len(coords), self.width), dtype=np.float32)
