@@ -43,6 +43,7 @@ class Draws:
     expected_expression: np.ndarray | None = None  # (N, G) posterior mean (Rao-Blackwellised), pos_to_expr
     posterior_mean_draws: int = 0  # starting noises behind expected_expression / the shared frame's consensus layout
     consensus_positions: np.ndarray | None = None  # (N, d) expr_to_pos: the consensus layout (alphastomics.layout)
+    cell_spacing: float = 0.0  # joint: source units each draw's cells were spaced apart at (0: as drawn)
 
 
 def draw_samples(model: LoadedModel, batch: SliceBatch, mode: str, num_samples: int, seed: int, steps: int | None,
@@ -76,6 +77,13 @@ def draw_samples(model: LoadedModel, batch: SliceBatch, mode: str, num_samples: 
     n_dims = 3 if bool(batch.dim_mask[0, 2]) else 2
     decoded = model.codec.decode(expression[:, :n].cpu().numpy())
     coordinates = np.stack([to_source(model, batch, p[:n].cpu().numpy(), n_dims) for p in positions])
+    spacing = model.frame.cell_spacing if mode == "joint" else 0.0
+    if spacing > 0:
+        # A draw piles cells the sampler could not tell apart onto one another, clumps and holes
+        # where tissue has cells about a cell's width apart; each generated tissue is spaced as the
+        # training sections' cells are (docs/findings/model.md).
+        for draw in coordinates:
+            draw[:, :n_dims] = spaced_apart(draw[:, :n_dims].astype(np.float64), spacing)
     expected, consensus, k = None, None, 0
     if mode in ("pos_to_expr", "impute"):
         k = max(posterior_mean_draws or model.config.sampling.posterior_mean_draws, num_samples)
@@ -89,7 +97,7 @@ def draw_samples(model: LoadedModel, batch: SliceBatch, mode: str, num_samples: 
             posterior_mean = to_source(model, batch, expected_positions(model, batch, [seed + i for i in range(k)],
                                                                         chunk=num_samples)[:n], n_dims)[:, :n_dims]
         consensus = consensus_layout(coordinates[:, :, :n_dims].astype(np.float64), posterior_mean)
-    return Draws(decoded, coordinates, embedding[:n], seeds, expected, k, consensus)
+    return Draws(decoded, coordinates, embedding[:n], seeds, expected, k, consensus, spacing)
 
 
 def to_source(model: LoadedModel, batch: SliceBatch, positions: np.ndarray, n_dims: int) -> np.ndarray:

@@ -66,6 +66,24 @@ def test_per_slice_scale_comes_from_cell_count_not_from_the_slice(starmap_dir):
         frame.slice_scale(100, 3)
 
 
+def test_frame_keeps_the_training_cells_spacing(starmap_dir, bdtnp_dir):
+    from scipy.spatial import cKDTree
+
+    slices = [load_slice(starmap_dir, s) for s in STARMAP_TRAIN]
+    frame = CoordinateFrame.fit("per_slice", [(s.coords, s.n_dims) for s in slices])
+    nearest = np.concatenate([cKDTree(s.coords[:, :2]).query(s.coords[:, :2], k=2)[0][:, 1] for s in slices])
+    assert frame.cell_spacing == pytest.approx(np.quantile(nearest, 0.25), rel=1e-6)
+    assert CoordinateFrame.from_dict(frame.to_dict()).cell_spacing == frame.cell_spacing
+    # models saved before the spacing was kept leave generated cells as drawn
+    old = {k: v for k, v in frame.to_dict().items() if k != "cell_spacing"}
+    assert CoordinateFrame.from_dict(old).cell_spacing == 0.0
+    # a shared frame's spacing is in source units too, whatever the cutting axis does to the model's
+    bdtnp = [load_slice(bdtnp_dir, s) for s in ("slab0", "slab1", "slab3")]
+    shared = CoordinateFrame.fit("shared", [(s.coords, s.n_dims) for s in bdtnp])
+    nearest = np.concatenate([cKDTree(s.coords).query(s.coords, k=2)[0][:, 1] for s in bdtnp])
+    assert shared.cell_spacing == pytest.approx(np.quantile(nearest, 0.25), rel=1e-6)
+
+
 def test_shared_frame_round_trips_absolute_coordinates(bdtnp_dir):
     slices = [load_slice(bdtnp_dir, s) for s in ("slab0", "slab1", "slab3")]
     frame = CoordinateFrame.fit("shared", [(s.coords, s.n_dims) for s in slices])

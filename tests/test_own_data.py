@@ -66,6 +66,12 @@ def test_pos_to_expr_fills_a_coordinate_table_and_joint_makes_a_virtual_slice(sm
                 "--num-samples", "1").returncode == 0
     v = ad.read_h5ad(virtual)
     assert v.shape == (250, 166) and v.obsm["spatial_pred"].shape == (250, 2) and "spatial" not in v.obsm
+    # cells spaced as the training sections' are: none piled onto another
+    from scipy.spatial import cKDTree
+
+    spacing = float(v.uns["alphastomics"]["cell_spacing"])
+    nearest = cKDTree(v.obsm["spatial_pred"]).query(v.obsm["spatial_pred"], k=2)[0][:, 1]
+    assert spacing > 0 and np.quantile(nearest, 0.05) > 0.5 * spacing
 
 
 def test_impute_keeps_given_genes_bitwise_and_hides_a_seeded_fraction(small_models, tmp_path):

@@ -33,6 +33,21 @@ import numpy as np
 from alphastomics.data.places import Place, SectionPlaces
 
 FRAMES = ("per_slice", "shared")
+# Generated cells closer than this quantile of the training cells' nearest-neighbour distances are
+# pushed apart (CoordinateFrame.cell_spacing): real cells do not overlap, and the quarter of them
+# closest to a neighbour are still that far apart.
+SPACING_QUANTILE = 0.25
+
+
+def nearest_distance_quantile(slices: list[tuple[np.ndarray, int]], quantile: float = SPACING_QUANTILE) -> float:
+    """The ``quantile`` over the cells of ``slices`` ((coordinates, n_dims) each, source units) of
+    each cell's distance to its nearest other cell of its slice (0 without two distinct cells)."""
+    from scipy.spatial import cKDTree
+
+    distances = [cKDTree(c[:, :d]).query(c[:, :d], k=2)[0][:, 1] for c, d in slices if len(c) > 1]
+    distances = np.concatenate(distances) if distances else np.zeros(0)
+    distances = distances[distances > 0]
+    return float(np.quantile(distances, quantile)) if distances.size else 0.0
 
 
 def rms_per_axis(coords: np.ndarray) -> float:
@@ -58,6 +73,9 @@ class CoordinateFrame:
     scale: float = 1.0
     dims: int = 2  # the training slices' dimensionality (3 if any was 3D): default of slices with no coordinates
     places: SectionPlaces | None = None  # shared frame with a cutting axis: the sections' places
+    # source units: generated cells are kept at least about this far apart (nearest_distance_quantile;
+    # 0 in models saved before it, which leave generated cells as drawn)
+    cell_spacing: float = 0.0
 
     @classmethod
     def fit(cls, kind: str, slices: list[tuple[np.ndarray, int]], places: SectionPlaces | None = None) -> "CoordinateFrame":
@@ -67,6 +85,7 @@ class CoordinateFrame:
             raise ValueError(f"unknown coordinate frame {kind!r} (one of {', '.join(FRAMES)})")
         if places is not None and kind != "shared":
             raise ValueError("a cutting axis (section_axis) needs the shared coordinate frame")
+        spacing = nearest_distance_quantile([(np.asarray(c, np.float64), d) for c, d in slices])
         if kind == "shared":
             if places is not None:  # the spread the model sees: along the axis, from each section's place
                 slices = [(_from_place(c, place, places), d) for (c, d), place in zip(slices, places.sections)]
@@ -78,7 +97,7 @@ class CoordinateFrame:
             spread = np.sqrt(np.mean((all_coords[:, used] - centre[used]) ** 2)) or 1.0
             # 2D sections at different z of one specimen: z is part of the frame, centred with the rest.
             return cls(kind, centre=[float(v) for v in centre], scale=float(spread), dims=max(d for _, d in slices),
-                       places=places)
+                       places=places, cell_spacing=spacing)
         logs: dict[int, list[float]] = {}
         for coords, d in slices:
             n = coords.shape[0]
@@ -88,7 +107,7 @@ class CoordinateFrame:
         if not logs:
             raise ValueError("no training slice with at least two distinct cells to fit the coordinate scale")
         return cls(kind, density_scale={str(d): float(np.exp(np.mean(v))) for d, v in logs.items()},
-                   dims=max(d for _, d in slices))
+                   dims=max(d for _, d in slices), cell_spacing=spacing)
 
     def slice_scale(self, n_cells: int, n_dims: int) -> float:
         """Source units per model unit for a slice of ``n_cells`` cells."""
@@ -145,9 +164,10 @@ class CoordinateFrame:
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "density_scale": dict(self.density_scale), "centre": list(self.centre), "scale": self.scale,
-                "dims": self.dims, "places": None if self.places is None else self.places.to_dict()}
+                "dims": self.dims, "places": None if self.places is None else self.places.to_dict(),
+                "cell_spacing": self.cell_spacing}
 
     @classmethod
     def from_dict(cls, d: dict) -> "CoordinateFrame":
         return cls(d["kind"], dict(d.get("density_scale", {})), list(d.get("centre", [0.0, 0.0, 0.0])), float(d.get("scale", 1.0)),
-                   int(d.get("dims", 2)), SectionPlaces.from_dict(d.get("places")))
+                   int(d.get("dims", 2)), SectionPlaces.from_dict(d.get("places")), float(d.get("cell_spacing", 0.0)))

@@ -136,6 +136,8 @@ def model_sample(data: SliceData, draws, mode: str, frame_kind: str, heldout: np
         "coordinate_frame": frame_kind,
         "package_version": __version__,
     }
+    if draws.cell_spacing > 0:  # joint: each draw's cells pushed apart to this (alphastomics.draws)
+        adata.uns[INFO]["cell_spacing"] = float(draws.cell_spacing)
     return adata
 
 
