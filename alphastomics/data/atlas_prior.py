@@ -123,17 +123,27 @@ class AtlasReference:
         own = self.section == self.section[cells[0]]
         coords = self.coords[cells]
         if not own.all():
-            others = np.flatnonzero(~own)
-            k = min(k, len(others))
-            return others[cKDTree(self.coords[others]).query(coords, k=k)[1].reshape(len(cells), k)]
-        cube, reference_cube = _cube_ids(coords, self.coords, HOLE_SIDES[0] * self.spacing)
-        k = min(k, len(self.coords) - int(np.bincount(reference_cube).max()))
+            return self._nearest(coords, ~own, k)[1]
+        holes = list(self._holes(coords, own, HOLE_SIDES[0]))
+        k = min(k, min(int(use.sum()) for _, use in holes))
         nearest = np.empty((len(cells), k), dtype=np.int64)
-        for value in np.unique(cube):
-            rows = cube == value
-            outside = np.flatnonzero(reference_cube != value)
-            nearest[rows] = outside[cKDTree(self.coords[outside]).query(coords[rows], k=k)[1].reshape(-1, k)]
+        for rows, use in holes:
+            nearest[rows] = self._nearest(coords[rows], use, k)[1]
         return nearest
+
+    def _holes(self, coords: np.ndarray, own: np.ndarray, side: float):
+        """For each cube of a grid of side ``side`` cell spacings: which of ``coords`` lie in it, and
+        the reference cells they may use, all but the ``own`` section's cells in that cube."""
+        cube, reference_cube = _cube_ids(coords, self.coords, side * self.spacing)
+        for value in np.unique(cube):
+            yield cube == value, ~(own & (reference_cube == value))
+
+    def _nearest(self, coords: np.ndarray, use: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(distances, reference indices), each (len(coords), k'), of the k' = min(k, cells used)
+        reference cells nearest each of ``coords`` among those where ``use``."""
+        k = min(k, int(use.sum()))
+        distance, nearest = cKDTree(self.coords[use]).query(coords, k=k)
+        return distance.reshape(len(coords), k), np.flatnonzero(use)[nearest.reshape(len(coords), k)]
 
     @property
     def width(self) -> int:
@@ -162,23 +172,20 @@ class AtlasReference:
         own = self.section == self.slice_ids.index(slice_id) if slice_id in self.slice_ids else np.zeros(len(self.coords), bool)
         variants = [] if own.all() else [self.prior(coords, exclude=slice_id)]
         for side in HOLE_SIDES:
-            cube, reference_cube = _cube_ids(coords, self.coords, side * self.spacing)
             out = np.empty((len(coords), self.width), dtype=np.float32)
-            for value in np.unique(cube):
-                cells = cube == value
-                out[cells] = self._nearest_mean(coords[cells], ~(own & (reference_cube == value)))
+            for cells, use in self._holes(coords, own, side):
+                out[cells] = self._nearest_mean(coords[cells], use)
             variants.append(out)
         return np.stack(variants).astype(np.float16)
 
     def _nearest_mean(self, coords: np.ndarray, use: np.ndarray) -> np.ndarray:
         if not use.any():
             return np.zeros((len(coords), self.width), dtype=np.float32)
-        k = min(self.neighbours, int(use.sum()))
-        distance, nearest = cKDTree(self.coords[use]).query(coords, k=k)
-        nearest = np.flatnonzero(use)[nearest.reshape(len(coords), k)]
+        distance, nearest = self._nearest(coords, use, self.neighbours)
+        k = nearest.shape[1]
         out = np.empty((len(coords), self.width), dtype=np.float32)
         C = self.channels.shape[1]
-        mean_distance = distance.reshape(len(coords), k).mean(1, keepdims=True) / self.spacing
+        mean_distance = distance.mean(1, keepdims=True) / self.spacing
         out[:, C:] = np.exp(-mean_distance / np.asarray(CLOSENESS_SCALES, dtype=np.float32))
         step = max(1, PRIOR_CHUNK_ENTRIES // (k * max(C, 1)))
         for start in range(0, len(coords), step):
